@@ -1,0 +1,330 @@
+"""Integer hyper-synthesis h_s: the entropy parameters of y, bit-identical on every machine.
+
+The range decoder only works if the decoder uses exactly the CDF row the encoder used for every y symbol.
+A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: DESIGN.md section 1), so
+after training the float h_s is frozen into fixed point and run here, by edge and cloud alike::
+
+    z symbols ──► ẑ = symbols + medians          (act_bits fractional bits)
+      └─► [deconv | conv] ─► + bias ─► round-shift ─► ReLU ─► clamp ─► ... ─► (scales ‖ means)
+    scales ──► integer comparisons with the scale table ──► scale indexes (compressai's build_indexes)
+    means  ──► means_fixed / 2**act_bits (an exact float64)
+
+Fixed point: weights are integers with `weight_bits` fractional bits, activations with `act_bits`; every
+GEMM input is clamped to |a| <= act_limit (real units); biases carry weight_bits + act_bits fractional bits
+and are added to the exact accumulator, which is then shifted back by weight_bits with round-half-up.
+Exactness: at build time we check  max_abs_weight_sum(layer) * act_limit * 2**act_bits < 2**53  for every
+layer, which bounds every partial sum of every output, in any summation order; so the float64 GEMMs in
+`fixed_point` return exact integers, and results do not depend on batch size, BLAS threads or CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import fixed_point
+from .tables import hash_arrays
+
+__all__ = ["FixedLayer", "HyperOutput", "IntegerHyperSynthesis"]
+
+_KINDS = ("conv", "deconv", "relu")
+_FORMAT = 1  # layout of `to_arrays`
+_MAX_BITS = 30
+
+
+@dataclass(frozen=True)
+class FixedLayer:
+    """One layer in fixed point. weight is int64 in PyTorch layout (conv: out,in,kh,kw; deconv: in,out,kh,kw);
+    bias int64 with weight_bits + act_bits fractional bits. ReLU has neither."""
+
+    kind: str
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    stride: int = 1
+    padding: int = 0
+    output_padding: int = 0
+
+    @property
+    def in_channels(self) -> int:
+        assert self.weight is not None
+        return int(self.weight.shape[1] if self.kind == "conv" else self.weight.shape[0])
+
+    @property
+    def out_channels(self) -> int:
+        assert self.weight is not None
+        return int(self.weight.shape[0] if self.kind == "conv" else self.weight.shape[1])
+
+
+@dataclass(frozen=True)
+class HyperOutput:
+    """Entropy parameters for y: scale_indexes (B, M, h, w) int32 rows of the y CDF table, and means as
+    means_fixed (B, M, h, w) int64 with `frac_bits` fractional bits (mean = means_fixed / 2**frac_bits)."""
+
+    scale_indexes: np.ndarray
+    means_fixed: np.ndarray
+    frac_bits: int
+
+    @property
+    def means(self) -> np.ndarray:
+        """Exact float64 means (a power-of-two division of integers below 2**53)."""
+        return self.means_fixed.astype(np.float64) / float(1 << self.frac_bits)
+
+
+class IntegerHyperSynthesis:
+    """Fixed-point h_s with integer-only semantics (see module docstring).
+
+    Build it with `from_float_layers` from the trained float layers, or `from_arrays` from a saved model.
+    """
+
+    def __init__(
+        self,
+        layers: list[FixedLayer],
+        *,
+        weight_bits: int,
+        act_bits: int,
+        act_limit: int,
+        scale_table: np.ndarray,
+        scale_bound: float = 0.11,
+    ) -> None:
+        if not (0 <= weight_bits <= _MAX_BITS and 0 <= act_bits <= _MAX_BITS):
+            raise ValueError(f"weight_bits and act_bits must lie in 0..{_MAX_BITS}")
+        if not isinstance(act_limit, (int, np.integer)) or act_limit < 1:
+            raise ValueError("act_limit must be a positive integer")
+        self.weight_bits, self.act_bits, self.act_limit = int(weight_bits), int(act_bits), int(act_limit)
+        self._clamp = self.act_limit << self.act_bits  # |GEMM input| bound in fixed point
+        self.layers = [self._checked(layer) for layer in layers]
+        gemms = [layer for layer in self.layers if layer.kind != "relu"]
+        if not gemms:
+            raise ValueError("h_s needs at least one conv or deconv layer")
+        for prev, nxt in zip(gemms, gemms[1:]):
+            if prev.out_channels != nxt.in_channels:
+                raise ValueError(f"layer gives {prev.out_channels} channels, next layer takes {nxt.in_channels}")
+        if gemms[-1].out_channels % 2:
+            raise ValueError("last layer must give 2*M channels (scales then means)")
+        self.in_channels = gemms[0].in_channels
+        self.M = gemms[-1].out_channels // 2
+        self.upsampling = 1
+        for layer in gemms:
+            self.upsampling = self.upsampling * layer.stride if layer.kind == "deconv" else self.upsampling
+        self.accumulator_bound = self._check_exactness(gemms)
+
+        table = np.asarray(scale_table, dtype=np.float64).ravel()
+        if table.size < 1 or not np.all(table > 0) or not np.all(np.diff(table) > 0):
+            raise ValueError("scale_table must be positive and strictly increasing")
+        self.scale_table = table
+        self.scale_bound = float(scale_bound)
+        # scale > t  <=>  scale_fixed > floor(t * 2**act_bits), for integer scale_fixed (t * 2**k is exact)
+        self._thresholds = np.floor(table[:-1] * float(1 << self.act_bits)).astype(np.int64)
+        # lower-bounding the scale at scale_bound makes every entry below the bound count
+        self._always = int(np.count_nonzero(table[:-1] < self.scale_bound))
+
+    # --- construction ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _checked(layer: FixedLayer) -> FixedLayer:
+        if layer.kind not in _KINDS:
+            raise ValueError(f"unknown layer kind {layer.kind!r} (expected one of {_KINDS})")
+        if layer.kind == "relu":
+            return FixedLayer("relu")
+        if layer.weight is None or np.asarray(layer.weight).ndim != 4:
+            raise ValueError(f"{layer.kind} layer needs a 4-D weight")
+        weight = np.ascontiguousarray(layer.weight, dtype=np.int64)
+        weight.setflags(write=False)
+        out_ch = weight.shape[0] if layer.kind == "conv" else weight.shape[1]
+        bias = np.zeros(out_ch, np.int64) if layer.bias is None else np.ascontiguousarray(layer.bias, dtype=np.int64)
+        if bias.shape != (out_ch,):
+            raise ValueError(f"bias needs shape ({out_ch},), got {bias.shape}")
+        bias.setflags(write=False)
+        if layer.stride < 1 or layer.padding < 0 or layer.output_padding < 0:
+            raise ValueError("stride must be >= 1, padding and output_padding >= 0")
+        if layer.kind == "conv" and layer.output_padding:
+            raise ValueError("conv layers have no output_padding")
+        return FixedLayer(layer.kind, weight, bias, int(layer.stride), int(layer.padding), int(layer.output_padding))
+
+    def _check_exactness(self, gemms: list[FixedLayer]) -> int:
+        """Prove |every partial sum| < 2**53 (see module docstring); returns the largest bound found."""
+        worst = 0
+        for i, layer in enumerate(gemms):
+            assert layer.weight is not None and layer.bias is not None
+            bound = fixed_point.max_abs_weight_sum(layer.weight, layer.kind, layer.stride, layer.padding) * self._clamp
+            if bound >= fixed_point.EXACT_LIMIT:
+                raise ValueError(
+                    f"layer {i}: sum|w| * act_limit * 2**act_bits = {bound} reaches 2**53, so float64 GEMMs "
+                    "would round; lower weight_bits, act_bits or act_limit"
+                )
+            if int(np.abs(layer.bias).max(initial=0)) >= 1 << 60:
+                raise ValueError(f"layer {i}: bias too large for int64 accumulation")
+            worst = max(worst, bound)
+        return worst
+
+    @classmethod
+    def from_float_layers(
+        cls,
+        layers: list[dict],
+        scale_table: np.ndarray,
+        *,
+        weight_bits: int = 16,
+        act_bits: int = 14,
+        act_limit: int = 4096,
+        scale_bound: float = 0.11,
+    ) -> IntegerHyperSynthesis:
+        """Quantise a trained float h_s given as dicts: kind 'conv'|'deconv'|'relu', weight (PyTorch layout),
+        bias, stride, padding, output_padding. Weights round to weight_bits, biases to weight_bits+act_bits."""
+        fixed = []
+        for spec in layers:
+            kind = spec["kind"]
+            if kind == "relu":
+                fixed.append(FixedLayer("relu"))
+                continue
+            weight = np.asarray(spec["weight"], dtype=np.float64)
+            bias = np.zeros(weight.shape[0 if kind == "conv" else 1]) if spec.get("bias") is None else spec["bias"]
+            bias = np.asarray(bias, dtype=np.float64)
+            if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+                raise ValueError("weights and biases must be finite")
+            w_int = np.rint(weight * 2.0**weight_bits)
+            b_int = np.rint(bias * 2.0 ** (weight_bits + act_bits))
+            if np.abs(w_int).max(initial=0) >= 2**52 or np.abs(b_int).max(initial=0) >= 2**60:
+                raise ValueError("weights or biases too large for the chosen fixed-point bits")
+            fixed.append(
+                FixedLayer(
+                    kind,
+                    w_int.astype(np.int64),
+                    b_int.astype(np.int64),
+                    int(spec.get("stride", 1)),
+                    int(spec.get("padding", 0)),
+                    int(spec.get("output_padding", 0)),
+                )
+            )
+        return cls(
+            fixed,
+            weight_bits=weight_bits,
+            act_bits=act_bits,
+            act_limit=act_limit,
+            scale_table=scale_table,
+            scale_bound=scale_bound,
+        )
+
+    # --- running --------------------------------------------------------------------------------------
+
+    def fixed_input(self, z_symbols: np.ndarray, medians: np.ndarray) -> np.ndarray:
+        """ẑ in fixed point: symbols * 2**act_bits + round(medians * 2**act_bits), for (B, N, h, w) symbols."""
+        symbols = np.asarray(z_symbols)
+        if symbols.dtype.kind not in "iu":
+            raise ValueError("z symbols must be integers")
+        med = np.rint(np.asarray(medians, dtype=np.float64) * float(1 << self.act_bits)).astype(np.int64)
+        return (symbols.astype(np.int64) << self.act_bits) + med.reshape(1, -1, 1, 1)
+
+    def output_size(self, z_hw: tuple[int, int]) -> tuple[int, int]:
+        """Spatial size of h_s's output for a z of size z_hw (before any crop)."""
+        height, width = z_hw
+        for layer in self.layers:
+            if layer.kind == "relu":
+                continue
+            assert layer.weight is not None
+            kh, kw = layer.weight.shape[2:]
+            if layer.kind == "conv":
+                height = fixed_point.conv_out_size(height, kh, layer.stride, layer.padding)
+                width = fixed_point.conv_out_size(width, kw, layer.stride, layer.padding)
+            else:
+                height = fixed_point.conv_transpose_out_size(height, kh, layer.stride, layer.padding, layer.output_padding)
+                width = fixed_point.conv_transpose_out_size(width, kw, layer.stride, layer.padding, layer.output_padding)
+        return height, width
+
+    def _run(self, z_hat_fixed: np.ndarray, out_hw: tuple[int, int] | None) -> np.ndarray:
+        x = np.asarray(z_hat_fixed)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"z_hat_fixed must be (B, {self.in_channels}, h, w), got {x.shape}")
+        if x.dtype.kind not in "iu":
+            raise ValueError("z_hat_fixed must be an integer array")
+        full_hw = self.output_size(x.shape[2:])
+        if out_hw is not None and (out_hw[0] > full_hw[0] or out_hw[1] > full_hw[1] or min(out_hw) < 1):
+            raise ValueError(f"crop {out_hw} does not fit h_s output {full_hw}")
+        last = max(i for i, layer in enumerate(self.layers) if layer.kind != "relu")
+        act = x.astype(np.int64)
+        for i, layer in enumerate(self.layers):
+            if layer.kind == "relu":
+                act = np.maximum(act, 0)
+                continue
+            inp = np.clip(act, -self._clamp, self._clamp).astype(np.float64)
+            if layer.kind == "conv":
+                crop = out_hw if i == last and layer.stride == 1 else None
+                acc = fixed_point.conv2d(inp, layer.weight, layer.stride, layer.padding, crop)
+            else:
+                acc = fixed_point.conv_transpose2d(inp, layer.weight, layer.stride, layer.padding, layer.output_padding)
+            act = fixed_point.shift_round(acc + layer.bias.reshape(1, -1, 1, 1), self.weight_bits)
+        if out_hw is not None:
+            act = act[:, :, : out_hw[0], : out_hw[1]]
+        return np.ascontiguousarray(act)
+
+    def scale_indexes(self, scales_fixed: np.ndarray) -> np.ndarray:
+        """compressai's `build_indexes` on scale = scales_fixed / 2**act_bits, in integers only:
+        index = number of scale_table[:-1] entries strictly below max(scale, scale_bound)."""
+        idx = np.searchsorted(self._thresholds, np.asarray(scales_fixed, dtype=np.int64), side="left")
+        return np.maximum(idx, self._always).astype(np.int32)
+
+    def forward(self, z_hat_fixed: np.ndarray, out_hw: tuple[int, int] | None = None) -> HyperOutput:
+        """Scale indexes and fixed-point means for a batch of ẑ (B, N, hz, wz), cropped top-left to out_hw."""
+        out = self._run(z_hat_fixed, out_hw)
+        return HyperOutput(self.scale_indexes(out[:, : self.M]), np.ascontiguousarray(out[:, self.M :]), self.act_bits)
+
+    def forward_float(
+        self, z_hat_fixed: np.ndarray, out_hw: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dequantised (scales, means) as float64, e.g. for the torch side to price the integer h_s's rate
+        against the float one. Scales are not lower-bounded here, as the float module's output is not."""
+        out = self._run(z_hat_fixed, out_hw).astype(np.float64) / float(1 << self.act_bits)
+        return out[:, : self.M], out[:, self.M :]
+
+    # --- persistence ----------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (keys prefixed hs_) that `from_arrays` reads back; safe to merge into a tables .npz."""
+        kinds = {kind: code for code, kind in enumerate(_KINDS)}
+        arrays: dict[str, np.ndarray] = {
+            "hs_format": np.array([_FORMAT], np.int64),
+            "hs_config": np.array([self.weight_bits, self.act_bits, self.act_limit], np.int64),
+            "hs_layers": np.array(
+                [[kinds[l.kind], l.stride, l.padding, l.output_padding] for l in self.layers], np.int64
+            ).reshape(-1, 4),
+            "hs_scale_table": self.scale_table,
+            "hs_scale_bound": np.array([self.scale_bound], np.float64),
+        }
+        for i, layer in enumerate(self.layers):
+            if layer.kind != "relu":
+                arrays[f"hs_weight_{i}"] = layer.weight
+                arrays[f"hs_bias_{i}"] = layer.bias
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> IntegerHyperSynthesis:
+        if "hs_format" not in arrays:
+            raise ValueError("arrays hold no integer h_s (no hs_format)")
+        if int(np.asarray(arrays["hs_format"]).ravel()[0]) != _FORMAT:
+            raise ValueError(f"integer h_s format {int(arrays['hs_format'][0])} is not {_FORMAT}")
+        weight_bits, act_bits, act_limit = (int(v) for v in np.asarray(arrays["hs_config"]).ravel())
+        layers = []
+        for i, (code, stride, padding, output_padding) in enumerate(np.asarray(arrays["hs_layers"]).tolist()):
+            if not 0 <= code < len(_KINDS):
+                raise ValueError(f"unknown layer code {code}")
+            kind = _KINDS[code]
+            if kind == "relu":
+                layers.append(FixedLayer("relu"))
+            else:
+                layers.append(
+                    FixedLayer(kind, np.asarray(arrays[f"hs_weight_{i}"]), np.asarray(arrays[f"hs_bias_{i}"]),
+                               stride, padding, output_padding)
+                )
+        return cls(
+            layers,
+            weight_bits=weight_bits,
+            act_bits=act_bits,
+            act_limit=act_limit,
+            scale_table=np.asarray(arrays["hs_scale_table"]),
+            scale_bound=float(np.asarray(arrays["hs_scale_bound"]).ravel()[0]),
+        )
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of `to_arrays()` in a fixed order: part of the model id."""
+        arrays = self.to_arrays()
+        return hash_arrays(arrays, sorted(arrays))

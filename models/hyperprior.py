@@ -1,0 +1,84 @@
+"""Mean-scale hyperprior (Minnen et al. 2018) around compressai's entropy models.
+
+h_s uses plain ReLU (not LeakyReLU) so that after training it converts to exact integer arithmetic
+(``vitcodec.codec.integer_hyper_synthesis``): the edge and the cloud must derive bit-identical entropy
+parameters, which float h_s cannot guarantee across runtimes.
+"""
+
+from __future__ import annotations
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from torch import Tensor, nn
+
+from vitcodec.models.encoder import conv, deconv
+
+SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+
+
+def scale_table() -> Tensor:
+    """64 log-spaced scales from 0.11 to 256 (compressai's default table)."""
+    import math
+
+    return torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))
+
+
+class HyperAnalysis(nn.Sequential):
+    """h_a: y -> z, 4x further down (runs on the edge in float; z is rounded before coding)."""
+
+    def __init__(self, M: int, N: int) -> None:
+        super().__init__(
+            conv(M, N, kernel_size=3, stride=1), nn.LeakyReLU(inplace=True),
+            conv(N, N), nn.LeakyReLU(inplace=True),
+            conv(N, N),
+        )
+
+
+class HyperSynthesis(nn.Sequential):
+    """h_s: z_hat -> (scales, means) for y; ReLU-only so it has an exact integer twin."""
+
+    def __init__(self, M: int, N: int) -> None:
+        super().__init__(
+            deconv(N, M), nn.ReLU(inplace=True),
+            deconv(M, M * 3 // 2), nn.ReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, kernel_size=3, stride=1),
+        )
+
+
+class MeanScaleHyperprior(nn.Module):
+    """Codes y with a Gaussian whose mean and scale come from the hyper-latent z."""
+
+    def __init__(self, M: int, N: int) -> None:
+        super().__init__()
+        self.M, self.N = M, N
+        self.h_a = HyperAnalysis(M, N)
+        self.h_s = HyperSynthesis(M, N)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    def entropy_parameters(self, z_hat: Tensor, latent_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        params = self.h_s(z_hat)[..., : latent_hw[0], : latent_hw[1]]
+        scales, means = params.chunk(2, 1)
+        return scales, means
+
+    def forward(self, y: Tensor) -> dict[str, Tensor]:
+        """Training-time pass: noisy likelihoods for the rate, straight-through rounded y_hat."""
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales, means = self.entropy_parameters(z_hat, y.shape[-2:])
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        y_hat = _round_ste(y - means) + means
+        return {"y_hat": y_hat, "y_likelihoods": y_likelihoods, "z_likelihoods": z_likelihoods}
+
+    def aux_loss(self) -> Tensor:
+        return self.entropy_bottleneck.loss()
+
+    def update(self, force: bool = True) -> bool:
+        """Fill the integer CDF tables (compressai's explicit update step) before any real coding."""
+        updated = self.gaussian_conditional.update_scale_table(scale_table(), force=force)
+        updated |= self.entropy_bottleneck.update(force=force)
+        return updated
+
+
+def _round_ste(x: Tensor) -> Tensor:
+    return x + (torch.round(x) - x).detach()

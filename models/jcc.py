@@ -1,0 +1,109 @@
+"""The joint compression–classification transformer (Bai et al., "Towards End-to-End Image Compression
+and Analysis with Transformers", AAAI 2022).
+
+::
+
+    x ─► pad ─► g_a ─► y ─► [h_a ─► z ─► Q ─► h_s ─► (μ, σ)] ─► y_hat = round(y − μ) + μ
+                                                                    │
+                                    classification (default):       ├─► LatentViT ─► logits
+                                    reconstruction (on demand):     └─► aggregate(y_hat, blocks 1..k) ─► g_s ─► x_hat
+
+The classification path never touches g_s. Step one (``compress=False``) trains without the hyperprior.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitcodec.models.config import JCCConfig
+from vitcodec.models.decoder import FeatureAggregation, SynthesisTransform
+from vitcodec.models.encoder import AnalysisTransform
+from vitcodec.models.hyperprior import MeanScaleHyperprior
+from vitcodec.models.vit import LatentViT
+
+
+class JointCompressionClassifier(nn.Module):
+    def __init__(self, config: JCCConfig) -> None:
+        super().__init__()
+        if config.embed_dim % (config.fusion_blocks + 1):
+            raise ValueError("embed_dim must be divisible by fusion_blocks + 1")
+        if config.fusion_blocks > config.depth:
+            raise ValueError("fusion_blocks cannot exceed depth")
+        self.config = config
+        c = config
+        self.g_a = AnalysisTransform(c.in_chans, c.encoder_channels, c.M, c.kernel_size)
+        self.hyperprior = MeanScaleHyperprior(c.M, c.N)
+        self.vit = LatentViT(c.M, c.num_tokens, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
+                             c.num_classes, c.drop_path_rate)
+        self.aggregation = FeatureAggregation(c.M, c.embed_dim, c.fusion_blocks)
+        self.g_s = SynthesisTransform(c.embed_dim, c.decoder_channels or c.encoder_channels, c.in_chans,
+                                      c.kernel_size)
+
+    # -- geometry -------------------------------------------------------------------------------
+    def pad(self, x: Tensor) -> Tensor:
+        """Zero-pad (in normalised space) bottom/right up to a multiple of g_a's stride."""
+        s = self.config.stride
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    # -- the pieces ------------------------------------------------------------------------------
+    def encode_latent(self, x: Tensor) -> Tensor:
+        return self.g_a(self.pad(x))
+
+    def classify(self, y_hat: Tensor) -> Tensor:
+        """Logits straight from decoded latents: the cloud's default path, no pixel decoder."""
+        return self.vit(y_hat)
+
+    def reconstruct(self, y_hat: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Pixels on demand: aggregate y_hat with the early blocks, decode, crop to the original size."""
+        early = self.vit.forward_early(y_hat, self.config.fusion_blocks)
+        return self._decode_pixels(y_hat, early, image_size)
+
+    def _decode_pixels(self, y_hat: Tensor, early: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+        x_hat = self.g_s(self.aggregation(y_hat, early))
+        return x_hat[..., : image_size[0], : image_size[1]]
+
+    # -- training forward --------------------------------------------------------------------------
+    def forward(self, x: Tensor, compress: bool = True, reconstruct: bool = True) -> dict[str, Tensor]:
+        """One pass for training: logits, optional reconstruction, and likelihoods when compressing."""
+        out: dict[str, Tensor] = {}
+        y = self.encode_latent(x)
+        if compress:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                coded = self.hyperprior(y.float())
+            y_hat = coded["y_hat"]
+            out["likelihoods_y"], out["likelihoods_z"] = coded["y_likelihoods"], coded["z_likelihoods"]
+        else:
+            y_hat = y
+        tokens = self.vit.embed(y_hat)
+        early: list[Tensor] = []
+        for i, block in enumerate(self.vit.blocks):
+            tokens = block(tokens)
+            if reconstruct and i < self.config.fusion_blocks:
+                early.append(tokens[:, 1:])
+        out["logits"] = self.vit.forward_head(self.vit.norm(tokens))
+        if reconstruct:
+            out["x_hat"] = self._decode_pixels(y_hat, early, tuple(x.shape[-2:]))
+        return out
+
+    def aux_loss(self) -> Tensor:
+        return self.hyperprior.aux_loss()
+
+    def update(self, force: bool = True) -> bool:
+        return self.hyperprior.update(force=force)
+
+
+class EdgeEncoder(nn.Module):
+    """What the edge runs in ONNX Runtime: g_a and h_a in float; rounding and coding happen in codec/."""
+
+    def __init__(self, model: JointCompressionClassifier) -> None:
+        super().__init__()
+        self.g_a = model.g_a
+        self.h_a = model.hyperprior.h_a
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.g_a(x)
+        return y, self.h_a(y)
