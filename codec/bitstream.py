@@ -13,6 +13,7 @@ stream cut inside its payloads is reported as a checksum failure (`IntegrityErro
 from __future__ import annotations
 
 import binascii
+import operator
 from dataclasses import dataclass
 
 from .errors import (
@@ -68,13 +69,25 @@ class StreamHeader:
         if not isinstance(self.model_id, (bytes, bytearray)) or len(self.model_id) != MODEL_ID_BYTES:
             raise ValueError(f"model_id must be {MODEL_ID_BYTES} bytes, got {self.model_id!r}")
         object.__setattr__(self, "model_id", bytes(self.model_id))
-        if not isinstance(self.quality, int) or not 0 <= self.quality <= 255:
+        quality = _as_int(self.quality)
+        if quality is None or not 0 <= quality <= 255:
             raise ValueError(f"quality must be an int in 0..255, got {self.quality!r}")
+        object.__setattr__(self, "quality", quality)
         for name in ("image_size", "latent_shape"):
-            value = tuple(getattr(self, name))
-            if len(value) != 2 or not all(isinstance(v, int) and 1 <= v <= _MAX_DIM for v in value):
+            value = tuple(_as_int(v) for v in getattr(self, name))
+            if len(value) != 2 or not all(v is not None and 1 <= v <= _MAX_DIM for v in value):
                 raise ValueError(f"{name} must be two ints in 1..{_MAX_DIM}, got {getattr(self, name)!r}")
             object.__setattr__(self, name, value)
+
+
+def _as_int(value: object) -> int | None:
+    """Python int of any integer type (numpy's included); None for anything else, bools too."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -183,7 +196,9 @@ def _parse(data: bytes, expected_model_id: bytes | None) -> tuple[StreamHeader, 
     data = bytes(data)
     _check_lead_byte(data)
     if len(data) < _MIN_STREAM_BYTES:
-        raise TruncatedStreamError(f"stream has {len(data)} bytes; the smallest vitcodec stream has {_MIN_STREAM_BYTES}")
+        raise TruncatedStreamError(
+            f"stream has {len(data)} bytes; the smallest vitcodec stream has {_MIN_STREAM_BYTES}"
+        )
     body_end = len(data) - _CRC_BYTES
     stored = int.from_bytes(data[body_end:], "big")
     if _crc16(memoryview(data)[:body_end]) != stored:

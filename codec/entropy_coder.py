@@ -21,7 +21,8 @@ decoder knows the indexes, so it can follow the same order.
 Payload bytes are the coder's 32-bit words, big-endian. constriction ends a message on a word boundary;
 the decoder pads a short last word (and missing words) with zeros, so for small messages `encode` rounds
 the tail up to the shortest byte string that still decodes (checked by decoding), which saves about
-1.5 bytes per payload: much of a 25-byte image.
+2 bytes per payload: much of a 25-byte image. Decoders accept any tail that decodes, trimmed or not, as
+long as the payload is no longer than the whole-word message of its symbols.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ import numpy as np
 
 from .errors import CorruptPayloadError
 
-__all__ = ["EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_SYMBOLS"]
+__all__ = ["EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_BYTES", "TRIM_MAX_SYMBOLS"]
 
 _model = constriction.stream.model
 _queue = constriction.stream.queue
 
-TRIM_MAX_SYMBOLS = 8192  # byte-exact tails for messages up to this size (cost: a few extra decodes)
+# Byte-exact tails for messages of at most this many bytes and symbols: where 2 bytes matter (a 28x28 image
+# is ~25 bytes) and the price, about four extra decodes, is small (~2 ms for 7x7x128 symbols).
+TRIM_MAX_BYTES = 256
+TRIM_MAX_SYMBOLS = 16384
 _ESC_LENGTHS = 35  # bit lengths 0..34 cover every folded int32 - int32 value
 _CHUNK_BITS = 16
 _MAX_CHUNKS = 3  # ceil(33 mantissa bits / 16)
@@ -119,9 +123,16 @@ class EntropyTable:
             raise ValueError("symbols must fit int32")
         idx = indexes.ravel().astype(np.int64)
         order, runs = self._groups(idx)
+        sym_sorted, idx_sorted = sym[order], idx[order]
+        data = self._encode_sorted(sym_sorted, idx_sorted, runs)
+        if len(data) <= TRIM_MAX_BYTES and sym.size <= TRIM_MAX_SYMBOLS:
+            data = self._trim_tail(data, sym_sorted, idx_sorted, runs)
+        return data
 
-        value = sym[order] - self._offset[idx[order]]
-        max_value = self._max_value[idx[order]]
+    def _encode_sorted(self, sym_sorted: np.ndarray, idx_sorted: np.ndarray, runs: list[tuple[int, int, int]]) -> bytes:
+        """Word-aligned message for symbols already in coding order (by row, raster order within)."""
+        value = sym_sorted - self._offset[idx_sorted]
+        max_value = self._max_value[idx_sorted]
         below, above = value < 0, value >= max_value
         escape = below | above
         coded = np.where(escape, max_value, value).astype(np.int32)
@@ -142,36 +153,36 @@ class EntropyTable:
             chunk_sym = np.concatenate(chunks).astype(np.int32)
             if chunk_sym.size:
                 encoder.encode(chunk_sym, _model.Uniform(), np.concatenate(sizes).astype(np.int32))
-        data = encoder.get_compressed().astype(">u4").tobytes()
-        if sym.size <= TRIM_MAX_SYMBOLS:
-            data = self._trim_tail(data, sym, idx)
-        return data
+        return encoder.get_compressed().astype(">u4").tobytes()
 
-    def _trim_tail(self, data: bytes, sym: np.ndarray, idx: np.ndarray) -> bytes:
+    def _trim_tail(
+        self, data: bytes, sym_sorted: np.ndarray, idx_sorted: np.ndarray, runs: list[tuple[int, int, int]]
+    ) -> bytes:
         """Shortest rounding-up of the final bytes that still decodes to the same symbols.
 
-        Rounding the message up to a multiple of 256**k keeps it inside the final coding interval for
-        every k up to some limit and leaves it for every k beyond (the rounded values only grow), so a
-        binary search finds the limit; every accepted candidate is proven by a full decode.
+        constriction seals a message with the smallest word-aligned point of the final coding interval.
+        Rounding that point up to a multiple of 256**k stays inside the interval for every k up to some
+        limit and leaves it beyond (the rounded values only grow), so a binary search over k finds the
+        limit; every accepted candidate is proven by a full decode.
         """
         value = int.from_bytes(data, "big")
 
-        def candidate(k: int) -> bytes | None:
-            unit = 1 << (8 * k)
-            rounded = -(-value // unit)
+        def decodes(k: int) -> bytes | None:
             size = len(data) - k
+            rounded = -(-value // (1 << (8 * k)))
             if rounded >= 1 << (8 * size):
                 return None
             cut = rounded.to_bytes(size, "big") if size else b""
             try:
-                return cut if np.array_equal(self.decode(cut, idx), sym) else None
+                decoded, _ = self._decode_sorted(cut, idx_sorted, runs)
             except CorruptPayloadError:
                 return None
+            return cut if np.array_equal(decoded, sym_sorted) else None
 
         best, lo, hi = data, 0, min(len(data), 8) + 1  # k = lo is known to work, k = hi assumed not to
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            cut = candidate(mid)
+            cut = decodes(mid)
             if cut is None:
                 hi = mid
             else:
@@ -181,20 +192,37 @@ class EntropyTable:
     # --- decoding -------------------------------------------------------------------------------------
 
     def decode(self, data: bytes, indexes: np.ndarray) -> np.ndarray:
-        """Inverse of `encode`: int32 symbols shaped like `indexes`. Bad data raises `CorruptPayloadError`."""
+        """Inverse of `encode`: int32 symbols shaped like `indexes`. Bad data raises `CorruptPayloadError`.
+
+        Leftover check: a payload may not be longer than the word-aligned message of the symbols it decodes
+        to (constriction's `maybe_exhausted` proves that for free on untrimmed messages; trimmed ones are
+        re-encoded, which is cheap at their size).
+        """
         indexes = np.asarray(indexes)
         if indexes.dtype.kind not in "iu":
             raise ValueError("indexes must be an integer array")
         idx = indexes.ravel().astype(np.int64)
         order, runs = self._groups(idx)
+        idx_sorted = idx[order]
         data = bytes(data)
+        sym_sorted, exhausted = self._decode_sorted(data, idx_sorted, runs)
+        if not exhausted and len(data) > len(self._encode_sorted(sym_sorted, idx_sorted, runs)):
+            raise CorruptPayloadError(f"payload of {len(data)} bytes has data left after its last symbol")
+        out = np.empty(idx.size, dtype=np.int32)
+        out[order] = sym_sorted
+        return out.reshape(indexes.shape)
+
+    def _decode_sorted(
+        self, data: bytes, idx_sorted: np.ndarray, runs: list[tuple[int, int, int]]
+    ) -> tuple[np.ndarray, bool]:
+        """Symbols in coding order (int64) and whether constriction sees the data as used up."""
         words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype=">u4").astype(np.uint32)
         try:
             decoder = _queue.RangeDecoder(words)
-            coded = np.empty(idx.size, dtype=np.int64)
+            coded = np.empty(idx_sorted.size, dtype=np.int64)
             for row, start, end in runs:
                 coded[start:end] = decoder.decode(self._row_model(row), end - start)
-            max_value = self._max_value[idx[order]]
+            max_value = self._max_value[idx_sorted]
             escape = coded == max_value
             raw = np.zeros(int(escape.sum()), dtype=np.int64)
             if raw.size:
@@ -210,25 +238,18 @@ class EntropyTable:
                     count = int(has.sum())
                     raw[has] += chunk_sym[used : used + count] << (_CHUNK_BITS * c)
                     used += count
-            exhausted = decoder.maybe_exhausted()
-        except CorruptPayloadError:
-            raise
+            exhausted = bool(decoder.maybe_exhausted())
         except Exception as exc:  # constriction reports bad data through several exception types
             raise CorruptPayloadError(f"range decoder failed: {exc}") from None
-        if not exhausted:
-            raise CorruptPayloadError(f"payload of {len(data)} bytes has data left after its last symbol")
 
         value = coded
         if raw.size:
             value = coded.copy()
-            folded = np.where(raw % 2 == 1, -(raw + 1) // 2, max_value[escape] + raw // 2)
-            value[escape] = folded
-        sym_sorted = value + self._offset[idx[order]]
+            value[escape] = np.where(raw % 2 == 1, -(raw + 1) // 2, max_value[escape] + raw // 2)
+        sym_sorted = value + self._offset[idx_sorted]
         if sym_sorted.size and (sym_sorted.min() < _INT32.min or sym_sorted.max() > _INT32.max):
             raise CorruptPayloadError("payload decodes to a symbol outside the int32 range")
-        out = np.empty(idx.size, dtype=np.int32)
-        out[order] = sym_sorted
-        return out.reshape(indexes.shape)
+        return sym_sorted, exhausted
 
 
 # --- function API (compressai-style signatures) ---------------------------------------------------------

@@ -19,6 +19,7 @@ layer, which bounds every partial sum of every output, in any summation order; s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,16 @@ __all__ = ["FixedLayer", "HyperOutput", "IntegerHyperSynthesis"]
 _KINDS = ("conv", "deconv", "relu")
 _FORMAT = 1  # layout of `to_arrays`
 _MAX_BITS = 30
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """The narrowest of int16/int32/int64 that holds the values: model packages stay small (a rule of the
+    values alone, so the fingerprint of a loaded model equals that of the exported one)."""
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if values.size == 0 or (values.min() >= info.min and values.max() <= info.max):
+            return values.astype(dtype)
+    return values.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -104,16 +115,16 @@ class IntegerHyperSynthesis:
             raise ValueError("last layer must give 2*M channels (scales then means)")
         self.in_channels = gemms[0].in_channels
         self.M = gemms[-1].out_channels // 2
-        self.upsampling = 1
-        for layer in gemms:
-            self.upsampling = self.upsampling * layer.stride if layer.kind == "deconv" else self.upsampling
-        self.accumulator_bound = self._check_exactness(gemms)
+        self.upsampling = math.prod(layer.stride for layer in gemms if layer.kind == "deconv")
+        self._ops = [self._op(layer) for layer in self.layers]
+        self.accumulator_bound = self._check_exactness()
 
         table = np.asarray(scale_table, dtype=np.float64).ravel()
         if table.size < 1 or not np.all(table > 0) or not np.all(np.diff(table) > 0):
             raise ValueError("scale_table must be positive and strictly increasing")
         self.scale_table = table
-        self.scale_bound = float(scale_bound)
+        # compressai keeps the bound in a float32 buffer; use that value so indexes match build_indexes
+        self.scale_bound = float(np.float32(scale_bound))
         # scale > t  <=>  scale_fixed > floor(t * 2**act_bits), for integer scale_fixed (t * 2**k is exact)
         self._thresholds = np.floor(table[:-1] * float(1 << self.act_bits)).astype(np.int64)
         # lower-bounding the scale at scale_bound makes every entry below the bound count
@@ -129,10 +140,10 @@ class IntegerHyperSynthesis:
             return FixedLayer("relu")
         if layer.weight is None or np.asarray(layer.weight).ndim != 4:
             raise ValueError(f"{layer.kind} layer needs a 4-D weight")
-        weight = np.ascontiguousarray(layer.weight, dtype=np.int64)
+        weight = np.array(layer.weight, dtype=np.int64, order="C")  # own copies: frozen below
         weight.setflags(write=False)
         out_ch = weight.shape[0] if layer.kind == "conv" else weight.shape[1]
-        bias = np.zeros(out_ch, np.int64) if layer.bias is None else np.ascontiguousarray(layer.bias, dtype=np.int64)
+        bias = np.zeros(out_ch, np.int64) if layer.bias is None else np.array(layer.bias, dtype=np.int64)
         if bias.shape != (out_ch,):
             raise ValueError(f"bias needs shape ({out_ch},), got {bias.shape}")
         bias.setflags(write=False)
@@ -142,12 +153,21 @@ class IntegerHyperSynthesis:
             raise ValueError("conv layers have no output_padding")
         return FixedLayer(layer.kind, weight, bias, int(layer.stride), int(layer.padding), int(layer.output_padding))
 
-    def _check_exactness(self, gemms: list[FixedLayer]) -> int:
+    @staticmethod
+    def _op(layer: FixedLayer) -> fixed_point.ExactConv2d | fixed_point.ExactConvTranspose2d | None:
+        if layer.kind == "conv":
+            return fixed_point.ExactConv2d(layer.weight, layer.stride, layer.padding)
+        if layer.kind == "deconv":
+            return fixed_point.ExactConvTranspose2d(layer.weight, layer.stride, layer.padding, layer.output_padding)
+        return None
+
+    def _check_exactness(self) -> int:
         """Prove |every partial sum| < 2**53 (see module docstring); returns the largest bound found."""
         worst = 0
-        for i, layer in enumerate(gemms):
-            assert layer.weight is not None and layer.bias is not None
-            bound = fixed_point.max_abs_weight_sum(layer.weight, layer.kind, layer.stride, layer.padding) * self._clamp
+        for i, (layer, op) in enumerate(zip(self.layers, self._ops)):
+            if op is None:
+                continue
+            bound = op.max_abs_weight_sum * self._clamp
             if bound >= fixed_point.EXACT_LIMIT:
                 raise ValueError(
                     f"layer {i}: sum|w| * act_limit * 2**act_bits = {bound} reaches 2**53, so float64 GEMMs "
@@ -218,17 +238,9 @@ class IntegerHyperSynthesis:
     def output_size(self, z_hw: tuple[int, int]) -> tuple[int, int]:
         """Spatial size of h_s's output for a z of size z_hw (before any crop)."""
         height, width = z_hw
-        for layer in self.layers:
-            if layer.kind == "relu":
-                continue
-            assert layer.weight is not None
-            kh, kw = layer.weight.shape[2:]
-            if layer.kind == "conv":
-                height = fixed_point.conv_out_size(height, kh, layer.stride, layer.padding)
-                width = fixed_point.conv_out_size(width, kw, layer.stride, layer.padding)
-            else:
-                height = fixed_point.conv_transpose_out_size(height, kh, layer.stride, layer.padding, layer.output_padding)
-                width = fixed_point.conv_transpose_out_size(width, kw, layer.stride, layer.padding, layer.output_padding)
+        for op in self._ops:
+            if op is not None:
+                height, width = op.out_size(height, width)
         return height, width
 
     def _run(self, z_hat_fixed: np.ndarray, out_hw: tuple[int, int] | None) -> np.ndarray:
@@ -240,19 +252,19 @@ class IntegerHyperSynthesis:
         full_hw = self.output_size(x.shape[2:])
         if out_hw is not None and (out_hw[0] > full_hw[0] or out_hw[1] > full_hw[1] or min(out_hw) < 1):
             raise ValueError(f"crop {out_hw} does not fit h_s output {full_hw}")
-        last = max(i for i, layer in enumerate(self.layers) if layer.kind != "relu")
+        last = max(i for i, op in enumerate(self._ops) if op is not None)
         act = x.astype(np.int64)
-        for i, layer in enumerate(self.layers):
-            if layer.kind == "relu":
+        for i, (layer, op) in enumerate(zip(self.layers, self._ops)):
+            if op is None:  # ReLU
                 act = np.maximum(act, 0)
                 continue
             inp = np.clip(act, -self._clamp, self._clamp).astype(np.float64)
-            if layer.kind == "conv":
-                crop = out_hw if i == last and layer.stride == 1 else None
-                acc = fixed_point.conv2d(inp, layer.weight, layer.stride, layer.padding, crop)
+            if isinstance(op, fixed_point.ExactConv2d):
+                acc = op(inp, out_hw if i == last and op.stride == 1 else None)  # skip rows the crop drops
             else:
-                acc = fixed_point.conv_transpose2d(inp, layer.weight, layer.stride, layer.padding, layer.output_padding)
-            act = fixed_point.shift_round(acc + layer.bias.reshape(1, -1, 1, 1), self.weight_bits)
+                acc = op(inp)
+            acc += layer.bias.reshape(1, -1, 1, 1)
+            act = fixed_point.shift_round(acc, self.weight_bits)
         if out_hw is not None:
             act = act[:, :, : out_hw[0], : out_hw[1]]
         return np.ascontiguousarray(act)
@@ -292,8 +304,8 @@ class IntegerHyperSynthesis:
         }
         for i, layer in enumerate(self.layers):
             if layer.kind != "relu":
-                arrays[f"hs_weight_{i}"] = layer.weight
-                arrays[f"hs_bias_{i}"] = layer.bias
+                arrays[f"hs_weight_{i}"] = _compact(layer.weight)
+                arrays[f"hs_bias_{i}"] = _compact(layer.bias)
         return arrays
 
     @classmethod

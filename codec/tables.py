@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-__all__ = ["CDF_PRECISION", "CodecTables"]
+__all__ = ["CDF_PRECISION", "CodecTables", "hash_arrays"]
 
 CDF_PRECISION = 16  # compressai's entropy_coder_precision: every CDF row ends at 2**16
 
@@ -106,7 +106,7 @@ class CodecTables:
         return cls(**{name: np.asarray(arrays[name]) for name, _, _ in _SPEC})
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        np.savez(path, **self.to_arrays())
+        np.savez_compressed(path, **self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CodecTables:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -71,6 +71,210 @@ def train_cmd(
         _fail(str(exc))
     if metrics:
         console.print_json(json.dumps(metrics))
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List network presets and the model zoo with measured test figures."""
+    from vitcodec.codec.package import iter_packages, repository_roots
+    from vitcodec.models.registry import create_model, get_preset, list_presets
+
+    presets = []
+    for name in list_presets():
+        c = get_preset(name)
+        params = sum(p.numel() for p in create_model(name).parameters())
+        presets.append({"name": name, "params_m": round(params / 1e6, 2), "input": [c.in_chans, *c.img_size],
+                        "tokens": c.num_tokens, "M": c.M, "N": c.N, "embed_dim": c.embed_dim, "depth": c.depth})
+    zoo = []
+    for root in repository_roots():
+        for pkg in iter_packages(root):
+            zoo.append({"name": pkg.name, "version": pkg.version, "preset": pkg.manifest.get("preset"),
+                        "quality": pkg.quality, "compress": pkg.compresses, "model_id": pkg.model_id.hex(),
+                        "input": [pkg.input_spec.channels, *pkg.input_spec.size], "path": str(pkg.path),
+                        "metrics": pkg.manifest.get("metrics", {})})
+    if as_json:
+        console.print_json(json.dumps({"presets": presets, "zoo": zoo}))
+        return
+    table = Table(title="presets")
+    for col in ("name", "params (M)", "input", "tokens", "M", "N", "D", "depth"):
+        table.add_column(col)
+    for p in presets:
+        table.add_row(p["name"], str(p["params_m"]), "x".join(map(str, p["input"])), str(p["tokens"]), str(p["M"]),
+                      str(p["N"]), str(p["embed_dim"]), str(p["depth"]))
+    console.print(table)
+    table = Table(title="model zoo (Fashion-MNIST test split, measured on real bitstreams)")
+    for col in ("name", "version", "preset", "quality", "model id", "top-1", "bytes/image", "bpp", "PSNR"):
+        table.add_column(col)
+    for z in zoo:
+        m = z["metrics"]
+        table.add_row(z["name"], str(z["version"]), str(z["preset"]), str(z["quality"] or "-"), z["model_id"] or "-",
+                      _fmt(m.get("top1"), pct=True), _fmt(m.get("bytes_per_image"), 1), _fmt(m.get("bpp"), 3),
+                      _fmt(m.get("psnr"), 2))
+    console.print(table)
+
+
+def _fmt(value: object, digits: int = 2, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * float(value):.2f} %" if pct else f"{float(value):.{digits}f}"
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(..., help="Zoo name or package path."),
+    data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
+    split: str = typer.Option("test", help="Dataset split."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate the first N images only."),
+    batch_size: int = typer.Option(256, help="Images per batch."),
+    device: str = typer.Option("cpu", help="Torch device for the cloud side."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    record: bool = typer.Option(False, help="Store the figures in the package manifest (model card source)."),
+) -> None:
+    """Accuracy, rate and PSNR measured on real bitstreams (edge ONNX encoder -> cloud decoder)."""
+    from rich.progress import Progress
+
+    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.models.evaluate import evaluate
+
+    try:
+        package = resolve_model(model)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    with Progress(console=err, disable=as_json or not err.is_terminal, transient=True) as progress:
+        task = progress.add_task(f"eval {package.name}", total=limit)
+        report = evaluate(model, data, split, limit, batch_size, device,
+                          on_batch=lambda n: progress.advance(task, n))
+    result = report.to_dict()
+    if record:
+        manifest_path = package.path / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["metrics"] = {k: result[k] for k in ("data", "n", "top1", "top5", "bpp", "bytes_per_image",
+                                                      "header_bytes", "psnr", "decode_failures")}
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{report.model} on {report.data}/{split} (n={report.n})")
+    for key in ("top1", "top5", "bpp", "bytes_per_image", "header_bytes", "psnr", "decode_failures", "seconds"):
+        table.add_row(key, str(result[key]) if not isinstance(result[key], float) else f"{result[key]:.4f}")
+    console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    model: Path = typer.Option(..., help="Training checkpoint (final.pt / last.pt)."),
+    out: Path = typer.Option(..., help="Model repository root: writes OUT/<name>/<version>/."),
+    name: str = typer.Option(..., help="Model name in the repository."),
+    version: int = typer.Option(1, help="Model version."),
+    quality: Optional[int] = typer.Option(None, help="Quality recorded in streams (default: the training --quality)."),
+    fp32_weights: bool = typer.Option(False, help="Keep cloud weights in float32 (default float16, half the size)."),
+) -> None:
+    """Write a model package: manifest, edge encoder.onnx, codec tables with integer h_s, cloud weights."""
+    from vitcodec.models.checkpoint import load_checkpoint, load_model_state
+    from vitcodec.models.config import JCCConfig
+    from vitcodec.models.export import export_package
+    from vitcodec.models.registry import create_model
+
+    try:
+        ckpt = load_checkpoint(model)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    net = create_model(JCCConfig.from_dict(ckpt["config"]))
+    load_model_state(net, ckpt["model"])
+    settings = ckpt.get("settings", {})
+    compress = ckpt.get("stage", settings.get("stage")) == "joint"
+    q = quality if quality is not None else settings.get("quality")
+    extra = {"training": {k: settings.get(k) for k in ("stage", "data", "epochs", "quality", "alpha", "beta", "lr",
+                                                       "batch_size")} | {"wall_s": ckpt.get("wall_s")}}
+    package = export_package(net, out, name=name, version=version, quality=q, compress=compress,
+                             half_weights=not fp32_weights, extra=extra)
+    console.print(f"wrote {package.path} (model id {package.model_id.hex() or '-'})")
+
+
+@app.command("decode")
+def decode_cmd(
+    file: Path = typer.Argument(..., help="A .vcb bitstream written by `vitcodec-edge encode`."),
+    model: Optional[str] = typer.Option(None, help="Zoo name or package path (default: found by the stream's model id)."),
+    top_k: int = typer.Option(5, min=1, help="How many classes to list."),
+    reconstruct: Optional[Path] = typer.Option(None, help="Also decode pixels and write this PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Classify a bitstream without decoding pixels; reconstruct only when asked.
+
+    Exit status 1 when the file is missing, damaged, not a vitcodec stream or made for another model, 2 when
+    the model cannot be found or loaded; either way one error line, no traceback.
+    """
+    import warnings
+
+    from PIL import Image
+
+    from vitcodec.codec.bitstream import read_stream_info
+    from vitcodec.codec.errors import CodecError, ModelMismatchError
+    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id, resolve_model
+    from vitcodec.edge.commands import error_line, mismatch_message
+
+    def fail(message: str, code: int = 1) -> NoReturn:
+        error_line(message)  # one line, never wrapped at the terminal width
+        raise typer.Exit(code)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # compressai's import-time torch.jit notice
+        from vitcodec.models.inference import CloudModel
+
+    try:
+        data = file.read_bytes()
+    except IsADirectoryError:
+        fail(f"{file}: is a folder, not a bitstream file")
+    except FileNotFoundError:
+        fail(f"{file}: no such file")
+    except OSError as exc:
+        fail(f"{file}: cannot read ({exc.strerror or exc})")
+    try:  # integrity first, so that a damaged model id reads as damage, not as an unknown model
+        header = read_stream_info(data).header
+    except CodecError as exc:
+        fail(f"{file}: {exc}")
+    try:
+        package = resolve_model(model) if model else find_by_model_id(header.model_id)
+    except ModelNotFoundError as exc:
+        if model:
+            fail(str(exc), 2)
+        fail(f"{file}: {exc}")  # a stream for a model that is not installed here
+    if package.compresses and header.model_id != package.model_id:
+        fail(f"{file}: {mismatch_message(ModelMismatchError(package.model_id, header.model_id), package)}")
+    try:
+        cloud = CloudModel(package)
+    except (ModelNotFoundError, ValueError) as exc:
+        fail(str(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - a damaged package (weights file, manifest) is reported, not traced
+        fail(f"model {package.name} ({package.path}) cannot be loaded: {exc.__class__.__name__}: "
+             f"{' '.join(str(exc).split())[:300]}", 2)
+    try:
+        decoded = cloud.decode(data)
+    except CodecError as exc:
+        fail(f"{file}: {exc}")
+    pred = cloud.predictions(cloud.classify_latents(decoded.y_hat[None]), top_k)[0]
+    if reconstruct:
+        pixels = cloud.reconstruct_latents(decoded.y_hat[None], decoded.header.image_size)[0]
+        try:
+            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(reconstruct)
+        except (OSError, ValueError) as exc:
+            fail(f"{reconstruct}: cannot write the reconstruction ({getattr(exc, 'strerror', None) or exc})")
+    h, w = decoded.header.image_size
+    result = {"file": str(file), "model": package.name, "bytes": decoded.num_bytes,
+              "bpp": 8 * decoded.num_bytes / (h * w), "image_size": [h, w],
+              "top_k": [{"label": lab, "index": idx, "probability": p}
+                        for lab, idx, p in zip(pred.top_labels, pred.top_indices, pred.top_probs)]}
+    if reconstruct:
+        result["reconstruction"] = str(reconstruct)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(f"{file}: {package.name}, {decoded.num_bytes} bytes ({result['bpp']:.3f} bpp), {h}x{w}",
+                  highlight=False, soft_wrap=True)
+    for entry in result["top_k"]:
+        console.print(f"  {entry['probability']:7.2%}  {entry['label']}", highlight=False)
+    if reconstruct:
+        console.print(f"reconstruction written to {reconstruct}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ class JointCompressionClassifier(nn.Module):
         c = config
         self.g_a = AnalysisTransform(c.in_chans, c.encoder_channels, c.M, c.kernel_size)
         self.hyperprior = MeanScaleHyperprior(c.M, c.N)
-        self.vit = LatentViT(c.M, c.num_tokens, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
+        self.vit = LatentViT(c.M, c.latent_shape(*c.img_size), c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
                              c.num_classes, c.drop_path_rate)
         self.aggregation = FeatureAggregation(c.M, c.embed_dim, c.fusion_blocks)
         self.g_s = SynthesisTransform(c.embed_dim, c.decoder_channels or c.encoder_channels, c.in_chans,

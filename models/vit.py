@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -15,9 +15,11 @@ class LatentViT(nn.Module):
     exposes the outputs of the first blocks for the reconstruction path's feature aggregation.
     """
 
-    def __init__(self, M: int, num_tokens: int, embed_dim: int, depth: int, num_heads: int,
+    def __init__(self, M: int, grid: tuple[int, int], embed_dim: int, depth: int, num_heads: int,
                  mlp_ratio: float, num_classes: int, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        self.grid = tuple(grid)
+        num_tokens = grid[0] * grid[1]
         self.num_tokens = num_tokens
         self.latent_embed = nn.Linear(M, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -34,13 +36,15 @@ class LatentViT(nn.Module):
 
     def embed(self, y_hat: Tensor) -> Tensor:
         tokens = self.latent_embed(y_hat.flatten(2).transpose(1, 2))
-        if tokens.shape[1] != self.num_tokens:
-            raise ValueError(
-                f"latent has {tokens.shape[1]} positions but the model was built for {self.num_tokens}; "
-                "resize the input to the model's image size"
-            )
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        return torch.cat([cls, tokens], dim=1) + self.pos_embed
+        return torch.cat([cls, tokens], dim=1) + self.position_embedding(tuple(y_hat.shape[-2:]))
+
+    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """Learned positions, bicubically resampled when the latent grid differs from training's."""
+        if grid == self.grid:
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=list(self.grid),
+                                      num_prefix_tokens=1)
 
     def forward_features(self, y_hat: Tensor) -> Tensor:
         x = self.embed(y_hat)

@@ -1,0 +1,145 @@
+"""Export a trained network to a model package: the edge's ONNX encoder, the codec tables with the exact
+integer h_s, the cloud's weights, and a manifest tying them together under one model id.
+
+Like compressai's update-then-save habit: tables are computed once here, hashed into the model id, and never
+recomputed at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
+from vitcodec.codec.latent_codec import LatentCodec
+from vitcodec.codec.package import MANIFEST, PACKAGE_FORMAT, ModelPackage
+from vitcodec.codec.tables import CodecTables
+from vitcodec.models.jcc import EdgeEncoder, JointCompressionClassifier
+
+CLOUD_MODULES = ("vit", "aggregation", "g_s")  # what the cloud needs: no g_a, no float h_s
+
+
+def hyper_synthesis_layers(model: JointCompressionClassifier) -> list[dict[str, Any]]:
+    """The float h_s as plain layer dicts for ``IntegerHyperSynthesis.from_float_layers``."""
+    layers: list[dict[str, Any]] = []
+    for module in model.hyperprior.h_s:
+        if isinstance(module, nn.ReLU):
+            layers.append({"kind": "relu"})
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            deconv = isinstance(module, nn.ConvTranspose2d)
+            layers.append({
+                "kind": "deconv" if deconv else "conv",
+                "weight": module.weight.detach().double().cpu().numpy(),
+                "bias": None if module.bias is None else module.bias.detach().double().cpu().numpy(),
+                "stride": module.stride[0], "padding": module.padding[0],
+                "output_padding": module.output_padding[0] if deconv else 0,
+            })
+        else:
+            raise TypeError(f"h_s layer {type(module).__name__} has no integer twin")
+    return layers
+
+
+def codec_tables(model: JointCompressionClassifier) -> CodecTables:
+    """compressai's integer CDF buffers after ``update()``, as plain arrays."""
+    model.update(force=True)
+    eb, gc = model.hyperprior.entropy_bottleneck, model.hyperprior.gaussian_conditional
+
+    def arr(t: torch.Tensor, dtype: Any) -> np.ndarray:
+        return t.detach().cpu().numpy().astype(dtype)
+
+    return CodecTables(
+        z_cdf=arr(eb._quantized_cdf, np.int32), z_cdf_length=arr(eb._cdf_length, np.int32),
+        z_offset=arr(eb._offset, np.int32), z_medians=arr(eb.quantiles[:, 0, 1], np.float32),
+        y_cdf=arr(gc._quantized_cdf, np.int32), y_cdf_length=arr(gc._cdf_length, np.int32),
+        y_offset=arr(gc._offset, np.int32), scale_table=arr(gc.scale_table, np.float64),
+    )
+
+
+def build_latent_codec(model: JointCompressionClassifier) -> LatentCodec:
+    tables = codec_tables(model)
+    hyper = IntegerHyperSynthesis.from_float_layers(hyper_synthesis_layers(model), tables.scale_table)
+    return LatentCodec(tables, hyper)
+
+
+def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> bytes:
+    """g_a + h_a in ONNX with dynamic batch and spatial axes (inputs arrive already padded to the stride)."""
+    encoder = EdgeEncoder(model).eval().cpu()
+    c = model.config
+    h, w = (-(-s // c.stride) * c.stride for s in c.img_size)
+    dummy = torch.zeros(1, c.in_chans, h, w)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        encoder, (dummy,), buffer, input_names=["image"], output_names=["y", "z"], opset_version=opset,
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch", 2: "h", 3: "w"},
+                      "z": {0: "batch", 2: "hz", 3: "wz"}},
+        dynamo=False,
+    )
+    return buffer.getvalue()
+
+
+def cloud_state(model: JointCompressionClassifier, modules: tuple[str, ...], half: bool) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.split(".", 1)[0] in modules:
+            value = value.detach().cpu()
+            state[key] = value.half() if half and value.is_floating_point() else value.clone()
+    return state
+
+
+def export_package(model: JointCompressionClassifier, out: Path, *, name: str, version: int = 1,
+                   quality: int | None = None, compress: bool = True, half_weights: bool = True,
+                   labels: tuple[str, ...] | None = None, extra: dict[str, Any] | None = None,
+                   overwrite: bool = True) -> ModelPackage:
+    """Write ``out/<name>/<version>/`` and return the opened package.
+
+    ``compress=False`` exports the step-one reference model: full torch weights, no ONNX, no codec.
+    ``half_weights`` stores the cloud weights in float16 (they are upcast at load; halves the zoo's size).
+    """
+    model = model.eval().cpu()
+    c = model.config
+    target = Path(out) / name / str(version)
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(f"{target} exists")
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    files: dict[str, str] = {}
+    model_id = b""
+    if compress:
+        codec = build_latent_codec(model)
+        codec.save(target / "codec.npz")
+        onnx_bytes = onnx_encoder_bytes(model)
+        (target / "encoder.onnx").write_bytes(onnx_bytes)
+        model_id = codec.model_id(hashlib.sha256(onnx_bytes).digest())
+        files.update(codec="codec.npz", encoder="encoder.onnx")
+        modules = CLOUD_MODULES
+    else:
+        modules = ("g_a", *CLOUD_MODULES)
+    torch.save(cloud_state(model, modules, half_weights), target / "weights.pt")
+    files["weights"] = "weights.pt"
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "name": name,
+        "version": version,
+        "preset": c.name,
+        "config": c.to_dict(),
+        "labels": list(labels or c.labels),
+        "input": {"size": list(c.img_size), "channels": c.in_chans, "mean": list(c.mean), "std": list(c.std),
+                  "stride": c.stride, "resize": "centre zero-pad when smaller, else bilinear resize",
+                  "normalise": "(pixel / 255 - mean) / std, then zero-pad bottom/right to the stride"},
+        "compress": compress,
+        "quality": quality,
+        "model_id": model_id.hex(),
+        "files": files,
+        **(extra or {}),
+    }
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return ModelPackage.open(target)

@@ -1,0 +1,99 @@
+"""Cloud-side inference on bitstreams: entropy decoding through ``codec/`` (exact integer h_s), then the
+ViT on the decoded latents. Pixels are decoded only by ``reconstruct``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vitcodec.codec.bitstream import StreamHeader, unpack_stream
+from vitcodec.codec.errors import CodecError
+from vitcodec.codec.latent_codec import LatentCodec
+from vitcodec.codec.package import ModelPackage, resolve_model
+from vitcodec.models.checkpoint import load_model_state
+from vitcodec.models.config import JCCConfig
+from vitcodec.models.jcc import JointCompressionClassifier
+
+
+@dataclass(frozen=True)
+class DecodedStream:
+    header: StreamHeader
+    y_hat: np.ndarray  # float32 (M, h, w)
+    num_bytes: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    top_indices: list[int]
+    top_labels: list[str]
+    top_probs: list[float]
+    probabilities: np.ndarray
+
+
+class CloudModel:
+    """A model package loaded for serving: codec (numpy) + torch networks (ViT, aggregation, g_s)."""
+
+    def __init__(self, package: ModelPackage, device: str | torch.device = "cpu") -> None:
+        if not package.compresses:
+            raise ValueError(f"model {package.name} is the uncompressed reference: it decodes no bitstreams")
+        self.package = package
+        self.device = torch.device(device)
+        self.config = JCCConfig.from_dict(package.manifest["config"])
+        self.codec = LatentCodec.load(package.file("codec"))
+        self.model_id = package.model_id
+        net = JointCompressionClassifier(self.config)
+        state = torch.load(package.file("weights"), map_location="cpu", weights_only=True)
+        load_model_state(net, {k: v.float() for k, v in state.items()}, strict=False)
+        self.net = net.to(self.device).eval()
+        self.labels = package.labels or [str(i) for i in range(self.config.num_classes)]
+
+    @classmethod
+    def load(cls, spec: str | None = None, device: str | torch.device = "cpu") -> "CloudModel":
+        return cls(resolve_model(spec), device)
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    def decode(self, stream: bytes) -> DecodedStream:
+        """Parse, check the model id and integrity, entropy-decode: raises CodecError subclasses."""
+        header, z_payload, y_payload = unpack_stream(stream, expected_model_id=self.model_id)
+        expected = self.config.latent_shape(*header.image_size)
+        if tuple(header.latent_shape) != expected:
+            raise CodecError(f"latent shape {tuple(header.latent_shape)} does not match image size "
+                             f"{tuple(header.image_size)} for this model (expected {expected})")
+        y_hat = self.codec.decode(z_payload, y_payload, header.latent_shape)
+        return DecodedStream(header, y_hat, len(stream))
+
+    @torch.inference_mode()
+    def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of decoded latents (B, M, h, w): no pixel decoder runs."""
+        x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
+        return torch.softmax(self.net.classify(x).float(), dim=1).cpu().numpy()
+
+    def predictions(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
+        k = max(1, min(top_k, probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [Prediction(row.tolist(), [self.labels[i] for i in row], [float(p[i]) for i in row], p)
+                for row, p in zip(order, probs)]
+
+    def classify(self, streams: list[bytes], top_k: int = 5) -> list[Prediction]:
+        decoded = [self.decode(s) for s in streams]
+        return self.predictions(self.classify_latents(np.stack([d.y_hat for d in decoded])), top_k)
+
+    @torch.inference_mode()
+    def reconstruct_latents(self, y_hat: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """uint8 images (B, H, W, C) from decoded latents, via feature aggregation and g_s."""
+        x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
+        x_hat = self.net.reconstruct(x, tuple(image_size)).float().cpu()
+        mean = torch.tensor(self.config.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.config.std).view(1, -1, 1, 1)
+        pixels = ((x_hat * std + mean).clamp(0, 1) * 255.0).round().to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).numpy()
+
+    def reconstruct(self, stream: bytes) -> np.ndarray:
+        decoded = self.decode(stream)
+        return self.reconstruct_latents(decoded.y_hat[None], decoded.header.image_size)[0]
