@@ -48,6 +48,7 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (overrides --epochs)."),
     batch_size: int = typer.Option(128, help="Batch size per process."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then cosine)."),
+    codec_lr: Optional[float] = typer.Option(None, help="Peak learning rate of g_a and the hyperprior (default: --lr)."),
     warmup_steps: int = typer.Option(200, help="Linear warmup steps."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -62,7 +63,7 @@ def train_cmd(
 
     settings = TrainSettings(out=out, stage=stage, preset=preset, data=data, init=init, quality=quality,
                              alpha=alpha, beta=beta, recon_weight=recon_weight, label_smoothing=label_smoothing,
-                             epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                             epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
                              threads=threads, seed=seed, progress=progress)
     try:
@@ -217,10 +218,6 @@ def decode_cmd(
         error_line(message)  # one line, never wrapped at the terminal width
         raise typer.Exit(code)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # compressai's import-time torch.jit notice
-        from vitcodec.models.inference import CloudModel
-
     try:
         data = file.read_bytes()
     except IsADirectoryError:
@@ -241,6 +238,9 @@ def decode_cmd(
         fail(f"{file}: {exc}")  # a stream for a model that is not installed here
     if package.compresses and header.model_id != package.model_id:
         fail(f"{file}: {mismatch_message(ModelMismatchError(package.model_id, header.model_id), package)}")
+    with warnings.catch_warnings():  # imported only now: bad input is refused without loading torch models
+        warnings.simplefilter("ignore", FutureWarning)  # compressai's import-time torch.jit notice
+        from vitcodec.models.inference import CloudModel
     try:
         cloud = CloudModel(package)
     except (ModelNotFoundError, ValueError) as exc:

@@ -43,6 +43,7 @@ class TrainSettings:
     max_steps: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
+    codec_lr: float | None = None  # g_a + hyperprior (step two's new modules learn faster); None = lr
     aux_lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 200
@@ -135,9 +136,15 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
     steps_per_epoch = max(1, len(loader))
     total_steps = settings.max_steps or max(1, int(round(settings.epochs * steps_per_epoch)))
 
-    main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    codec_params = [p for n, p in named if n.startswith(("g_a.", "hyperprior."))]
+    other_params = [p for n, p in named if not n.startswith(("g_a.", "hyperprior."))]
+    main_params = codec_params + other_params
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-    optimizer = torch.optim.AdamW(main_params, lr=settings.lr, weight_decay=settings.weight_decay)
+    codec_lr = settings.codec_lr or settings.lr
+    optimizer = torch.optim.AdamW([{"params": codec_params, "base_lr": codec_lr},
+                                   {"params": other_params, "base_lr": settings.lr}],
+                                  lr=settings.lr, weight_decay=settings.weight_decay)
     aux_optimizer = torch.optim.Adam(aux_params, lr=settings.aux_lr)
     criterion = JointLoss(settings.loss_weights(), config.mean, config.std).to(device)
 
@@ -181,7 +188,7 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
                 x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
                 lr = _lr_at(step, total_steps, settings.lr, settings.warmup_steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["base_lr"] / settings.lr
                 with autocast():
                     output = forward(x, compress=compress, reconstruct=True)
                 terms = criterion(output, x, target)

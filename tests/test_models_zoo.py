@@ -1,0 +1,53 @@
+"""The shipped zoo: every package loads, round-trips real bitstreams exactly, and scores above a floor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vitcodec.codec.package import iter_packages, resolve_model, zoo_root
+from vitcodec.models.evaluate import evaluate
+
+ZOO = {p.name: p for p in iter_packages(zoo_root())}
+EXPECTED = {"fmnist-uncompressed", "fmnist-q1", "fmnist-q2", "fmnist-q3"}
+# Floors on a 500-image slice of the test split: far below the card's figures, far above chance (10 %).
+TOP1_FLOOR = {"fmnist-uncompressed": 0.85, "fmnist-q1": 0.80, "fmnist-q2": 0.82, "fmnist-q3": 0.83}
+
+
+def test_zoo_is_complete_and_small() -> None:
+    assert EXPECTED <= set(ZOO), f"zoo holds {sorted(ZOO)}"
+    total = sum(f.stat().st_size for f in zoo_root().rglob("*") if f.is_file())
+    assert total <= 20 * 1024 * 1024, f"zoo weighs {total / 2**20:.1f} MB"
+
+
+def test_default_model_is_q2() -> None:
+    assert resolve_model().name == "fmnist-q2"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_zoo_model_scores_above_floor_on_500_test_images(name: str) -> None:
+    report = evaluate(name, "fashion-mnist", limit=500)
+    assert report.n == 500
+    assert report.top1 >= TOP1_FLOOR[name], report
+    assert report.decode_failures == 0
+    if ZOO[name].compresses:
+        assert 0 < report.bytes_per_image < 200
+        assert report.header_bytes == 12
+
+
+def test_rates_increase_with_quality() -> None:
+    """Card figures (measured on all 10k test images) must order q1 < q2 < q3 in bytes."""
+    sizes = [ZOO[f"fmnist-q{q}"].manifest["metrics"]["bytes_per_image"] for q in (1, 2, 3)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3, sizes
+
+
+def test_manifests_are_self_consistent() -> None:
+    for pkg in ZOO.values():
+        manifest = json.loads((pkg.path / "manifest.json").read_text())
+        assert manifest["name"] == pkg.name
+        if pkg.compresses:
+            assert len(pkg.model_id) == 4
+            assert {"encoder", "codec", "weights"} <= set(manifest["files"])
+            assert np.isfinite(manifest["metrics"]["top1"])
