@@ -1,0 +1,190 @@
+"""Classify-from-bitstream vs the conventional pipeline, side by side in one run.
+
+    ours:          bitstream ─► entropy decode (codec, integer h_s) ─► ViT on ŷ tokens ─► class
+    conventional:  bitstream ─► entropy decode (same) ─► pixel decoder g_s ─► DeiT with its own patch stem ─► class
+
+Same sizes: the DeiT sees the model's input size with patches of the encoder's stride, so it has exactly as
+many tokens as the latent ViT, and the same width, depth and heads; g_s mirrors the encoder (M -> pixels).
+The conventional networks have random weights (throughput only). Bitstreams are real (the edge encoder's).
+
+    python benchmarks/bench_pipeline.py --model fmnist-q2 --n 512 --batch 64
+    python benchmarks/bench_pipeline.py --preset jcc-deit-s-224 --n 64 --batch 16   # exports a random package
+
+Prints a markdown table (images/s and ms per image for each stage) and the throughput ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def _images(package, n: int) -> np.ndarray:
+    spec = package.input_spec
+    if tuple(spec.size) == (28, 28) and spec.channels == 1:
+        try:
+            from vitcodec.models.data import load_fashion_mnist
+
+            images, _ = load_fashion_mnist("test")
+            return images[np.arange(n) % len(images), :, :, None]
+        except Exception:  # the Debian dataset is optional here
+            pass
+    rng = np.random.default_rng(0)
+    h, w = spec.size
+    base = rng.integers(0, 256, (n, h // 8 + 1, w // 8 + 1, spec.channels)).astype(np.uint8)
+    return np.repeat(np.repeat(base, 8, 1), 8, 2)[:, :h, :w]  # blocky, compressible images
+
+
+def _package(args):
+    from vitcodec.codec.package import resolve_model
+
+    if not args.preset:
+        return resolve_model(args.model)
+    import torch
+
+    from vitcodec.models.export import export_package
+    from vitcodec.models.registry import create_model
+
+    torch.manual_seed(0)
+    out = Path(tempfile.mkdtemp(prefix="vitcodec-bench-"))
+    return export_package(create_model(args.preset), out, name=f"{args.preset}-random", quality=2)
+
+
+def _time(fn, repeats: int) -> float:
+    """Median seconds of `repeats` runs after one warm-up."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="fmnist-q2", help="model package name or path (default fmnist-q2)")
+    parser.add_argument("--preset", default=None, help="instead of --model: export this preset with random weights")
+    parser.add_argument("--n", type=int, default=256, help="images (bitstreams) per run")
+    parser.add_argument("--batch", type=int, default=64, help="batch size of the forward passes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (the median is reported)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = parser.parse_args(argv)
+
+    import timm
+    import torch
+
+    from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.models.decoder import SynthesisTransform
+    from vitcodec.models.inference import CloudModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    package = _package(args)
+    model = CloudModel(package, args.device)
+    c = model.config
+    device = torch.device(args.device)
+    streams = [r.stream for r in EdgeEncoder(package).encode_pixels(_images(package, args.n))]
+    sizes = [len(s) for s in streams]
+
+    # the conventional pipeline's networks, same sizes, random weights
+    padded = tuple(-(-s // c.stride) * c.stride for s in c.img_size)
+    g_s = SynthesisTransform(c.M, c.encoder_channels, c.in_chans, c.kernel_size).to(device).eval()
+    deit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=padded, patch_size=c.stride,
+                             in_chans=c.in_chans, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
+                             mlp_ratio=c.mlp_ratio, num_classes=c.num_classes).to(device).eval()
+    tokens_deit = deit.patch_embed.num_patches
+    tokens_ours = c.num_tokens
+    batches = [list(range(i, min(i + args.batch, args.n))) for i in range(0, args.n, args.batch)]
+
+    decoded = [model.decode(s).y_hat for s in streams]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def entropy_decode() -> None:
+        for s in streams:
+            model.decode(s)
+
+    @torch.inference_mode()
+    def ours_forward() -> None:
+        for idx in batches:
+            model.classify_latents(np.stack([decoded[i] for i in idx]))
+        sync()
+
+    @torch.inference_mode()
+    def pixel_decode() -> list:
+        out = []
+        for idx in batches:
+            y = torch.from_numpy(np.stack([decoded[i] for i in idx])).to(device)
+            out.append(g_s(y)[..., : padded[0], : padded[1]])
+        sync()
+        return out
+
+    pixels = pixel_decode()
+
+    @torch.inference_mode()
+    def deit_forward() -> None:
+        for x in pixels:
+            torch.softmax(deit(x).float(), dim=1).cpu()
+        sync()
+
+    @torch.inference_mode()
+    def ours_end_to_end() -> None:
+        for idx in batches:
+            model.classify_latents(np.stack([model.decode(streams[i]).y_hat for i in idx]))
+        sync()
+
+    @torch.inference_mode()
+    def conventional_end_to_end() -> None:
+        for idx in batches:
+            y = torch.from_numpy(np.stack([model.decode(streams[i]).y_hat for i in idx])).to(device)
+            x = g_s(y)[..., : padded[0], : padded[1]]
+            torch.softmax(deit(x).float(), dim=1).cpu()
+        sync()
+
+    t = {name: _time(fn, args.repeats) for name, fn in [
+        ("entropy decode", entropy_decode), ("ViT on latents", ours_forward), ("pixel decoder g_s", pixel_decode),
+        ("DeiT on pixels", deit_forward), ("ours end to end", ours_end_to_end),
+        ("conventional end to end", conventional_end_to_end)]}
+    n = args.n
+    ms = {k: v / n * 1e3 for k, v in t.items()}
+    ips = {k: n / v for k, v in t.items()}
+    model_only_ours = ms["ViT on latents"]
+    model_only_conv = ms["pixel decoder g_s"] + ms["DeiT on pixels"]
+
+    print(f"# classify from bitstream vs conventional pipeline — {package.name} ({c.name})\n")
+    cpu = platform.processor() or platform.machine()
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.node()} · {cpu} · {os.cpu_count()} CPUs"
+          f" · device {args.device} · torch {torch.__version__} threads {torch.get_num_threads()}"
+          f" · n={n}, batch={args.batch} · streams {statistics.mean(sizes):.0f} B mean"
+          f" · tokens: ours {tokens_ours}, DeiT {tokens_deit}\n")
+    print("| stage | ms / image | images / s |")
+    print("|---|---:|---:|")
+    for name in t:
+        print(f"| {name} | {ms[name]:.3f} | {ips[name]:.0f} |")
+    print()
+    print("| comparison | ours | conventional | ratio (ours faster by) |")
+    print("|---|---:|---:|---:|")
+    print(f"| end to end, images/s | {ips['ours end to end']:.0f} | {ips['conventional end to end']:.0f} | "
+          f"{ips['ours end to end'] / ips['conventional end to end']:.2f}x |")
+    print(f"| networks only (after entropy decoding), ms/image | {model_only_ours:.3f} | {model_only_conv:.3f} | "
+          f"{model_only_conv / model_only_ours:.2f}x |")
+    share = ms["entropy decode"] / ms["ours end to end"]
+    print(f"\nentropy decoding is {share:.0%} of our end-to-end time per image.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

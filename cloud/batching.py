@@ -1,0 +1,219 @@
+"""The batching engine: requests from every transport meet in one queue per model and kind.
+
+    request ─► validate header (event loop) ─► entropy decode (decode thread pool) ─► BatchQueue(model, kind)
+                                                                                        │ dynamic batching:
+                                                                                        │ max batch size,
+                                                                                        │ max queue delay
+                                                                                        ▼
+                                                   one batched forward in the kind's compute thread
+
+- Entropy decoding (numpy + constriction) runs in a thread pool before a stream joins its queue, so
+  decoding overlaps with the previous batch's forward; ``decode_workers=0`` decodes on the event loop
+  instead (for measurement: see benchmarks/bench_server.py).
+- Classification and reconstruction have separate queues and separate compute threads, so a burst of
+  reconstructions never holds up classification.
+- A batch only ever holds streams with the same latent geometry (one stack, one forward); it starts as soon
+  as the compute thread is free and either the batch is full or its first stream has waited
+  ``max_queue_delay``. While a forward runs, newcomers pile up and form the next batch: under load batches
+  grow by themselves; alone, a request waits at most ``max_queue_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import Overloaded, ShuttingDown
+from .metrics import Metrics
+
+log = logging.getLogger("vitcodec.cloud.batching")
+
+CLASSIFY = "classify"
+RECONSTRUCT = "reconstruct"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One stream's share of a batched forward."""
+
+    value: Any  # probabilities (classes,) or uint8 image (H, W, C)
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    y_hat: np.ndarray
+    key: Hashable
+    future: asyncio.Future
+    enqueued: float
+
+
+RunBatch = Callable[[np.ndarray, Hashable], np.ndarray]  # stacked (B, M, h, w), key -> (B, ...)
+
+
+class BatchQueue:
+    """One asyncio-fed queue and its worker task, for one (model, kind)."""
+
+    def __init__(self, label: str, kind: str, run_batch: RunBatch, executor: ThreadPoolExecutor, *,
+                 max_batch_size: int, max_queue_delay_s: float, max_queue_size: int, metrics: Metrics) -> None:
+        self.label, self.kind = label, kind
+        self._run_batch = run_batch
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._metrics = metrics
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batch-{self.label}-{self.kind}")
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    async def submit(self, y_hat: np.ndarray, key: Hashable) -> BatchOutcome:
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        if len(self._items) >= self.max_queue_size:
+            raise Overloaded(f"model {self.label!r} has {len(self._items)} {self.kind} requests queued; retry later")
+        loop = asyncio.get_running_loop()
+        item = _Item(y_hat, key, loop.create_future(), time.perf_counter())
+        self._items.append(item)
+        self._metrics.queue_depth.labels(self.label, self.kind).set(len(self._items))
+        self._wakeup.set()
+        return await item.future
+
+    async def close(self) -> None:
+        """Finish every queued item, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _collect(self) -> list[_Item] | None:
+        while not self._items:
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        # the first item is here: wait for company until the batch is full or the delay has passed
+        deadline = self._items[0].enqueued + self.max_queue_delay_s
+        while len(self._items) < self.max_batch_size and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        first_key = self._items[0].key
+        batch: list[_Item] = []
+        skipped: list[_Item] = []
+        while self._items and len(batch) < self.max_batch_size:
+            item = self._items.popleft()
+            if item.future.done():  # cancelled: the client went away
+                continue
+            (batch if item.key == first_key else skipped).append(item)
+        self._items.extendleft(reversed(skipped))  # other geometries keep their place for the next batch
+        self._metrics.queue_depth.labels(self.label, self.kind).set(len(self._items))
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                stacked = np.stack([item.y_hat for item in batch])
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, stacked, batch[0].key)
+            except Exception as exc:  # a failing forward fails its requests, never the worker
+                log.exception("%s batch of %d for %s failed", self.kind, len(batch), self.label)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            compute_ms = (time.perf_counter() - started) * 1e3
+            self._metrics.batch_size.labels(self.label, self.kind).observe(len(batch))
+            self._metrics.compute_time.labels(self.label, self.kind).observe(compute_ms / 1e3)
+            queue_hist = self._metrics.queue_time.labels(self.label, self.kind)
+            for item, output in zip(batch, outputs):
+                queue_s = started - item.enqueued
+                queue_hist.observe(queue_s)
+                if not item.future.done():
+                    item.future.set_result(BatchOutcome(output, queue_s * 1e3, compute_ms, len(batch)))
+
+
+class ModelBatcher:
+    """The two queues of one loaded model."""
+
+    def __init__(self, label: str, model: Any, engine: BatchingEngine) -> None:
+        s = engine.settings
+        common = dict(max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_ms / 1e3,
+                      max_queue_size=s.max_queue_size, metrics=engine.metrics)
+        self.classify = BatchQueue(label, CLASSIFY, lambda y, key: model.classify_latents(y),
+                                   engine.classify_executor, **common)
+        self.reconstruct = BatchQueue(label, RECONSTRUCT, lambda y, key: model.reconstruct_latents(y, key[1]),
+                                      engine.reconstruct_executor, **common)
+        self.classify.start()
+        self.reconstruct.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(self.classify.close(), self.reconstruct.close())
+
+
+class BatchingEngine:
+    """Executors and per-model batchers of one server; created and closed inside the server's event loop."""
+
+    def __init__(self, settings: Any, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        workers = settings.decode_workers
+        self.decode_executor = ThreadPoolExecutor(workers, thread_name_prefix="vitcodec-decode") if workers else None
+        self.classify_executor = ThreadPoolExecutor(1, thread_name_prefix="vitcodec-classify")
+        self.reconstruct_executor = ThreadPoolExecutor(1, thread_name_prefix="vitcodec-reconstruct")
+        self._batchers: dict[tuple[str, str], ModelBatcher] = {}
+        self._closing = False
+
+    def batcher(self, name: str, version: str, model: Any) -> ModelBatcher:
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        key = (name, version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            label = name if version == "1" else f"{name}/{version}"
+            batcher = self._batchers[key] = ModelBatcher(label, model, self)
+        return batcher
+
+    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work (entropy decoding, PNG encoding) in the decode pool, or inline when it has no threads."""
+        if self.decode_executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.decode_executor, fn, *args)
+
+    async def close(self) -> None:
+        """Drain every queue (in-flight requests finish), then stop the threads."""
+        self._closing = True
+        await asyncio.gather(*(b.close() for b in self._batchers.values()))
+        for executor in (self.decode_executor, self.classify_executor, self.reconstruct_executor):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,306 @@
+"""The transport-free data plane: live, ready, metadata, infer (v2), classify and reconstruct (native).
+
+REST routers and gRPC servicers convert their wire formats to the types in `types.py`, call one method here,
+and convert the answer back; errors are raised as domain exceptions and mapped by `errors.describe`.
+
+A stream's path: header validation on the event loop (magic, version, checksum, model id, geometry: cheap,
+and it refuses hostile sizes before any allocation), entropy decoding off the loop, then the model's batch
+queue. Native calls route by the model id in the header; v2 calls name the model and the id must match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import vitcodec
+from vitcodec.codec.bitstream import StreamHeader, StreamInfo, read_stream_info
+from vitcodec.codec.errors import CodecError, CorruptPayloadError
+from vitcodec.codec.package import DEFAULT_MODEL
+
+from .batching import BatchingEngine
+from .errors import InvalidRequest, ModelMismatch, ShuttingDown
+from .metrics import Metrics
+from .repository import ModelEntry, ModelRepository
+from .types import (
+    INPUT_NAME,
+    LABEL_NAME,
+    PROBS_NAME,
+    ClassifyResult,
+    ClassScore,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    ModelSummary,
+    ReconstructResult,
+)
+
+log = logging.getLogger("vitcodec.cloud.dataplane")
+
+SERVER_NAME = "vitcodec"
+PLATFORM = "vitcodec_torch"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
+DEFAULT_TOP_K = 5
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, engine: BatchingEngine, metrics: Metrics,
+                 max_streams_per_request: int = 1024, default_model: str = DEFAULT_MODEL,
+                 max_tokens_factor: float = 4.0) -> None:
+        self.repository = repository
+        self.engine = engine
+        self.metrics = metrics
+        self.max_streams_per_request = max_streams_per_request
+        self.max_tokens_factor = max_tokens_factor
+        self.default_model = default_model
+        self.draining = False
+
+    # -- health and metadata -------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.repository.ready and not self.draining
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.repository.get(name, version).ready and not self.draining
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": vitcodec.__version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        entry = self.repository.get(name, version)
+        classes = len(entry.labels)
+        return {
+            "name": entry.name,
+            "versions": self.repository.versions(entry.name),
+            "platform": PLATFORM,
+            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, classes]},
+                        {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}],
+        }
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton-style configuration (the fields that describe a vitcodec model)."""
+        entry = self.repository.get(name, version)
+        settings = self.engine.settings
+        return {
+            "name": entry.name,
+            "platform": PLATFORM,
+            "backend": "vitcodec",
+            "max_batch_size": 0,  # the batch is the first dimension of BITSTREAM, not an implicit one
+            "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+            "output": [{"name": PROBS_NAME, "data_type": "TYPE_FP32", "dims": [-1, len(entry.labels)]},
+                       {"name": LABEL_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+            "dynamic_batching": {"preferred_batch_size": [settings.max_batch_size],
+                                 "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000)},
+        }
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return [{"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason}
+                for e in self.repository.entries() if e.ready or not ready_only]
+
+    def list_models(self) -> list[ModelSummary]:
+        out = []
+        for e in self.repository.entries():
+            spec = e.package.input_spec
+            out.append(ModelSummary(e.name, e.version, e.model_id.hex(), e.state.value, e.reason, e.package.quality,
+                                    e.labels, tuple(spec.size), spec.channels, e.name == self.default_model))
+        return out
+
+    # -- stream handling -----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.draining:
+            raise ShuttingDown("server is shutting down; send the request to another replica")
+
+    @staticmethod
+    def _as_bytes(stream: Any) -> bytes:
+        if isinstance(stream, (bytes, bytearray, memoryview)):
+            return bytes(stream)
+        raise InvalidRequest(f"a bitstream must be bytes, got {type(stream).__name__}")
+
+    def _route(self, stream: bytes, model: str | None, version: str | None) -> tuple[ModelEntry, StreamInfo]:
+        """Validate the container and find the model: by name (the id must match) or by the header's id."""
+        info = read_stream_info(stream)  # magic, version, checksum, header fields: raises CodecError
+        header = info.header
+        if model:
+            entry = self.repository.get(model, version)
+            if header.model_id != entry.model_id:
+                raise ModelMismatch(entry.name, entry.model_id, header.model_id)
+        else:
+            entry = self.repository.by_model_id(header.model_id)
+        self.repository.require_ready(entry)
+        self._check_geometry(entry, header)
+        return entry, info
+
+    def _check_geometry(self, entry: ModelEntry, header: StreamHeader) -> None:
+        """The latent grid must follow from the image size, and stay within `max_tokens_factor` times the
+        model's training grid (refused before decoding allocates anything)."""
+        spec = entry.package.input_spec
+        h, w = header.image_size
+        lh, lw = header.latent_shape
+        expected = (math.ceil(h / spec.stride), math.ceil(w / spec.stride))
+        if (lh, lw) != expected:
+            raise InvalidRequest(f"stream's latent shape {lh}x{lw} does not fit its {h}x{w} image for model "
+                                 f"{entry.name!r} (expected {expected[0]}x{expected[1]})")
+        trained = math.ceil(spec.size[0] / spec.stride) * math.ceil(spec.size[1] / spec.stride)
+        limit = int(trained * self.max_tokens_factor)
+        if lh * lw > limit:
+            raise InvalidRequest(
+                f"stream holds a {h}x{w} image ({lh * lw} latent tokens); model {entry.name!r} was trained at "
+                f"{spec.size[0]}x{spec.size[1]} and this server accepts at most {limit} tokens; resize on the edge")
+
+    async def _decode(self, entry: ModelEntry, stream: bytes) -> tuple[np.ndarray, StreamHeader, float]:
+        model = entry.model
+
+        def work() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            decoded = model.decode(stream)
+            return decoded, (time.perf_counter() - t0) * 1e3
+
+        try:
+            decoded, decode_ms = await self.engine.offload(work)
+        except CodecError:
+            self.metrics.streams.labels(entry.name, "decode", "invalid").inc()
+            raise
+        except (ValueError, IndexError, OverflowError, TypeError, RuntimeError) as exc:
+            # The header was valid, so only the payload can be at fault: report it as such, not as a 500.
+            self.metrics.streams.labels(entry.name, "decode", "invalid").inc()
+            log.warning("entropy decoder raised %s on a stream for %s: %s", type(exc).__name__, entry.name, exc)
+            raise CorruptPayloadError(f"the range-coded payload cannot be decoded ({type(exc).__name__}: {exc})") \
+                from None
+        self.metrics.decode_time.labels(entry.name).observe(decode_ms / 1e3)
+        self.metrics.stream_bytes.labels(entry.name).observe(len(stream))
+        return decoded.y_hat, decoded.header, decode_ms
+
+    # -- native operations ---------------------------------------------------------------------------
+    async def classify(self, stream: bytes, model: str | None = None, version: str | None = None,
+                       top_k: int = DEFAULT_TOP_K) -> ClassifyResult:
+        t0 = time.perf_counter()
+        self._check_open()
+        stream = self._as_bytes(stream)
+        entry, info = self._route(stream, model, version)
+        classes = len(entry.labels)
+        if top_k < 1:
+            raise InvalidRequest(f"top_k must be at least 1, got {top_k}")
+        y_hat, header, decode_ms = await self._decode(entry, stream)
+        batcher = self.engine.batcher(entry.name, entry.version, entry.model)
+        outcome = await batcher.classify.submit(y_hat, tuple(header.latent_shape))
+        probs = outcome.value
+        order = np.argsort(-probs, kind="stable")[: min(top_k, classes)]
+        top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in order]
+        self.metrics.streams.labels(entry.name, "classify", "ok").inc()
+        timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
+                   "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
+        return ClassifyResult(entry.name, entry.version, entry.model_id, top, info.total_bytes, info.header_bytes,
+                              tuple(header.image_size), timings)
+
+    async def reconstruct(self, stream: bytes, model: str | None = None,
+                          version: str | None = None) -> ReconstructResult:
+        t0 = time.perf_counter()
+        self._check_open()
+        stream = self._as_bytes(stream)
+        entry, info = self._route(stream, model, version)
+        y_hat, header, decode_ms = await self._decode(entry, stream)
+        batcher = self.engine.batcher(entry.name, entry.version, entry.model)
+        size = tuple(header.image_size)
+        outcome = await batcher.reconstruct.submit(y_hat, (tuple(header.latent_shape), size))
+        t1 = time.perf_counter()
+        png = await self.engine.offload(encode_png, outcome.value)
+        self.metrics.streams.labels(entry.name, "reconstruct", "ok").inc()
+        timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
+                   "png": (time.perf_counter() - t1) * 1e3, "batch_size": float(outcome.batch_size),
+                   "total": (time.perf_counter() - t0) * 1e3}
+        return ReconstructResult(entry.name, entry.version, entry.model_id, png, size, info.total_bytes, timings)
+
+    # -- v2 inference --------------------------------------------------------------------------------
+    def _bitstreams(self, request: InferRequest) -> list[bytes]:
+        if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
+            names = ", ".join(repr(i.name) for i in request.inputs) or "none"
+            raise InvalidRequest(f"expected exactly one input named {INPUT_NAME!r} (got {names})")
+        tensor = request.inputs[0]
+        if tensor.datatype != "BYTES":
+            raise InvalidRequest(f"input {INPUT_NAME!r} must have datatype BYTES, got {tensor.datatype}")
+        shape = list(tensor.shape)
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+            raise InvalidRequest(f"input {INPUT_NAME!r} must have shape [B] (or [B, 1]) with B >= 1, got {shape}")
+        data = tensor.data
+        if not isinstance(data, list) or len(data) != shape[0]:
+            count = len(data) if isinstance(data, list) else "non-BYTES"
+            raise InvalidRequest(f"input {INPUT_NAME!r} has shape {shape} but holds {count} elements")
+        if len(data) > self.max_streams_per_request:
+            raise InvalidRequest(f"at most {self.max_streams_per_request} bitstreams per request, got {len(data)}")
+        return data
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        self._check_open()
+        entry = self.repository.get(request.model_name, request.model_version or None)
+        self.repository.require_ready(entry)
+        streams = self._bitstreams(request)
+        wanted = request.outputs if request.outputs is not None else None
+        if wanted is not None:
+            for out in wanted:
+                if out.name not in (PROBS_NAME, LABEL_NAME):
+                    raise InvalidRequest(f"unknown output {out.name!r}; model {entry.name!r} has outputs "
+                                         f"{PROBS_NAME!r} and {LABEL_NAME!r}")
+                if out.class_count < 0 or (out.class_count and out.name != PROBS_NAME):
+                    raise InvalidRequest(f"output {out.name!r}: 'classification' must be a positive integer and "
+                                         f"applies to {PROBS_NAME!r} only")
+
+        async def one(index: int, stream: bytes) -> np.ndarray:
+            try:
+                entry_i, _ = self._route(self._as_bytes(stream), entry.name, entry.version)
+                y_hat, header, _ = await self._decode(entry_i, stream)
+                batcher = self.engine.batcher(entry.name, entry.version, entry.model)
+                outcome = await batcher.classify.submit(y_hat, tuple(header.latent_shape))
+            except Exception as exc:
+                if len(streams) > 1:
+                    exc.args = (f"{INPUT_NAME}[{index}]: {exc}",)
+                raise
+            return outcome.value
+
+        results = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        probs = np.stack(results).astype(np.float32, copy=False)
+        self.metrics.streams.labels(entry.name, "classify", "ok").inc(len(streams))
+        return InferResponse(entry.name, entry.version, self._outputs(entry, probs, wanted), id=request.id)
+
+    @staticmethod
+    def _outputs(entry: ModelEntry, probs: np.ndarray, wanted: list | None) -> list[InferOutput]:
+        batch, classes = probs.shape
+        labels = entry.labels
+        outputs = []
+        for out in wanted if wanted is not None else [None, None]:
+            name = out.name if out is not None else (PROBS_NAME if not outputs else LABEL_NAME)
+            params = dict(out.parameters) if out is not None else {}
+            params.pop("classification", None)
+            params.pop("binary_data", None)
+            k = out.class_count if out is not None else 0
+            if name == PROBS_NAME and k > 0:
+                k = min(k, classes)
+                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                data = [f"{probs[b, i]:.6f}:{int(i)}:{labels[int(i)]}".encode() for b in range(batch) for i in order[b]]
+                outputs.append(InferOutput(name, "BYTES", [batch, k], data, params))
+            elif name == PROBS_NAME:
+                outputs.append(InferOutput(name, "FP32", [batch, classes], probs, params))
+            else:
+                top1 = np.argmax(probs, axis=1)
+                outputs.append(InferOutput(name, "BYTES", [batch], [labels[int(i)].encode() for i in top1], params))
+        return outputs
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 (H, W, C) -> PNG bytes (grey for one channel)."""
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()

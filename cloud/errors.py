@@ -1,0 +1,143 @@
+"""Serving errors and the one table that maps every domain error to an HTTP status and a gRPC status code.
+
+Both transports call `describe(exc)`; neither has a mapping of its own, so REST and gRPC always agree.
+Codec errors (`vitcodec.codec.errors`) keep the codec's own one-line message: it says what is wrong with the
+bytes. Anything not in the table is a bug: 500 / INTERNAL with a generic message (the traceback is logged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from vitcodec.codec.errors import (
+    BadMagicError,
+    CodecError,
+    CorruptPayloadError,
+    IntegrityError,
+    ModelMismatchError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
+from vitcodec.codec.package import ModelNotFoundError
+
+__all__ = [
+    "ServingError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "ModelNotReady",
+    "ModelMismatch",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "Overloaded",
+    "ShuttingDown",
+    "ErrorInfo",
+    "ERROR_TABLE",
+    "describe",
+]
+
+
+class ServingError(Exception):
+    """Base of the server's own errors; the message is shown to the client."""
+
+
+class InvalidRequest(ServingError):
+    """The request is malformed (wrong input name, datatype, shape, JSON, parameter)."""
+
+
+class ModelNotFound(ServingError):
+    """No served model has this name, version or model id."""
+
+
+class ModelNotReady(ServingError):
+    """The model exists but is still loading (or failed to load)."""
+
+
+class ModelMismatch(ServingError):
+    """A well-formed stream addressed to a model it was not encoded for; names both model ids."""
+
+    def __init__(self, model: str, model_id: bytes, stream_id: bytes) -> None:
+        self.model, self.model_id, self.stream_id = model, bytes(model_id), bytes(stream_id)
+        super().__init__(f"stream was encoded for model id {self.stream_id.hex()}, but model {model!r} has model "
+                         f"id {self.model_id.hex()}; send it to the model that made it, or omit the model name "
+                         "to route by the stream's header")
+
+
+class PayloadTooLarge(ServingError):
+    """The request body is over the configured limit."""
+
+
+class Unauthorized(ServingError):
+    """A bearer token is required and is missing or wrong."""
+
+
+class Overloaded(ServingError):
+    """The model's queue is full: retry later."""
+
+
+class ShuttingDown(ServingError):
+    """The server is draining for shutdown and takes no new work."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    http_status: int
+    grpc_code: grpc.StatusCode
+    message: str
+
+    @property
+    def code_name(self) -> str:
+        return self.grpc_code.name
+
+
+# exception class -> (HTTP status, gRPC code). Looked up along the exception's MRO: the most specific wins.
+ERROR_TABLE: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
+    # the bytes are not a usable stream
+    CodecError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    TruncatedStreamError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    BadMagicError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    UnsupportedVersionError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    IntegrityError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    CorruptPayloadError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    # a good stream, sent to the wrong model
+    ModelMismatchError: (409, grpc.StatusCode.FAILED_PRECONDITION),
+    ModelMismatch: (409, grpc.StatusCode.FAILED_PRECONDITION),
+    # the request itself
+    InvalidRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    Unauthorized: (401, grpc.StatusCode.UNAUTHENTICATED),
+    # the model
+    ModelNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    ModelNotFoundError: (404, grpc.StatusCode.NOT_FOUND),
+    ModelNotReady: (503, grpc.StatusCode.UNAVAILABLE),
+    # the server
+    Overloaded: (503, grpc.StatusCode.UNAVAILABLE),
+    ShuttingDown: (503, grpc.StatusCode.UNAVAILABLE),
+}
+
+INTERNAL = (500, grpc.StatusCode.INTERNAL)
+
+
+def describe(exc: BaseException) -> ErrorInfo:
+    """The status pair and client-facing message for an exception."""
+    for cls in type(exc).__mro__:
+        entry = ERROR_TABLE.get(cls)
+        if entry is not None:
+            status, code = entry
+            return ErrorInfo(status, code, str(exc) or cls.__name__)
+    status, code = INTERNAL
+    return ErrorInfo(status, code, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def is_known(exc: BaseException) -> bool:
+    """True when the table maps the exception (anything else is a bug worth a traceback in the log)."""
+    return any(cls in ERROR_TABLE for cls in type(exc).__mro__)
+
+
+# HTTP status -> gRPC code for errors produced by the HTTP machinery itself (routing, method, validation)
+HTTP_TO_GRPC = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
+                409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
+                503: grpc.StatusCode.UNAVAILABLE}

@@ -1,0 +1,123 @@
+"""One server interceptor for the gRPC transport: bearer-token auth (same rule as HTTP) and request metrics.
+
+Health checking, reflection and the v2 liveness/readiness RPCs stay open, like the HTTP probes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from ..auth import check_bearer
+from ..errors import Unauthorized, describe
+from ..metrics import Metrics
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+OPEN_METHODS = {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
+MEASURED_PREFIXES = ("/inference.", "/vitcodec.")
+
+
+def _is_open(method: str) -> bool:
+    return method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, unary_unary: Any = None, unary_stream: Any = None,
+             stream_unary: Any = None, stream_stream: Any = None) -> grpc.RpcMethodHandler:
+    kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+
+
+def _denied(handler: grpc.RpcMethodHandler, exc: Unauthorized) -> grpc.RpcMethodHandler:
+    info = describe(exc)
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(info.grpc_code, info.message)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(info.grpc_code, info.message)
+        yield  # pragma: no cover - makes this an async generator
+
+    return _rebuild(handler, deny, deny_stream, deny, deny_stream)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics, token: str | None) -> None:
+        self.metrics = metrics
+        self.token = token
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None:
+            return handler
+        if self.token and not _is_open(method):
+            metadata = dict(details.invocation_metadata or ())
+            try:
+                check_bearer(metadata.get("authorization"), self.token)
+            except Unauthorized as exc:
+                self.metrics.observe_request("grpc", method, "UNAUTHENTICATED", 0.0, failed=True)
+                return _denied(handler, exc)
+        if not method.startswith(MEASURED_PREFIXES):
+            return handler
+        return self._measured(handler, method)
+
+    def _record(self, method: str, context: grpc.aio.ServicerContext, started: float,
+                error: BaseException | None) -> None:
+        code = context.code()
+        if code is None:
+            code = grpc.StatusCode.CANCELLED if error is not None and not isinstance(error, grpc.aio.AbortError) \
+                else grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self.metrics.observe_request("grpc", method, name, time.perf_counter() - started, failed=name != "OK")
+
+    def _measured(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        metrics, record = self.metrics, self._record
+        inflight = metrics.inflight.labels("grpc")
+        bytes_in = metrics.bytes_in.labels("grpc")
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, error = time.perf_counter(), None
+            inflight.inc()
+            bytes_in.inc(request.ByteSize())
+            try:
+                return await handler.unary_unary(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                inflight.dec()
+                record(method, context, started, error)
+
+        async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, error = time.perf_counter(), None
+            inflight.inc()
+
+            async def counted() -> Any:
+                async for request in request_iterator:
+                    bytes_in.inc(request.ByteSize())
+                    yield request
+
+            try:
+                async for response in handler.stream_stream(counted(), context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                inflight.dec()
+                record(method, context, started, error)
+
+        if handler.unary_unary:
+            return _rebuild(handler, unary_unary=unary_unary)
+        if handler.stream_stream:
+            return _rebuild(handler, stream_stream=stream_stream)
+        return handler

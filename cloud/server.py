@@ -1,0 +1,275 @@
+"""The server process: HTTP (uvicorn) and gRPC (grpc.aio) in one event loop, sharing one data plane and one
+batching engine, built from a `Settings` object (no import-time side effects).
+
+Lifecycle: `start()` binds both ports and serves at once (liveness true, readiness false), then loads the
+models in a worker thread; readiness turns true (HTTP ``/v2/health/ready``, gRPC ``ServerReady`` and the
+health service) when every model is loaded. `stop()` drains: readiness false, no new connections or RPCs,
+in-flight requests finish (bounded by ``graceful_timeout_s``), batch queues empty, then threads stop.
+SIGTERM and SIGINT trigger `stop()` in `serve()`.
+
+`BackgroundServer` runs the same server in a thread with its own loop (tests, benchmarks, notebooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from .backends import make_loader
+from .batching import BatchingEngine
+from .dataplane import DataPlane
+from .grpc import GrpcTransport, build_grpc_server
+from .metrics import Metrics
+from .repository import ModelRepository
+from .rest import create_app
+from .settings import Settings
+
+log = logging.getLogger("vitcodec.cloud.server")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the CloudServer stops both transports together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and without it every
+    # keep-alive response whose headers and body leave in two writes waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"HTTP cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class CloudServer:
+    def __init__(self, settings: Settings, repository: ModelRepository | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.repository = repository or ModelRepository(
+            settings.model_repo or None, settings.models or None, device=settings.device,
+            loader=make_loader(settings.backend, settings.device, settings.torch_threads))
+        self.engine: BatchingEngine | None = None
+        self.plane: DataPlane | None = None
+        self._http: _Uvicorn | None = None
+        self._http_task: asyncio.Task | None = None
+        self._grpc: GrpcTransport | None = None
+        self._load_task: asyncio.Task | None = None
+        self._stopped: asyncio.Event | None = None
+        self.http_port = 0
+        self.grpc_port = 0
+
+    # -- addresses -----------------------------------------------------------------------------------
+    def _client_host(self) -> str:
+        host = self.settings.host
+        if host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        if host == "::":
+            return "[::1]"
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host()}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self._client_host()}:{self.grpc_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self._client_host()}:{self.grpc_port}"
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self._stopped = asyncio.Event()
+        self.engine = BatchingEngine(s, self.metrics)
+        self.plane = DataPlane(self.repository, self.engine, self.metrics,
+                               max_streams_per_request=s.max_queue_size, max_tokens_factor=s.max_tokens_factor)
+        app = create_app(self.plane, s)
+        sock = _bind(s.host, s.http_port)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=s.log_level.lower(),
+                                access_log=s.access_log, timeout_graceful_shutdown=s.graceful_timeout_s,
+                                server_header=False)
+        self._http = _Uvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="vitcodec-http")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("HTTP server exited during startup")
+            await asyncio.sleep(0.01)
+        try:
+            self._grpc = build_grpc_server(self.plane, s)
+        except Exception:
+            self._http.should_exit = True
+            await self._http_task
+            raise
+        self.grpc_port = self._grpc.port
+        await self._grpc.server.start()
+        await self._grpc.set_serving(False)
+        log.info("serving HTTP on %s and gRPC on %s; loading %d model(s)", self.http_url, self.grpc_url,
+                 len(self.repository.entries()))
+        self._load_task = asyncio.create_task(self._load_models(), name="vitcodec-load")
+
+    async def _load_models(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        await loop.run_in_executor(None, self.repository.load_all)
+        for entry in self.repository.entries():
+            self.metrics.model_ready.labels(entry.name, entry.version).set(1 if entry.ready else 0)
+        if self.plane is not None and self.plane.ready() and self._grpc is not None:
+            await self._grpc.set_serving(True)
+            log.info("ready: %s", ", ".join(f"{e.name} v{e.version}" for e in self.repository.entries()))
+        elif not self.repository.entries():
+            log.error("no models to serve in %s", [str(r) for r in self.repository.roots])
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.plane and self.plane.ready()):
+            if self._load_task is not None and self._load_task.done():
+                self._load_task.result()
+                if not self.plane.ready():
+                    states = ", ".join(f"{e.name}: {e.state.value} {e.reason}" for e in self.repository.entries())
+                    raise RuntimeError(f"models failed to load ({states or 'no models found'})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready after {timeout} s")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Graceful: readiness false, stop accepting, let in-flight requests finish, drain queues."""
+        if self.plane is None or self._stopped is None or self._stopped.is_set():
+            return
+        log.info("shutting down: draining in-flight requests (at most %.0f s)", self.settings.graceful_timeout_s)
+        self.plane.draining = True
+        waits = []
+        if self._grpc is not None:
+            await self._grpc.set_serving(False)
+            await self._grpc.health.enter_graceful_shutdown()
+            waits.append(self._grpc.server.stop(self.settings.graceful_timeout_s))
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            waits.append(self._http_task)
+        await asyncio.gather(*waits, return_exceptions=True)
+        if self._load_task is not None:
+            with contextlib.suppress(Exception):
+                await self._load_task
+        if self.engine is not None:
+            await self.engine.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def serve(self) -> None:
+        """Start, serve until SIGTERM/SIGINT (or `stop()`), then shut down gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            done_http = self._http_task
+            await asyncio.wait({waiter, done_http}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+
+class BackgroundServer:
+    """A CloudServer on its own event loop in a daemon thread: ``with BackgroundServer(settings) as srv:``
+    then talk to ``srv.http_url`` / ``srv.grpc_target``."""
+
+    def __init__(self, settings: Settings, repository: ModelRepository | None = None, *,
+                 wait_ready: bool = True, ready_timeout: float = 120.0) -> None:
+        self.server = CloudServer(settings, repository)
+        self._wait_ready = wait_ready
+        self._ready_timeout = ready_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> BackgroundServer:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.server.start())
+            except BaseException as exc:  # report to the starting thread
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="vitcodec-server", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        if self._wait_ready:
+            self.call(self.server.wait_ready(self._ready_timeout))
+        return self
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+        try:
+            self.call(self.server.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def grpc_target(self) -> str:
+        return self.server.grpc_target
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

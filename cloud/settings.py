@@ -1,0 +1,72 @@
+"""Server settings: one pydantic-settings object, read from ``VITCODEC_*`` environment variables, a ``.env``
+file, or given directly (the CLI's flags override the environment)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything ``vitcodec-cloud serve`` can be told. Environment variable = ``VITCODEC_`` + field name."""
+
+    model_config = SettingsConfigDict(env_prefix="VITCODEC_", env_file=None, extra="ignore",
+                                      protected_namespaces=())
+
+    model_repo: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Model repositories (<repo>/<name>/<version>/manifest.json); several joined by the OS path "
+                    "separator. Empty: the bundled zoo.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Serve only these model names (default: every compressing model found).")
+    host: str = Field("0.0.0.0", description="Address both transports bind to.")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (0: any free port).")
+    device: str = Field("cpu", description="Torch device for the networks: cpu, cuda, cuda:1, ...")
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="Runtime of the batched classifier forward (decoding and reconstruction stay torch).")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most streams in one batched forward.")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0.0, le=10_000.0,
+        description="Longest a stream waits for others to fill its batch once the model is free.")
+    max_queue_size: int = Field(
+        4096, ge=1, description="Streams waiting per model and kind before new ones are refused (503).")
+    max_tokens_factor: float = Field(
+        4.0, ge=1.0, le=64.0,
+        description="Largest latent grid accepted, as a multiple of the tokens the model was trained with (images "
+                    "of other sizes are served with resampled position embeddings; 4 = twice the side).")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body (HTTP) or message (gRPC) accepted; 413 above.")
+    auth_token: SecretStr | None = Field(
+        None, description="When set, every call except liveness/readiness needs 'Authorization: Bearer <token>'.")
+    decode_workers: int = Field(
+        2, ge=0, le=256,
+        description="Threads for entropy decoding (numpy + constriction). 0 decodes on the event loop.")
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads of torch (and ONNX Runtime); 0 leaves the library default.")
+    graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")
+    log_level: str = Field("info", description="Python logging level for the server's loggers.")
+    access_log: bool = Field(False, description="Log every HTTP request (uvicorn's access log).")
+
+    @field_validator("model_repo", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, (str, os.PathLike)):
+            return [p for p in str(value).split(os.pathsep) if p]
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def token(self) -> str | None:
+        return self.auth_token.get_secret_value() if self.auth_token else None

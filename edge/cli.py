@@ -1,0 +1,228 @@
+"""``vitcodec-edge``: the edge device's command line (no torch).
+
+Commands: ``encode`` and ``inspect`` (``edge/commands.py``), ``send`` (encode images and classify them on a
+vitcodec cloud server) and ``reconstruct`` (get the server's reconstruction of one image as PNG).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vitcodec.edge import commands
+
+app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode images to bitstreams, send them to "
+                  "the cloud for classification or reconstruction.", no_args_is_help=True,
+                  add_completion=False)
+
+app.command()(commands.encode)
+app.command()(commands.inspect)
+
+SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
+_SERVER_HELP = "Cloud server: http://HOST:PORT or grpc://HOST:PORT."
+_TOKEN_HELP = "Bearer token, when the server wants one (or set VITCODEC_TOKEN)."
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _stderr().print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _is_stream(data: bytes) -> bool:
+    """A vitcodec bitstream (rather than an image file)?"""
+    from vitcodec.codec.bitstream import read_stream_info
+    from vitcodec.codec.errors import CodecError
+
+    if not data or data[0] >> 4 != 0xB:
+        return False
+    try:
+        read_stream_info(data)
+    except CodecError:
+        return False
+    return True
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SEND_SUFFIXES)
+        elif path.exists():
+            files.append(path)
+        else:
+            _fail(f"{path}: no such file or directory")
+    if not files:
+        _fail("no input images found")
+    return files
+
+
+def _load_streams(files: list[Path], model: Optional[str], progress: Progress | None) -> tuple[list[bytes], list[str]]:
+    """Encode image files with the model's edge encoder; files that already are bitstreams pass through."""
+    streams: list[bytes] = []
+    errors: list[str] = []
+    encoder = None
+    task = progress.add_task("encoding", total=len(files)) if progress else None
+    for path in files:
+        data = path.read_bytes()
+        if _is_stream(data):
+            streams.append(data)
+            errors.append("")
+        else:
+            if encoder is None:
+                from vitcodec.codec.package import ModelNotFoundError, resolve_model
+                from vitcodec.edge.encoder import EdgeEncoder
+
+                try:
+                    encoder = EdgeEncoder(resolve_model(model))
+                except (ModelNotFoundError, ValueError) as exc:
+                    _fail(str(exc))
+            from vitcodec.edge.preprocess import ImageReadError
+
+            try:
+                streams.append(encoder.encode_image(path).stream)
+                errors.append("")
+            except ImageReadError as exc:
+                streams.append(b"")
+                errors.append(str(exc))
+        if progress is not None and task is not None:
+            progress.advance(task)
+    return streams, errors
+
+
+def _token(token: Optional[str]) -> Optional[str]:
+    return token or os.environ.get("VITCODEC_TOKEN") or None
+
+
+@app.command()
+def send(
+    paths: list[Path] = typer.Argument(..., help="Images, .vcb bitstream files, or folders of either."),
+    server: str = typer.Option("http://127.0.0.1:8000", "--server", "-s", help=_SERVER_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024, help="Requests in flight."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Classes to report per image (JSON output)."),
+    token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+) -> None:
+    """Encode images on this device and classify them on the cloud server (bounded concurrency, retries)."""
+    from vitcodec.edge.client import ClientError, connect
+
+    if as_json and as_csv:
+        _fail("choose one of --json and --csv")
+    files = _expand(paths)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=_stderr(), transient=True)
+    rows: list[dict[str, Any]] = [{} for _ in files]
+    with progress:
+        streams, read_errors = _load_streams(files, model, progress)
+        try:
+            client = connect(server, token=_token(token), timeout=timeout)
+        except ValueError as exc:
+            _fail(str(exc))
+        todo = [i for i, err in enumerate(read_errors) if not err]
+        for i, err in enumerate(read_errors):
+            if err:
+                rows[i] = {"file": str(files[i]), "error": err}
+        task = progress.add_task("classifying", total=len(todo))
+        with client:
+            for j, outcome in client.classify_many([streams[i] for i in todo], concurrency=concurrency,
+                                                   top_k=top_k):
+                i = todo[j]
+                if isinstance(outcome, ClientError):
+                    rows[i] = {"file": str(files[i]), "bytes": len(streams[i]), "error": outcome.message,
+                               "status": outcome.status}
+                else:
+                    rows[i] = {"file": str(files[i]), **outcome.as_dict()}
+                progress.advance(task)
+    _print_rows(rows, as_json, as_csv, top_k)
+    if any("error" in row for row in rows):
+        raise typer.Exit(1)
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: int) -> None:
+    columns = ["file", "bytes", "bpp", "label", "confidence", "latency_ms", "model", "error"]
+    if as_json:
+        for row in rows:
+            if top_k <= 1:
+                row = {k: v for k, v in row.items() if k != "top_k"}
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+        return
+    table = Table(title=None)
+    for name, justify in (("file", "left"), ("bytes", "right"), ("bpp", "right"), ("label", "left"),
+                          ("confidence", "right"), ("latency", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["file"], str(row.get("bytes", "")), "", f"[red]{row['error']}[/red]", "", "")
+        else:
+            table.add_row(row["file"], str(row["bytes"]), f"{row['bpp']:.3f}", row["label"],
+                          f"{row['confidence']:.3f}", f"{row['latency_ms']:.1f} ms")
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get whole paths
+
+
+@app.command()
+def reconstruct(
+    file: Path = typer.Argument(..., help="An image (encoded here first) or a bitstream file."),
+    server: str = typer.Option("http://127.0.0.1:8000", "--server", "-s", help=_SERVER_HELP),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the PNG."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
+    token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds for the request."),
+) -> None:
+    """Ask the cloud server to reconstruct an image from its bitstream; writes a PNG of the original size."""
+    from vitcodec.edge.client import ClientError, connect
+
+    if not file.is_file():
+        _fail(f"{file}: no such file")
+    streams, errors = _load_streams([file], model, None)
+    if errors[0]:
+        _fail(errors[0])
+    try:
+        client = connect(server, token=_token(token), timeout=timeout)
+    except ValueError as exc:
+        _fail(str(exc))
+    with client:
+        try:
+            result = client.reconstruct(streams[0])
+        except ClientError as exc:
+            _fail(f"server answered {exc.status} {exc.code}: {exc.message}", 1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(result.png)
+    h, w = result.image_size
+    _stderr().print(f"wrote {output} ({w}x{h}, {len(streams[0])} bytes in, model {result.model}, "
+                    f"{result.latency_ms:.1f} ms)")
+
+
+# `encode` and `inspect` live in edge/commands.py (bitstream files on this device, no server involved).
+from vitcodec.edge import commands as _commands  # noqa: E402
+
+app.command("encode")(_commands.encode)
+app.command("inspect")(_commands.inspect)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The edge client (HTTP and gRPC) and the `vitcodec-edge send` / `reconstruct` commands end to end against a
+real server; the edge side never imports torch."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vitcodec.edge.cli import app
+from vitcodec.edge.client import ClientError, GrpcClient, HttpClient, RetryPolicy, connect
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def client(request, cloud_server):
+    url = cloud_server.http_url if request.param == "http" else cloud_server.grpc_url
+    with connect(url, retry=RetryPolicy(attempts=2, backoff_s=0.01)) as c:
+        yield c
+
+
+def test_connect_picks_transport(cloud_server):
+    assert isinstance(connect(cloud_server.http_url), HttpClient)
+    assert isinstance(connect(cloud_server.grpc_url), GrpcClient)
+    with pytest.raises(ValueError):
+        connect("ftp://example:1")
+
+
+def test_classify_and_many(client, edge_streams, other_streams):
+    assert client.live() and client.ready()
+    single = client.classify(edge_streams[0], top_k=3)
+    assert single.model == "fmnist-q2" and len(single.top) == 3 and single.latency_ms > 0
+    assert single.num_bytes == len(edge_streams[0]) and single.image_size == (28, 28)
+    streams = list(edge_streams[:12]) + [edge_streams[0][:-1], other_streams[0]]
+    results = dict(client.classify_many(streams, concurrency=4))
+    assert sorted(results) == list(range(len(streams)))
+    assert isinstance(results[12], ClientError) and results[12].status == 400
+    assert results[13].model == "fmnist-q1"
+    assert results[0].label == single.label
+    assert {m["name"] for m in client.models()} >= {"fmnist-q1", "fmnist-q2"}
+
+
+def test_reconstruct(client, edge_streams):
+    result = client.reconstruct(edge_streams[3])
+    assert result.image_size == (28, 28)
+    assert Image.open(io.BytesIO(result.png)).size == (28, 28)
+
+
+def test_errors_are_not_retried(client, edge_streams, other_streams):
+    with pytest.raises(ClientError) as info:
+        client.classify(other_streams[0], model="fmnist-q2")
+    assert info.value.status == 409 and info.value.code == "FAILED_PRECONDITION" and not info.value.retryable
+
+
+def test_unreachable_server_is_retried_then_reported():
+    for url in ("http://127.0.0.1:9", "grpc://127.0.0.1:9"):
+        with connect(url, timeout=2, retry=RetryPolicy(attempts=2, backoff_s=0.01)) as c:
+            with pytest.raises(ClientError) as info:
+                c.classify(b"\xb1")
+            assert info.value.retryable and info.value.code == "UNAVAILABLE"
+
+
+def test_auth_token(auth_server, edge_streams):
+    token = auth_server.server.settings.token
+    for url in (auth_server.http_url, auth_server.grpc_url):
+        with connect(url) as c, pytest.raises(ClientError) as info:
+            c.classify(edge_streams[0])
+        assert info.value.status == 401
+        with connect(url, token=token) as c:
+            assert c.classify(edge_streams[0]).model == "fmnist-q2"
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory, fmnist_images):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i in range(4):
+        path = folder / f"img{i}.png"
+        Image.fromarray(fmnist_images[0][i, :, :, 0]).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_cli_send_json_and_csv(cloud_server, package, image_files):
+    runner = CliRunner()
+    for server in (cloud_server.http_url, cloud_server.grpc_url):
+        result = runner.invoke(app, ["send", *map(str, image_files), "--server", server, "--model",
+                                     str(package.path), "--json"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert [r["file"] for r in rows] == [str(p) for p in image_files]
+        assert all(r["model"] == "fmnist-q2" and r["bytes"] > 0 and "label" in r for r in rows)
+    result = runner.invoke(app, ["send", str(image_files[0].parent), "--server", cloud_server.http_url,
+                                 "--model", str(package.path), "--csv"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line]
+    assert lines[0].startswith("file,bytes,bpp,label,confidence,latency_ms")
+    assert len(lines) == 1 + len(image_files)
+
+
+def test_cli_send_table_and_failure_exit_code(cloud_server, package, image_files, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["send", str(image_files[0]), "--server", cloud_server.grpc_url,
+                                 "--model", str(package.path)])
+    assert result.exit_code == 0, result.output
+    assert "img0.png" in result.stdout and "bpp" in result.stdout
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    result = runner.invoke(app, ["send", str(broken), "--server", cloud_server.http_url, "--model",
+                                 str(package.path), "--json"])
+    assert result.exit_code == 1
+    assert "not a readable image" in result.stdout
+
+
+def test_cli_reconstruct(cloud_server, package, image_files, tmp_path, edge_streams):
+    runner = CliRunner()
+    out = tmp_path / "out" / "rec.png"
+    result = runner.invoke(app, ["reconstruct", str(image_files[1]), "--server", cloud_server.grpc_url,
+                                 "-o", str(out), "--model", str(package.path)])
+    assert result.exit_code == 0, result.output
+    height, width = package.input_spec.size  # image files are fitted to the model's input on the edge
+    assert Image.open(out).size == (width, height)
+    stream_file = tmp_path / "one.vcb"
+    stream_file.write_bytes(edge_streams[0])
+    result = runner.invoke(app, ["reconstruct", str(stream_file), "--server", cloud_server.http_url, "-o",
+                                 str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.output
+
+
+def test_edge_never_imports_torch():
+    code = ("import sys; import vitcodec.edge.client, vitcodec.edge.cli, vitcodec.edge.encoder; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
