@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m vitcodec.cloud.demo
+	$(PY) -m vitcodec.cloud.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos protos/*.proto
@@ -48,10 +48,10 @@ ZOO_OUT ?= models/zoo
 JOINT_EPOCHS ?= 1
 zoo: $(STAMP)
 	$(VENV)/bin/vitcodec train --stage pretrain --preset jcc-fmnist-28 --data fashion-mnist --epochs 5 \
-		--label-smoothing 0.1 --warmup-steps 300 --out $(ZOO_RUNS)/fmnist-uncompressed
+		--label-smoothing 0.1 --warmup-steps 300 --stop-at-step 1872 --out $(ZOO_RUNS)/fmnist-uncompressed
 	for q in 1 2 3; do \
 		$(VENV)/bin/vitcodec train --stage joint --init $(ZOO_RUNS)/fmnist-uncompressed/final.pt --quality $$q \
-			--data fashion-mnist --epochs $(JOINT_EPOCHS) --lr 5e-4 --codec-lr 2e-3 --warmup-steps 50 \
+			--data fashion-mnist --epochs $(JOINT_EPOCHS) --lr 5e-4 --codec-lr 2e-3 --warmup-steps 50 --threads 1 \
 			--out $(ZOO_RUNS)/fmnist-q$$q || exit 1; \
 	done
 	$(VENV)/bin/vitcodec export --model $(ZOO_RUNS)/fmnist-uncompressed/final.pt --out $(ZOO_OUT) --name fmnist-uncompressed

@@ -46,6 +46,7 @@ def train_cmd(
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy."),
     epochs: float = typer.Option(1.0, help="Epochs over the training split (fractions allowed)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (overrides --epochs)."),
+    stop_at_step: Optional[int] = typer.Option(None, help="End early at this step, keeping the learning-rate schedule of the full run."),
     batch_size: int = typer.Option(128, help="Batch size per process."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then cosine)."),
     codec_lr: Optional[float] = typer.Option(None, help="Peak learning rate of g_a and the hyperprior (default: --lr)."),
@@ -63,7 +64,7 @@ def train_cmd(
 
     settings = TrainSettings(out=out, stage=stage, preset=preset, data=data, init=init, quality=quality,
                              alpha=alpha, beta=beta, recon_weight=recon_weight, label_smoothing=label_smoothing,
-                             epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
+                             epochs=epochs, max_steps=max_steps, stop_at_step=stop_at_step, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
                              threads=threads, seed=seed, progress=progress)
     try:

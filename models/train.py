@@ -41,6 +41,7 @@ class TrainSettings:
     label_smoothing: float = 0.0
     epochs: float = 1.0
     max_steps: int | None = None
+    stop_at_step: int | None = None  # end early but keep the schedule of --epochs/--max-steps (time-boxed runs)
     batch_size: int = 128
     lr: float = 1e-3
     codec_lr: float | None = None  # g_a + hyperprior (step two's new modules learn faster); None = lr
@@ -135,6 +136,7 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
                         pin_memory=device.type == "cuda")
     steps_per_epoch = max(1, len(loader))
     total_steps = settings.max_steps or max(1, int(round(settings.epochs * steps_per_epoch)))
+    last_step = min(total_steps, settings.stop_at_step or total_steps)
 
     named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
     codec_params = [p for n, p in named if n.startswith(("g_a.", "hyperprior."))]
@@ -177,13 +179,13 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
     net.train()
     with progress:
         epoch = start_epoch
-        while step < total_steps:
+        while step < last_step:
             if sampler is not None:
                 sampler.set_epoch(epoch)
             running: dict[str, float] = {}
             n_batches = 0
             for x, target in loader:
-                if step >= total_steps:
+                if step >= last_step:
                     break
                 x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
                 lr = _lr_at(step, total_steps, settings.lr, settings.warmup_steps)
@@ -213,7 +215,7 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
                 progress.update(task, completed=step,
                                 description=f"{settings.stage} ep{epoch} loss {running['loss'] / n_batches:.3f} "
                                             f"acc {running['acc'] / n_batches:.3f}")
-                if dist_info.is_main and (step % settings.log_every == 0 or step == total_steps):
+                if dist_info.is_main and (step % settings.log_every == 0 or step == last_step):
                     metrics = {"step": step, "epoch": epoch, "lr": lr,
                                **{k: v / n_batches for k, v in running.items()},
                                "images_per_s": seen / max(1e-9, time.time() - t0)}

@@ -1,0 +1,24 @@
+"""The edge runs codec/ without torch: importing and using it must not pull torch (or its friends) in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_codec_never_imports_torch():
+    script = textwrap.dedent(
+        """
+        import sys
+        import vitcodec.codec
+        import vitcodec.codec.bitstream, vitcodec.codec.entropy_coder, vitcodec.codec.errors
+        import vitcodec.codec.fixed_point, vitcodec.codec.integer_hyper_synthesis
+        import vitcodec.codec.latent_codec, vitcodec.codec.tables
+        heavy = sorted(m for m in ("torch", "compressai", "timm", "torchvision", "onnx") if m in sys.modules)
+        assert not heavy, heavy
+        print("ok")
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
