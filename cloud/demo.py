@@ -279,10 +279,10 @@ def results_table(samples: list[Sample], results: dict[str, list[dict[str, Any]]
 def summary_lines(s: Summary) -> list[str]:
     lines = []
     if s.labelled and s.stream_bytes:
-        lines.append(f"Fashion-MNIST samples ({s.labelled}, 28x28 grey): {s.stream_bytes:,} bytes of bitstreams in all "
-                     f"({s.stream_bytes / s.labelled:.1f} B/image, headers included) vs PNG {s.png_bytes:,} B "
-                     f"({s.png_bytes / s.stream_bytes:.1f}x more) and JPEG q{JPEG_QUALITY} {s.jpeg_bytes:,} B "
-                     f"({s.jpeg_bytes / s.stream_bytes:.1f}x more)")
+        lines.append(f"Fashion-MNIST samples ({s.labelled}, 28x28 grey): bitstreams {s.stream_bytes:,} B in all "
+                     f"({s.stream_bytes / s.labelled:.1f} B/image, headers included); the same images as PNG "
+                     f"{s.png_bytes:,} B ({s.png_bytes / s.stream_bytes:.1f}x the bitstreams), as JPEG "
+                     f"q{JPEG_QUALITY} {s.jpeg_bytes:,} B ({s.jpeg_bytes / s.stream_bytes:.1f}x)")
     if s.other_images:
         lines.append(f"colour drawings ({s.other_images}, unlabelled): {s.other_stream_bytes:,} bytes of bitstreams "
                      f"(the edge encodes the model's input: its size, grey) vs PNG {s.other_png_bytes:,} B of the "
@@ -507,7 +507,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     serve = commands["serve"] + ["--host", host]
 
     console.rule("[bold]vitcodec demo")
-    console.print(f"model {args.model} ({package_path}); {len(samples)} sample images from {samples_dir}/")
+    console.print(f"model {args.model} ({package_path}); {len(samples)} sample image{'s' * (len(samples) != 1)} "
+                  f"from {samples_dir}/")
     server = ServerProcess(serve, out_dir / "server.log", f"http://{host}:{http_port}")
     failed = False
     try:
@@ -524,7 +525,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             proc = run_edge(commands[key], args.step_timeout)
             rows = parse_json_lines(proc.stdout)
             results[transport] = rows
-            console.print(f"   {len(rows)} answers in {time.monotonic() - started:.1f} s (exit {proc.returncode})")
+            console.print(f"   {len(rows)} answer{'s' * (len(rows) != 1)} in {time.monotonic() - started:.1f} s "
+                          f"(exit {proc.returncode})")
             if proc.returncode != 0:
                 failed = True
 
@@ -537,12 +539,17 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         failed = failed or any(summary.errors.values())
 
         console.print(f"\n[bold]4.[/bold] reconstruction: [cyan]{show(commands['reconstruct'])}[/cyan]")
-        proc = run_edge(commands["reconstruct"], args.step_timeout)
         output = Path(commands["reconstruct"][-1])
+        output.unlink(missing_ok=True)  # no stale file from an earlier run
+        proc = run_edge(commands["reconstruct"], args.step_timeout)
         reconstruction: dict[str, Any] = {"file": str(output), "ok": proc.returncode == 0 and output.is_file()}
         if reconstruction["ok"]:
-            reconstruction["psnr_db"] = psnr(samples[0].path, output)
-            console.print(f"   wrote {output} (PSNR {reconstruction['psnr_db']:.2f} dB against {samples[0].path})")
+            try:
+                reconstruction["psnr_db"] = psnr(samples[0].path, output)
+                quality = f"PSNR {reconstruction['psnr_db']:.2f} dB against {samples[0].path}"
+            except (OSError, ValueError) as exc:
+                quality = f"no PSNR: {exc}"
+            console.print(f"   wrote {output} ({quality})")
         else:
             failed = True
             console.print(f"   [red]reconstruction failed (exit {proc.returncode})[/red]")
@@ -605,10 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {exc}")
         return exc.code
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted (Ctrl-C): the server was stopped[/yellow]")
+        console.print("[yellow]interrupted (Ctrl-C)[/yellow]")
         return EXIT_INTERRUPTED
     except Interrupted as exc:
-        console.print(f"[yellow]interrupted ({exc}): the server was stopped[/yellow]")
+        console.print(f"[yellow]interrupted ({exc})[/yellow]")
         return 128 + exc.signum
 
 

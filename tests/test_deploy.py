@@ -1,0 +1,427 @@
+"""docker-compose.yml, deploy/*.Dockerfile and deploy/k8s/, checked statically (no Docker engine or cluster
+here): they parse; every service, port, command, entry point, flag and copied path exists in the project; and
+the commands are exactly the ones `make demo` runs natively (cloud/demo.py builds both)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vitcodec.cloud import demo
+from vitcodec.codec.package import DEFAULT_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILES = {"cloud": DEPLOY / "cloud.Dockerfile", "cloud-gpu": DEPLOY / "cloud-gpu.Dockerfile",
+               "edge": DEPLOY / "edge.Dockerfile"}
+GPU_FLAGS = ["--device", "cuda", "--backend", "onnxruntime"]
+HTTP_PORT, GRPC_PORT = demo.DEFAULT_HTTP_PORT, demo.DEFAULT_GRPC_PORT
+WORKDIR = "/app"
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+@cache
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def scripts() -> dict[str, str]:
+    return pyproject()["project"]["scripts"]
+
+
+@cache
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def services() -> dict[str, Any]:
+    return compose()["services"]
+
+
+def k8s_documents() -> dict[str, list[dict[str, Any]]]:
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(K8S.glob("*.yaml"))}
+
+
+def k8s_objects(kind: str) -> list[dict[str, Any]]:
+    return [d for docs in k8s_documents().values() for d in docs if d.get("kind") == kind]
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    assert not pending, f"{path}: dangling line continuation"
+    out = []
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    """A JSON-array (exec form) CMD/HEALTHCHECK CMD argument list."""
+    value = yaml.safe_load(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"not exec form: {args}"
+    return value
+
+
+def sh_commands(command: list[str]) -> list[list[str]]:
+    """``["sh", "-c", "A && B && C"]`` -> [argv(A), argv(B), argv(C)]."""
+    assert command[:2] == ["sh", "-c"] and len(command) == 3, command
+    return [shlex.split(part) for part in command[2].split("&&")]
+
+
+def first_sample() -> str:
+    return f"samples/{demo.read_samples(ROOT / 'samples')[0].name}"
+
+
+def expected_commands(host: str) -> dict[str, list[str]]:
+    """What `make demo` runs with the default ports and every sample, with `host` for the server."""
+    return demo.demo_commands(host, HTTP_PORT, GRPC_PORT, DEFAULT_MODEL, ["samples"], first_sample())
+
+
+def click_command(program: str) -> Any:
+    import typer
+
+    module = {"vitcodec-cloud": "vitcodec.cloud.cli", "vitcodec-edge": "vitcodec.edge.cli",
+              "vitcodec": "vitcodec.models.cli"}[program]
+    target = scripts()[program]
+    assert target.startswith(module + ":"), target
+    app = getattr(__import__(module, fromlist=["app"]), "app")
+    return typer.main.get_command(app)
+
+
+def assert_cli_parses(argv: list[str]) -> None:
+    """The program is a [project.scripts] entry point and the sub-command accepts these very arguments."""
+    assert argv[0] in scripts(), f"{argv[0]} is not an entry point in pyproject's [project.scripts]"
+    group = click_command(argv[0])
+    sub = group.commands.get(argv[1])
+    assert sub is not None, f"{argv[0]} has no command {argv[1]!r}"
+    ctx = sub.make_context(argv[1], list(argv[2:]), resilient_parsing=False)  # raises on unknown flags
+    ctx.close()
+
+
+def command_ports(argv: list[str]) -> tuple[int, int]:
+    return int(argv[argv.index("--http-port") + 1]), int(argv[argv.index("--grpc-port") + 1])
+
+
+def container_ports(service: dict[str, Any]) -> dict[int, int]:
+    """container port -> host port."""
+    out = {}
+    for spec in service.get("ports", []):
+        host, _, container = str(spec).rpartition(":")
+        out[int(container.split("/")[0])] = int(host.rsplit(":", 1)[-1])
+    return out
+
+
+# ---- compose ------------------------------------------------------------------------------------------
+
+def test_compose_services_and_profiles():
+    svc = services()
+    assert {"cloud", "edge", "cloud-gpu", "edge-gpu", "prometheus"} <= set(svc)
+    assert "profiles" not in svc["cloud"] and "profiles" not in svc["edge"]  # `docker compose up` = CPU demo
+    assert svc["cloud-gpu"]["profiles"] == ["gpu"] and svc["edge-gpu"]["profiles"] == ["gpu"]
+    assert svc["prometheus"]["profiles"] == ["monitoring"]
+
+
+@pytest.mark.parametrize("name", ["cloud", "edge", "cloud-gpu", "edge-gpu"])
+def test_compose_builds_exist(name):
+    build = services()[name]["build"]
+    context = ROOT / build["context"]
+    assert context.resolve() == ROOT
+    assert (context / build["dockerfile"]).is_file()
+    assert (context / build["dockerfile"]).resolve() in {p.resolve() for p in DOCKERFILES.values()}
+
+
+def test_compose_commands_are_the_demos():
+    svc = services()
+    expected = expected_commands("cloud")
+    assert svc["cloud"]["command"] == expected["serve"]
+    assert sh_commands(svc["edge"]["command"]) == [expected["send_grpc"], expected["send_rest"],
+                                                   expected["reconstruct"]]
+    gpu = expected_commands("cloud-gpu")
+    assert svc["cloud-gpu"]["command"] == gpu["serve"] + GPU_FLAGS
+    assert sh_commands(svc["edge-gpu"]["command"]) == [gpu["send_grpc"], gpu["send_rest"], gpu["reconstruct"]]
+
+
+def test_demo_runs_these_commands_by_default():
+    """With no --samples, the demo sends the whole folder and reconstructs the first sample: the commands above."""
+    args = demo.build_parser().parse_args([])
+    assert (args.model, args.http_port, args.grpc_port, Path(args.out)) == (DEFAULT_MODEL, HTTP_PORT, GRPC_PORT,
+                                                                           demo.OUT_DIR)
+    assert demo.SAMPLES_DIR == Path("samples")
+
+
+@pytest.mark.parametrize("name", ["cloud", "edge", "cloud-gpu", "edge-gpu"])
+def test_compose_commands_parse_with_the_real_clis(name):
+    command = services()[name]["command"]
+    for argv in (sh_commands(command) if command[0] == "sh" else [command]):
+        assert_cli_parses(argv)
+
+
+@pytest.mark.parametrize("name", ["edge", "edge-gpu"])
+def test_edge_paths_exist_in_the_image(name):
+    """samples/ and the reconstructed sample are copied into WORKDIR; the output goes to the mounted demo-out."""
+    svc = services()[name]
+    instructions = dockerfile(DOCKERFILES["edge"])
+    assert ("WORKDIR", WORKDIR) in instructions
+    copied = {args.split()[-1].rstrip("/") for ins, args in instructions if ins == "COPY"}
+    mounts = {v.split(":")[1] for v in svc["volumes"]}
+    for argv in sh_commands(svc["command"]):
+        if argv[1] == "send":
+            paths = argv[2:argv.index("--server")]
+            assert paths == ["samples"] and "./samples" in copied
+            assert (ROOT / "samples").is_dir()
+        else:
+            assert (ROOT / argv[2]).is_file(), argv[2]
+            output = argv[argv.index("--output") + 1]
+            assert f"{WORKDIR}/{Path(output).parent}" in mounts
+    for volume in svc["volumes"]:
+        assert volume.split(":")[0] == "./demo-out"
+
+
+@pytest.mark.parametrize("cloud_name, edge_name", [("cloud", "edge"), ("cloud-gpu", "edge-gpu")])
+def test_compose_ports_healthcheck_and_dependency(cloud_name, edge_name):
+    svc = services()
+    cloud = svc[cloud_name]
+    http, grpc = command_ports(cloud["command"])
+    assert (http, grpc) == (HTTP_PORT, GRPC_PORT)
+    assert set(container_ports(cloud)) == {http, grpc}
+    probe = cloud["healthcheck"]["test"]
+    assert probe[0] == "CMD" and f"http://127.0.0.1:{http}/v2/health/ready" in " ".join(probe)
+    assert svc[edge_name]["depends_on"] == {cloud_name: {"condition": "service_healthy"}}
+    urls = [a for argv in sh_commands(svc[edge_name]["command"]) for a in argv if "://" in a]
+    assert set(urls) == {f"grpc://{cloud_name}:{grpc}", f"http://{cloud_name}:{http}"}
+
+
+def test_compose_host_ports_do_not_collide():
+    host_ports = [h for s in services().values() for h in container_ports(s).values()]
+    assert len(host_ports) == len(set(host_ports))
+    assert container_ports(services()["cloud"]) == {HTTP_PORT: HTTP_PORT, GRPC_PORT: GRPC_PORT}
+
+
+def test_compose_gpu_reservation():
+    devices = services()["cloud-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_prometheus_scrapes_the_servers():
+    svc = services()
+    prom = svc["prometheus"]
+    source, target = prom["volumes"][0].split(":")[:2]
+    assert (ROOT / source).is_file() and target in " ".join(prom["command"])
+    config = yaml.safe_load((ROOT / source).read_text())
+    targets = []
+    for job in config["scrape_configs"]:
+        assert job["metrics_path"] == "/metrics"
+        targets += [t for sc in job["static_configs"] for t in sc["targets"]]
+    assert "cloud:8000" in targets
+    for t in targets:
+        host, port = t.split(":")
+        assert host in svc and int(port) == command_ports(svc[host]["command"])[0]
+
+
+def test_compose_images_match_k8s_and_version():
+    version = pyproject()["project"]["version"]
+    images = {s.get("image") for s in services().values() if "build" in s}
+    assert images == {f"vitcodec-cloud:{version}", f"vitcodec-cloud-gpu:{version}", f"vitcodec-edge:{version}"}
+    k8s_images = {c["image"] for d in k8s_objects("Deployment") for c in d["spec"]["template"]["spec"]["containers"]}
+    assert k8s_images <= images
+
+
+# ---- Dockerfiles --------------------------------------------------------------------------------------
+
+def dockerignore() -> list[str]:
+    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_copies_exist_and_build_the_distribution(name):
+    instructions = dockerfile(DOCKERFILES[name])
+    assert instructions[0][0] == "FROM"
+    ignored = dockerignore()
+    sources: list[str] = []
+    for ins, args in instructions:
+        if ins == "COPY":
+            parts = [p for p in args.split() if not p.startswith("--")]
+            for source in parts[:-1]:
+                assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
+                assert source.rstrip("/") not in ignored, f"{name}: COPY {source} is excluded by .dockerignore"
+                sources.append(source.rstrip("/"))
+    # `pip install .` needs pyproject, its readme, and every folder it maps into the namespace
+    needed = {"pyproject.toml", pyproject()["project"]["readme"],
+              *pyproject()["tool"]["setuptools"]["package-dir"].values()}
+    missing = {n for n in needed if not any(n == s or n.startswith(s + "/") for s in sources)}
+    assert not missing, f"{name}: not copied: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_cmd_is_an_entry_point(name):
+    cmds = [exec_form(args) for ins, args in dockerfile(DOCKERFILES[name]) if ins == "CMD"]
+    assert len(cmds) == 1
+    cmd = cmds[0]
+    assert cmd[0] in scripts()
+    if name == "edge":
+        assert cmd == ["vitcodec-edge", "--help"]
+        return
+    assert_cli_parses(cmd)
+    serve = expected_commands("cloud")["serve"]
+    assert cmd == (serve + GPU_FLAGS if name == "cloud-gpu" else serve)
+    assert cmd == services()[name]["command"]
+
+
+@pytest.mark.parametrize("name", ["cloud", "cloud-gpu"])
+def test_cloud_dockerfiles_expose_and_probe_readiness(name):
+    instructions = dockerfile(DOCKERFILES[name])
+    exposed = {int(p) for ins, args in instructions if ins == "EXPOSE" for p in args.split()}
+    assert exposed == {HTTP_PORT, GRPC_PORT}
+    checks = [args for ins, args in instructions if ins == "HEALTHCHECK"]
+    assert len(checks) == 1 and f"127.0.0.1:{HTTP_PORT}/v2/health/ready" in checks[0]
+    assert any(ins == "USER" for ins, _ in instructions)  # the server does not run as root
+
+
+def _pip_installs(name: str) -> list[str]:
+    """The `pip install` / `pip uninstall` commands of a Dockerfile's RUN lines."""
+    return [part.strip() for ins, args in dockerfile(DOCKERFILES[name]) if ins == "RUN"
+            for part in args.split("&&") if re.match(r"pip (un)?install", part.strip())]
+
+
+def test_edge_image_is_torch_free():
+    installs = _pip_installs("edge")
+    assert installs == ["pip install ."], installs  # the base distribution: no extras
+    assert "torch" not in (ROOT / "deploy/edge.Dockerfile").read_text().replace("torch-free", "").replace(
+        "no torch", "")
+
+
+def test_cloud_images_pin_pyprojects_torch():
+    cloud_extra = pyproject()["project"]["optional-dependencies"]["cloud"]
+    pins = {d for d in cloud_extra if d.startswith(("torch==", "torchvision=="))}
+    assert len(pins) == 2
+    for name in ("cloud", "cloud-gpu"):
+        installs = " ".join(_pip_installs(name))
+        assert all(pin in installs for pin in pins), (name, installs)
+        assert "'.[cloud]'" in installs
+    assert "--index-url https://download.pytorch.org/whl/cpu" in " ".join(_pip_installs("cloud"))
+    gpu = " ".join(_pip_installs("cloud-gpu"))
+    gpu_extra = pyproject()["project"]["optional-dependencies"]["gpu"]
+    assert any(d.startswith("onnxruntime-gpu") for d in gpu_extra) and "onnxruntime-gpu" in gpu
+    assert "pip uninstall -y onnxruntime" in gpu  # one `onnxruntime` module, the GPU build's
+
+
+def test_dockerignore_keeps_the_context_small():
+    ignored = dockerignore()
+    for entry in (".venv", ".git", "runs", "demo-out"):
+        assert entry in ignored
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------------------
+
+def test_k8s_files_parse_and_kustomization_lists_them():
+    docs = k8s_documents()
+    assert {"deployment.yaml", "deployment-gpu.yaml", "service.yaml", "hpa.yaml", "kustomization.yaml"} <= set(docs)
+    for name, objects in docs.items():
+        for obj in objects:
+            assert obj.get("apiVersion") and obj.get("kind"), name
+    kustomization = docs["kustomization.yaml"][0]
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file()
+    images = {c["image"].split(":")[0] for d in k8s_objects("Deployment")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert {i["name"] for i in kustomization["images"]} <= images
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+@pytest.mark.parametrize("name", ["vitcodec-cloud", "vitcodec-cloud-gpu"])
+def test_k8s_deployment(name):
+    deployment = next(d for d in k8s_objects("Deployment") if d["metadata"]["name"] == name)
+    spec = deployment["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    c = _container(deployment)
+    serve = expected_commands("cloud")["serve"]
+    gpu = name.endswith("-gpu")
+    assert c["command"] == (serve + GPU_FLAGS if gpu else serve)
+    assert_cli_parses(c["command"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": HTTP_PORT, "grpc": GRPC_PORT}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    resources = c["resources"]
+    assert resources["requests"]["cpu"] and resources["limits"]["memory"]
+    if gpu:
+        assert resources["limits"]["nvidia.com/gpu"] == 1
+    # the pod waits for the server's own drain (graceful_timeout_s) before it is killed
+    drain = next((float(e["value"]) for e in c.get("env", []) if e["name"] == "VITCODEC_GRACEFUL_TIMEOUT_S"), 30.0)
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > drain
+
+
+def test_k8s_service_routes_both_transports_to_every_deployment():
+    (service,) = k8s_objects("Service")
+    selector = service["spec"]["selector"]
+    for deployment in k8s_objects("Deployment"):
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        names = {p["name"] for p in _container(deployment)["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("http", HTTP_PORT), ("grpc", GRPC_PORT)}
+
+
+def test_k8s_hpa_targets_the_deployment():
+    (hpa,) = k8s_objects("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    deployment = next(d for d in k8s_objects("Deployment") if d["metadata"]["name"] == ref["name"])
+    assert (ref["kind"], ref["apiVersion"]) == (deployment["kind"], deployment["apiVersion"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_every_vitcodec_variable_is_a_setting():
+    from vitcodec.cloud.settings import Settings
+
+    fields = {f"VITCODEC_{name.upper()}" for name in Settings.model_fields}
+    text = "\n".join(p.read_text() for p in [COMPOSE_FILE, *K8S.glob("*.yaml"), *DOCKERFILES.values()])
+    named = set(re.findall(r"VITCODEC_[A-Z_]+", text))
+    assert named, "expected settings in the manifests"
+    assert named <= fields | {"VITCODEC_MODEL_REPO"}, named - fields
+
+
+# ---- make demo ----------------------------------------------------------------------------------------
+
+def test_makefile_demo_runs_the_demo_module():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n\t(.+)$", makefile, re.M)
+    assert recipe and "-m vitcodec.cloud.demo" in recipe.group(1)
+
+
+def test_demo_module_imports_without_torch():
+    code = "import sys, vitcodec.cloud.demo; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
