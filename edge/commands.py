@@ -1,0 +1,393 @@
+"""``vitcodec-edge encode`` and ``vitcodec-edge inspect``: images to ``.vcb`` bitstream files, and what a
+bitstream file holds. Registered on the app in ``edge/cli.py``; no torch, as everything under ``edge/``.
+
+The logic (`collect_images`, `plan_outputs`, `encode_files`, `inspect_stream`) is plain Python that returns
+rows; the two commands only print them. Exit codes: 0 all went well; 1 some file could not be encoded or is
+not a usable bitstream (one ``error:`` line each on stderr); 2 nothing was done (bad arguments, missing
+input, unknown model).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                            ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".jfif", ".avif", ".heic", ".qoi"})
+STREAM_SUFFIX = ".vcb"
+DEFAULT_BATCH = 32  # images per ONNX Runtime call: big enough to amortise the call, small enough for devices
+
+
+class EdgeInputError(ValueError):
+    """Bad arguments: the command does nothing and exits 2."""
+
+
+# --- logic --------------------------------------------------------------------------------------------
+
+
+def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """Expand files and folders into (image file, path relative to its output folder) pairs.
+
+    Folders are searched recursively for files with a common image suffix, in sorted order, and keep their
+    layout below the output folder; files named explicitly are taken whatever their suffix.
+    """
+    found: list[tuple[Path, Path]] = []
+    for path in paths:
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += [(p, p.relative_to(path)) for p in images]
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        elif path.exists():
+            raise EdgeInputError(f"{path}: not a regular file or folder")
+        else:
+            raise EdgeInputError(f"{path}: no such file or folder")
+    seen: set[tuple[Path, Path]] = set()
+    unique = []
+    for source, rel in found:  # the same file named twice (or also inside a folder given) is encoded once
+        key = (source.resolve(), rel)
+        if key not in seen:
+            seen.add(key)
+            unique.append((source, rel))
+    found = unique
+    if not found:
+        raise EdgeInputError("no images found in " + ", ".join(str(p) for p in paths))
+    return found
+
+
+def plan_outputs(images: list[tuple[Path, Path]], out_dir: Path) -> list[Path]:
+    """One ``.vcb`` per image: ``out_dir/<relative path with .vcb>``; when two inputs would share a name
+    (``a.png`` and ``a.jpg``), both keep their suffix (``a.png.vcb``). Clashes that remain are an error."""
+    plain = [rel.with_suffix(STREAM_SUFFIX) for _, rel in images]
+    counts: dict[Path, int] = {}
+    for rel in plain:
+        counts[rel] = counts.get(rel, 0) + 1
+    outputs: list[Path] = []
+    owners: dict[Path, Path] = {}
+    for (source, rel), candidate in zip(images, plain):
+        target = out_dir / (candidate if counts[candidate] == 1 else rel.with_name(rel.name + STREAM_SUFFIX))
+        key = target.resolve() if target.exists() else target.absolute()
+        if key in owners:
+            if owners[key].resolve() == source.resolve():
+                raise EdgeInputError(f"{source} is given twice")
+            raise EdgeInputError(f"{owners[key]} and {source} would both be written to {target}")
+        owners[key] = source
+        outputs.append(target)
+    return outputs
+
+
+@dataclass
+class EncodedFile:
+    """One row of `encode`: what was written for one image, or why nothing was."""
+
+    source: Path
+    output: Optional[Path] = None
+    source_size: Optional[tuple[int, int]] = None  # (H, W) of the file as read
+    image_size: Optional[tuple[int, int]] = None  # (H, W) coded, as the stream header says
+    num_bytes: int = 0
+    header_bytes: int = 0
+    z_bytes: int = 0
+    y_bytes: int = 0
+    encode_ms: float = 0.0
+    error: Optional[str] = None
+
+    @property
+    def bpp(self) -> float:
+        if not self.image_size:
+            return 0.0
+        return 8.0 * self.num_bytes / (self.image_size[0] * self.image_size[1])
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"file": str(self.source), "error": self.error}
+        return {"file": str(self.source), "output": str(self.output), "bytes": self.num_bytes,
+                "bpp": round(self.bpp, 6), "header_bytes": self.header_bytes, "z_bytes": self.z_bytes,
+                "y_bytes": self.y_bytes, "source_size": list(self.source_size or ()),
+                "image_size": list(self.image_size or ()), "encode_ms": round(self.encode_ms, 3)}
+
+
+def load_encoder(model: Optional[str], threads: Optional[int]):
+    """The model's `EdgeEncoder`; any failure to find or load it becomes an `EdgeInputError`."""
+    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.edge.encoder import EdgeEncoder
+
+    try:
+        package = resolve_model(model)
+    except ModelNotFoundError as exc:
+        raise EdgeInputError(str(exc)) from None
+    try:
+        return EdgeEncoder(package, threads=threads)
+    except (ModelNotFoundError, ValueError) as exc:
+        raise EdgeInputError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged package: ONNX Runtime, npz and zip errors alike
+        first = " ".join(str(exc).split())[:300]
+        raise EdgeInputError(f"model {package.name} ({package.path}) cannot be loaded: "
+                             f"{exc.__class__.__name__}: {first}") from None
+
+
+def encode_files(encoder, images: list[Path], outputs: list[Path], batch_size: int = DEFAULT_BATCH,
+                 on_done: Callable[[EncodedFile], None] | None = None) -> list[EncodedFile]:
+    """Encode every image and write its stream; unreadable images and failed writes become error rows."""
+    import numpy as np
+
+    from vitcodec.codec.bitstream import read_stream_info
+    from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
+
+    rows = [EncodedFile(source) for source in images]
+    for start in range(0, len(images), max(1, batch_size)):
+        chunk = range(start, min(start + batch_size, len(images)))
+        ready: list[int] = []
+        pixels = []
+        t0 = time.perf_counter()
+        for i in chunk:
+            try:
+                image = load_image(images[i])
+                rows[i].source_size = (image.height, image.width)
+                pixels.append(to_pixels(image, encoder.spec))
+                ready.append(i)
+            except ImageReadError as exc:
+                message = str(exc)
+                rows[i].error = message if message.startswith(str(images[i])) else f"{images[i]}: {message}"
+        read_ms = (time.perf_counter() - t0) * 1e3 / max(len(chunk), 1)
+        try:
+            results = encoder.encode_pixels(np.stack(pixels)) if pixels else []
+        except ValueError as exc:  # latents the codec cannot code (a broken model): report, do not crash
+            for i in ready:
+                rows[i].error = f"{images[i]}: encoding failed ({exc})"
+            results, ready = [], []
+        for i, result in zip(ready, results):
+            row = rows[i]
+            info = read_stream_info(result.stream)
+            try:
+                outputs[i].parent.mkdir(parents=True, exist_ok=True)
+                outputs[i].write_bytes(result.stream)
+            except OSError as exc:
+                row.error = f"{outputs[i]}: cannot write ({exc.strerror or exc})"
+                continue
+            row.output, row.image_size, row.num_bytes = outputs[i], info.header.image_size, info.total_bytes
+            row.header_bytes, row.z_bytes, row.y_bytes = info.header_bytes, info.z_bytes, info.y_bytes
+            row.encode_ms = read_ms + sum(result.timings_ms.values())
+        if on_done is not None:
+            for i in chunk:
+                on_done(rows[i])
+    return rows
+
+
+def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
+    """Header fields and byte budget of a stream, and the installed model it belongs to (None if none).
+
+    Raises `CodecError` subclasses for anything that is not an intact vitcodec stream, and
+    `ModelMismatchError` when `expected` (a `ModelPackage`) is given and the stream is for another model.
+    """
+    from vitcodec.codec.bitstream import read_stream_info
+    from vitcodec.codec.errors import ModelMismatchError
+    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
+
+    info = read_stream_info(data)
+    header = info.header
+    try:
+        owner = find_by_model_id(header.model_id)
+    except ModelNotFoundError:
+        owner = None
+    if expected is not None and header.model_id != expected.model_id:
+        raise ModelMismatchError(expected.model_id, header.model_id)
+    h, w = header.image_size
+    return {
+        "format_version": data[0] & 0x0F,
+        "model_id": header.model_id.hex(),
+        "model": None if owner is None else {"name": owner.name, "version": owner.version, "path": str(owner.path)},
+        "quality": header.quality,
+        "image_size": [h, w],
+        "latent_shape": list(header.latent_shape),
+        "header_bytes": info.header_bytes,
+        "z_bytes": info.z_bytes,
+        "y_bytes": info.y_bytes,
+        "total_bytes": info.total_bytes,
+        "bpp": round(8.0 * info.total_bytes / (h * w), 6),
+    }
+
+
+def mismatch_message(exc, expected) -> str:
+    """`ModelMismatchError`, naming the installed model the stream is for when there is one."""
+    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
+
+    try:
+        owner = find_by_model_id(exc.actual_id)
+        belongs = f"model {exc.actual_id.hex()} ({owner.name} version {owner.version})"
+    except ModelNotFoundError:
+        belongs = f"model {exc.actual_id.hex()} (not installed)"
+    return f"stream is for {belongs}, not for {expected.name} (model {exc.expected_id.hex()})"
+
+
+# --- printing -----------------------------------------------------------------------------------------
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """One line on stderr, never wrapped, whatever the terminal width (paths may hold [brackets])."""
+    _stderr().print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
+def _abort(message: str, code: int = 2) -> NoReturn:
+    error_line(message)
+    raise typer.Exit(code)
+
+
+def _size(hw: Optional[tuple[int, int]]) -> str:
+    return f"{hw[1]}x{hw[0]}" if hw else ""
+
+
+def _print_encode_table(rows: list[EncodedFile], model_name: str, model_id: str) -> None:
+    table = Table(title=None)
+    for name, justify in (("file", "left"), ("size", "right"), ("bytes", "right"), ("bpp", "right"),
+                          ("output", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        if row.error is not None:
+            table.add_row(escape(str(row.source)), _size(row.source_size), "", "", "[red]failed[/red]")
+        else:
+            size = _size(row.source_size)
+            if row.source_size != row.image_size:
+                size += f" -> {_size(row.image_size)}"
+            table.add_row(escape(str(row.source)), size, str(row.num_bytes), f"{row.bpp:.3f}",
+                          escape(str(row.output)))
+    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    console.print(table)
+    done = [r for r in rows if r.error is None]
+    if done:
+        total = sum(r.num_bytes for r in done)
+        console.print(f"{len(done)} of {len(rows)} images encoded with {model_name} (model {model_id}): "
+                      f"{total} bytes, {total / len(done):.1f} bytes/image, "
+                      f"{sum(r.bpp for r in done) / len(done):.3f} bpp, "
+                      f"{sum(r.encode_ms for r in done) / len(done):.1f} ms/image", soft_wrap=True)
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def encode(
+    paths: list[Path] = typer.Argument(..., help="Images or folders of images (searched recursively)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the .vcb files (created if missing)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or package path (default "
+                                        "fmnist-q2)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="ONNX Runtime intra-op threads "
+                                          "(default: its own choice)."),
+    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", min=1, help="Images per encoder call."),
+) -> None:
+    """Encode images into bitstreams: one OUT/<name>.vcb per image, with bytes and bpp per file.
+
+    Any format PIL reads; images are converted to the model's input (grey or RGB, size) as its manifest says.
+    Exit status 1 when some image could not be encoded (one error line each), 2 on bad arguments.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    try:
+        images = collect_images(paths)
+        outputs = plan_outputs(images, output)
+        encoder = load_encoder(model, threads)
+        output.mkdir(parents=True, exist_ok=True)
+    except EdgeInputError as exc:
+        _abort(str(exc))
+    except OSError as exc:
+        _abort(f"{output}: cannot create the output folder ({exc.strerror or exc})")
+    err = _stderr()
+    show = len(images) > 1 and err.is_terminal and not as_json
+    progress = Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=not show)
+
+    def done(row: EncodedFile) -> None:
+        progress.advance(task)
+        if as_json:
+            sys.stdout.write(json.dumps(row.as_dict()) + "\n")
+            sys.stdout.flush()
+
+    with progress:
+        task = progress.add_task("encoding", total=len(images))
+        rows = encode_files(encoder, [source for source, _ in images], outputs, batch_size, done)
+    for row in rows:
+        if row.error is not None:
+            error_line(row.error)
+    if not as_json and any(row.error is None for row in rows):
+        _print_encode_table(rows, encoder.package.name, encoder.model_id.hex())
+    if any(row.error is not None for row in rows):
+        raise typer.Exit(1)
+
+
+def inspect(
+    files: list[Path] = typer.Argument(..., help="Bitstream (.vcb) files."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check that each stream is for this "
+                                        "model (name or package path)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
+) -> None:
+    """Print a bitstream's header and byte budget; checks its checksum, decodes nothing.
+
+    Fields: format version, model id (and the installed model it is for), quality, image size, latent shape,
+    header/z/y/total bytes and bpp. Exit status 1 when a file is missing, damaged, not a vitcodec stream or (with --model) for another model.
+    """
+    from vitcodec.codec.errors import CodecError, ModelMismatchError
+    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+
+    expected = None
+    if model is not None:
+        try:
+            expected = resolve_model(model)
+        except ModelNotFoundError as exc:
+            _abort(str(exc))
+    console = Console(highlight=False, soft_wrap=True)
+    failed = False
+    for file in files:
+        try:
+            data = file.read_bytes()
+            result = inspect_stream(data, expected=expected)
+        except IsADirectoryError:
+            message = "is a folder, not a bitstream file"
+        except FileNotFoundError:
+            message = "no such file"
+        except OSError as exc:
+            message = f"cannot read ({exc.strerror or exc})"
+        except ModelMismatchError as exc:
+            message = mismatch_message(exc, expected)
+        except CodecError as exc:
+            message = str(exc)
+        else:
+            result = {"file": str(file), **result}
+            if as_json:
+                sys.stdout.write(json.dumps(result) + "\n")
+            else:
+                _print_inspection(console, result)
+            continue
+        failed = True
+        error_line(f"{file}: {message}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_inspection(console: Console, r: dict[str, Any]) -> None:
+    owner = r["model"]
+    belongs = f"{owner['name']} version {owner['version']} ({owner['path']})" if owner else "not installed here"
+    h, w = r["image_size"]
+    lines = [
+        ("format version", str(r["format_version"])),
+        ("model id", f"{r['model_id']}  {belongs}"),
+        ("quality", str(r["quality"])),
+        ("image size", f"{w}x{h} (W x H)"),
+        ("latent shape", f"{r['latent_shape'][1]}x{r['latent_shape'][0]}"),
+        ("bytes", f"{r['total_bytes']} = header {r['header_bytes']} + z {r['z_bytes']} + y {r['y_bytes']}"),
+        ("bpp", f"{r['bpp']:.4f}"),
+    ]
+    console.print(escape(r["file"]))
+    for key, value in lines:
+        console.print(f"  {key:<15} {escape(value)}")

@@ -1,0 +1,89 @@
+"""The edge installs and runs without torch: a wheel of the project installed with its base dependencies only,
+in a fresh venv, encodes a PNG with `vitcodec-edge encode`; the stream decodes in this (cloud) environment to
+exactly the latents the edge computed. Slow (builds a venv: ~25 s here, more on a busy machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edge_fixtures import build_edge_venv, directory_bytes  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "compressai", "timm", "onnx", "fastapi", "uvicorn")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def edge_venv(tmp_path_factory) -> Path:
+    return build_edge_venv(tmp_path_factory.mktemp("edge-install"), PROJECT)
+
+
+def run(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run outside the project folder, so that its sources cannot shadow the installed distribution, and
+    without VITCODEC_MODEL_REPO, so that the default model is the one shipped in the wheel."""
+    env = {k: v for k, v in os.environ.items() if k != "VITCODEC_MODEL_REPO"}
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd or Path(__file__).anchor, env=env)
+
+
+def test_edge_venv_has_no_torch(edge_venv):
+    python = edge_venv / "bin" / "python"
+    for module in HEAVY:
+        proc = run(python, "-c", f"import {module}")
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, (module, proc.stdout)
+    assert directory_bytes(edge_venv) < 400 * 2**20  # the whole venv; torch alone is ~1 GB
+
+
+def test_encode_in_the_edge_venv_decodes_in_the_cloud(edge_venv, package, fmnist_images, tmp_path):
+    from vitcodec.models.inference import CloudModel
+
+    png = tmp_path / "shirt.png"
+    Image.fromarray(fmnist_images[0][3, :, :, 0]).save(png)
+    out = tmp_path / "out"
+    bin_dir = edge_venv / "bin"
+    proc = run(bin_dir / "vitcodec-edge", "encode", png, "--model", package.path, "-o", out, "--json",
+               "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    stream = (out / "shirt.vcb").read_bytes()
+    assert row["bytes"] == len(stream) and row["output"] == str(out / "shirt.vcb")
+
+    proc = run(bin_dir / "vitcodec-edge", "inspect", out / "shirt.vcb", "--model", package.path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_id"] == package.model_id.hex()
+
+    # the edge's own ŷ, from the library in the edge venv, and proof that nothing heavy was imported
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import vitcodec.edge.cli, vitcodec.edge.commands, vitcodec.edge.client
+        from vitcodec.codec.package import resolve_model
+        from vitcodec.edge.encoder import EdgeEncoder
+        result = EdgeEncoder(resolve_model({str(package.path)!r}), threads=1).encode_image({str(png)!r})
+        np.save({str(tmp_path / "y_hat.npy")!r}, result.y_hat)
+        open({str(tmp_path / "lib.vcb")!r}, "wb").write(result.stream)
+        heavy = [m for m in {HEAVY!r} if m in sys.modules]
+        assert not heavy, heavy
+        """)
+    proc = run(bin_dir / "python", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "lib.vcb").read_bytes() == stream
+
+    decoded = CloudModel(package).decode(stream)
+    assert np.array_equal(decoded.y_hat, np.load(tmp_path / "y_hat.npy"))
+
+    if Path(package.path).resolve().is_relative_to(PROJECT / "models" / "zoo"):  # the zoo ships in the wheel
+        proc = run(bin_dir / "vitcodec-edge", "encode", png, "-o", tmp_path / "default", "--threads", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "default" / "shirt.vcb").read_bytes() == stream
