@@ -24,6 +24,7 @@ from vitcodec.codec.package import MANIFEST, PACKAGE_FORMAT, ModelPackage
 from vitcodec.codec.tables import CodecTables
 from vitcodec.models.jcc import EdgeEncoder, JointCompressionClassifier
 
+HS_WEIGHT_BITS = 11
 CLOUD_MODULES = ("vit", "aggregation", "g_s")  # what the cloud needs: no g_a, no float h_s
 
 
@@ -65,7 +66,10 @@ def codec_tables(model: JointCompressionClassifier) -> CodecTables:
 
 def build_latent_codec(model: JointCompressionClassifier) -> LatentCodec:
     tables = codec_tables(model)
-    hyper = IntegerHyperSynthesis.from_float_layers(hyper_synthesis_layers(model), tables.scale_table)
+    # 11 fractional weight bits: int16 storage halves the package, and the rate cost is unmeasurable
+    # (docs/benchmarks.md); exactness does not depend on it (the 2^53 bound is checked at build time).
+    hyper = IntegerHyperSynthesis.from_float_layers(hyper_synthesis_layers(model), tables.scale_table,
+                                                    weight_bits=HS_WEIGHT_BITS)
     return LatentCodec(tables, hyper)
 
 

@@ -13,7 +13,7 @@ from vitcodec.models.evaluate import evaluate
 ZOO = {p.name: p for p in iter_packages(zoo_root())}
 EXPECTED = {"fmnist-uncompressed", "fmnist-q1", "fmnist-q2", "fmnist-q3"}
 # Floors on a 500-image slice of the test split: far below the card's figures, far above chance (10 %).
-TOP1_FLOOR = {"fmnist-uncompressed": 0.85, "fmnist-q1": 0.80, "fmnist-q2": 0.82, "fmnist-q3": 0.83}
+TOP1_FLOOR = {"fmnist-uncompressed": 0.82, "fmnist-q1": 0.70, "fmnist-q2": 0.70, "fmnist-q3": 0.72}
 
 
 def test_zoo_is_complete_and_small() -> None:
