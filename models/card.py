@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitcodec.codec.package import iter_packages, zoo_root
+from vitcodec.models.losses import QUALITIES
 
 
 def zoo_table() -> str:
@@ -11,7 +12,9 @@ def zoo_table() -> str:
     for pkg in iter_packages(zoo_root()):
         m = pkg.manifest.get("metrics", {})
         t = pkg.manifest.get("training", {})
-        q = f"q{pkg.quality} ({t.get('alpha')}, {t.get('beta')})" if pkg.quality else "— (step one)"
+        alpha, beta = QUALITIES.get(pkg.quality, (None, None))
+        alpha, beta = t.get("alpha") or alpha, t.get("beta") or beta
+        q = f"q{pkg.quality} (α {alpha}, β {beta})" if pkg.quality else "— (step one)"
 
         def f(key: str, fmt: str) -> str:
             value = m.get(key)
