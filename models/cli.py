@@ -279,7 +279,7 @@ def decode_cmd(
 
 
 def main() -> None:
-    from vitcodec.models.data import DataError
+    from vitcodec.models.errors import DataError
 
     try:
         app()

@@ -18,16 +18,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vitcodec.models.config import JCCConfig
+from vitcodec.models.errors import DataError
 
 FMNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-class DataError(RuntimeError):
-    """A dataset cannot be found or read; the message says how to fix it."""
 
 
 def fmnist_dir() -> Path:
