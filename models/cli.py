@@ -36,7 +36,7 @@ def _fail(message: str, code: int = 2) -> None:
 def train_cmd(
     out: Path = typer.Option(..., help="Output folder: last.pt (resumable), final.pt, log.jsonl, settings.json."),
     stage: str = typer.Option("pretrain", help="pretrain = step one (no compression); joint = step two (rate-distortion-accuracy)."),
-    preset: str = typer.Option("jcc-fmnist-28", help="Network preset (see `vitcodec models`); ignored with --init."),
+    preset: str = typer.Option("jcc-fmnist-28-s8", help="Network preset (see `vitcodec models`); ignored with --init."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
     init: Optional[Path] = typer.Option(None, help="Checkpoint to start from (step two starts from step one's final.pt)."),
     quality: Optional[int] = typer.Option(None, help="1|2|3: the paper's alpha/beta (0.1/0.001, 0.3/0.003, 0.6/0.006)."),

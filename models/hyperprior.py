@@ -7,9 +7,16 @@ parameters, which float h_s cannot guarantee across runtimes.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
+
+with warnings.catch_warnings():
+    # compressai decorates helpers with torch.jit.script at import time, which torch 2.14 flags as deprecated;
+    # the warning is about compressai's code, not ours, and would print on every CLI command.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
 from vitcodec.models.encoder import conv, deconv
 

