@@ -220,7 +220,7 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
                                **{k: v / n_batches for k, v in running.items()},
                                "images_per_s": seen / max(1e-9, time.time() - t0)}
                     if compress:
-                        metrics["aux"] = float(model.aux_loss())
+                        metrics["aux"] = float(model.aux_loss().detach())
                     with log_path.open("a") as fh:
                         fh.write(json.dumps(metrics) + "\n")
             epoch += 1
