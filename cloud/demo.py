@@ -7,7 +7,8 @@
    over REST, and prints one table of both plus a summary: bytes sent against the same images as PNG and as
    JPEG (quality 75), accuracy on the labelled samples, agreement of the two transports;
 3. runs ``vitcodec-edge reconstruct`` on one sample, writing ``demo-out/<sample>-reconstructed.png``;
-4. stops the server: SIGTERM (it drains), SIGKILL after ``--stop-timeout``; on success, failure, Ctrl-C,
+4. keeps the server up for ``--linger`` seconds if asked (to try it with curl or grpcurl), then
+   stops the server: SIGTERM (it drains), SIGKILL after ``--stop-timeout``; on success, failure, Ctrl-C,
    SIGTERM or SIGHUP alike. The server also gets SIGTERM if this process dies without cleaning up (Linux).
 
 The commands are built by `demo_commands`, which is also what ``docker-compose.yml`` runs (with the host
@@ -558,6 +559,10 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             "model": args.model, "http_port": http_port, "grpc_port": grpc_port, "server_pid": server.pid,
             "commands": commands, "samples": [x.__dict__ for x in samples], "results": results,
             "summary": summary.as_dict(), "reconstruction": reconstruction}, indent=1, default=str))
+        if args.linger > 0:
+            console.print(f"\n   the server stays up for {args.linger:.0f} s (HTTP http://{host}:{http_port}, gRPC "
+                          f"{host}:{grpc_port}) so you can try it by hand; Ctrl-C stops it sooner")
+            time.sleep(args.linger)
     finally:
         console.print(f"\n[bold]5.[/bold] stopping the server (pid {server.pid if server.proc else '-'}) ...")
         code = server.stop(args.stop_timeout)
@@ -589,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(OUT_DIR), help="Output folder (default demo-out/).")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="Seconds to wait for the server.")
     parser.add_argument("--step-timeout", type=float, default=300.0, help="Seconds for each edge command.")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="Keep the server up this many seconds after the run, to try it by hand (default 0).")
     parser.add_argument("--stop-timeout", type=float, default=30.0,
                         help="Seconds between SIGTERM and SIGKILL when stopping the server.")
     return parser

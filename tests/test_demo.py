@@ -212,8 +212,11 @@ def test_demo_end_to_end(model_repo, tmp_path):
 
 
 def _start_demo(model_repo: Path, out: Path) -> tuple[subprocess.Popen[str], int]:
-    """The demo in the background, up to the point where its server process exists; returns (demo, server pid)."""
-    proc = subprocess.Popen(_demo_argv(out, "--samples", "1", "--stop-timeout", "10"), cwd=ROOT,
+    """The demo in the background, up to the point where its server process exists; returns (demo, server pid).
+
+    ``--linger`` keeps it running after its one sample, so a signal always finds it at work (without it a
+    fast machine can finish the demo before the signal arrives)."""
+    proc = subprocess.Popen(_demo_argv(out, "--samples", "1", "--stop-timeout", "10", "--linger", "90"), cwd=ROOT,
                             env=_env(model_repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen = []
