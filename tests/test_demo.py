@@ -211,12 +211,19 @@ def test_demo_end_to_end(model_repo, tmp_path):
     print(f"demo with 3 samples: {took:.1f} s")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored (CI runners can), and Python
+    keeps an inherited SIG_IGN; Ctrl-C in a terminal finds the default disposition, so give the demo that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_demo(model_repo: Path, out: Path) -> tuple[subprocess.Popen[str], int]:
     """The demo in the background, up to the point where its server process exists; returns (demo, server pid).
 
     ``--linger`` keeps it running after its one sample, so a signal always finds it at work (without it a
     fast machine can finish the demo before the signal arrives)."""
     proc = subprocess.Popen(_demo_argv(out, "--samples", "1", "--stop-timeout", "10", "--linger", "90"), cwd=ROOT,
+                            preexec_fn=_sigint_as_in_a_terminal,
                             env=_env(model_repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen = []
