@@ -43,8 +43,8 @@ clean-venv:
 	rm -rf $(VENV)
 
 # The zoo recipe (docs/models.md): step one (20 epochs), then step two at three operating points in parallel
-# (q2 is the paper's alpha/beta; q1 and q3 pass their own, see the model card for why), a low-rate polish of
-# q3, export, and measurement on the whole test split. About 2.5 hours on 2 CPU cores.
+# (q2 is the paper's alpha/beta; q1 and q3 pass their own, see the model card for why), a polish of
+# q3 at a sixth of the learning rate, export, and measurement on the whole test split. About 2.5 hours on 2 CPU cores.
 ZOO_RUNS ?= runs
 ZOO_OUT ?= models/zoo
 JOINT = $(VENV)/bin/vitcodec train --stage joint --data fashion-mnist --batch-size 64 --codec-lr 1e-3 \
