@@ -169,7 +169,7 @@ def export_cmd(
     name: str = typer.Option(..., help="Model name in the repository."),
     version: int = typer.Option(1, help="Model version."),
     quality: Optional[int] = typer.Option(None, help="Quality recorded in streams (default: the training --quality)."),
-    fp32_weights: bool = typer.Option(False, help="Keep cloud weights in float32 (default float16, half the size)."),
+    fp32_weights: bool = typer.Option(False, help="Store the cloud weights and the edge encoder in float32 (default: float16 storage, float32 compute; half the size)."),
 ) -> None:
     """Write a model package: manifest, edge encoder.onnx, codec tables with integer h_s, cloud weights."""
     from vitcodec.models.checkpoint import load_checkpoint, load_model_state

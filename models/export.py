@@ -89,6 +89,39 @@ def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> by
     return buffer.getvalue()
 
 
+def store_weights_as_float16(onnx_bytes: bytes, min_elements: int = 64) -> bytes:
+    """Store the encoder's float32 weight tensors as float16, each followed by a Cast back to float32.
+
+    Why: the edge downloads this file, and float16 storage halves it. The arithmetic stays float32 (ONNX
+    Runtime folds the Casts into constants when the session is created), so only the stored weights are
+    rounded (relative error below 2^-11). Small tensors and values outside float16's range stay float32.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    graph_inputs = {i.name for i in graph.input}
+    kept, casts = [], []
+    for init in graph.initializer:
+        weights = numpy_helper.to_array(init)
+        if (init.data_type != TensorProto.FLOAT or weights.size < min_elements or init.name in graph_inputs
+                or not np.all(np.abs(weights) < np.finfo(np.float16).max)):
+            kept.append(init)
+            continue
+        stored = f"{init.name}__float16"
+        kept.append(numpy_helper.from_array(weights.astype(np.float16), stored))
+        casts.append(helper.make_node("Cast", [stored], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}__to_float32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)  # casts first: the graph stays topologically sorted
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def cloud_state(model: JointCompressionClassifier, modules: tuple[str, ...], half: bool) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in model.state_dict().items():
@@ -105,7 +138,8 @@ def export_package(model: JointCompressionClassifier, out: Path, *, name: str, v
     """Write ``out/<name>/<version>/`` and return the opened package.
 
     ``compress=False`` exports the step-one reference model: full torch weights, no ONNX, no codec.
-    ``half_weights`` stores the cloud weights in float16 (they are upcast at load; halves the zoo's size).
+    ``half_weights`` stores the cloud weights and the edge encoder's weights in float16 (both compute in
+    float32 after loading; halves the zoo's size).
     """
     model = model.eval().cpu()
     c = model.config
@@ -121,6 +155,8 @@ def export_package(model: JointCompressionClassifier, out: Path, *, name: str, v
         codec = build_latent_codec(model)
         codec.save(target / "codec.npz")
         onnx_bytes = onnx_encoder_bytes(model)
+        if half_weights:
+            onnx_bytes = store_weights_as_float16(onnx_bytes)
         (target / "encoder.onnx").write_bytes(onnx_bytes)
         model_id = codec.model_id(hashlib.sha256(onnx_bytes).digest())
         files.update(codec="codec.npz", encoder="encoder.onnx")
@@ -142,6 +178,7 @@ def export_package(model: JointCompressionClassifier, out: Path, *, name: str, v
         "compress": compress,
         "quality": quality,
         "model_id": model_id.hex(),
+        "weights_storage": "float16" if half_weights else "float32",
         "files": files,
         **(extra or {}),
     }
