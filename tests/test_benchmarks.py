@@ -1,0 +1,31 @@
+"""The benchmark scripts still run against the shipped zoo (tiny sizes: correctness of the script, not speed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_pipeline_prints_every_stage_and_ratio(capsys) -> None:
+    # no --threads: torch's thread count is process-wide and would slow the rest of the suite
+    assert _load("bench_pipeline").main(["--model", "fmnist-q2", "--n", "8", "--batch", "4", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| entropy decode |", "| entropy decode, h_s once per batch |", "| ViT on latents |",
+                "| ours end to end |", "| conventional end to end, h_s once per batch |",
+                "| end to end, images/s |", "| end to end with h_s once per batch, images/s |"):
+        assert row in out, row
+    assert "tokens: ours 16, DeiT 16" in out
