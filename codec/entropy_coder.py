@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from threading import Lock
 
 import constriction
@@ -36,7 +37,7 @@ import numpy as np
 
 from .errors import CorruptPayloadError
 
-__all__ = ["EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_BYTES", "TRIM_MAX_SYMBOLS"]
+__all__ = ["DecodePlan", "EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_BYTES", "TRIM_MAX_SYMBOLS"]
 
 _model = constriction.stream.model
 _queue = constriction.stream.queue
@@ -60,6 +61,16 @@ def _mantissa_layout(lengths: np.ndarray) -> list[np.ndarray]:
     """For every chunk position, the number of mantissa bits each escape has there (0: none)."""
     bits = np.maximum(lengths - 1, 0)
     return [np.clip(bits - _CHUNK_BITS * c, 0, _CHUNK_BITS) for c in range(_MAX_CHUNKS)]
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Coding order of one index array: symbols sorted by CDF row (stable), and the row runs."""
+
+    shape: tuple[int, ...]
+    order: np.ndarray
+    idx_sorted: np.ndarray
+    runs: list[tuple[int, int, int]]
 
 
 class EntropyTable:
@@ -198,19 +209,27 @@ class EntropyTable:
         to (constriction's `maybe_exhausted` proves that for free on untrimmed messages; trimmed ones are
         re-encoded, which is cheap at their size).
         """
+        return self.decode_planned(data, self.plan(indexes))
+
+    def plan(self, indexes: np.ndarray) -> DecodePlan:
+        """The coding order for `indexes`, reusable for every payload coded with the same indexes (e.g. z,
+        whose CDF row is its channel): saves the sort per payload."""
         indexes = np.asarray(indexes)
         if indexes.dtype.kind not in "iu":
             raise ValueError("indexes must be an integer array")
         idx = indexes.ravel().astype(np.int64)
         order, runs = self._groups(idx)
-        idx_sorted = idx[order]
+        return DecodePlan(indexes.shape, order, idx[order], runs)
+
+    def decode_planned(self, data: bytes, plan: DecodePlan) -> np.ndarray:
+        """`decode` with the order from `plan`."""
         data = bytes(data)
-        sym_sorted, exhausted = self._decode_sorted(data, idx_sorted, runs)
-        if not exhausted and len(data) > len(self._encode_sorted(sym_sorted, idx_sorted, runs)):
+        sym_sorted, exhausted = self._decode_sorted(data, plan.idx_sorted, plan.runs)
+        if not exhausted and len(data) > len(self._encode_sorted(sym_sorted, plan.idx_sorted, plan.runs)):
             raise CorruptPayloadError(f"payload of {len(data)} bytes has data left after its last symbol")
-        out = np.empty(idx.size, dtype=np.int32)
-        out[order] = sym_sorted
-        return out.reshape(indexes.shape)
+        out = np.empty(plan.idx_sorted.size, dtype=np.int32)
+        out[plan.order] = sym_sorted
+        return out.reshape(plan.shape)
 
     def _decode_sorted(
         self, data: bytes, idx_sorted: np.ndarray, runs: list[tuple[int, int, int]]
