@@ -47,7 +47,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["EXACT_LIMIT", "MATMUL_INTEGER_ONNX", "ExactGemm", "Float64Gemm", "Int8LimbGemm", "default_engine", "reference_engine"]
+__all__ = ["EXACT_LIMIT", "matmul_integer_model", "ExactGemm", "Float64Gemm", "Int8LimbGemm", "default_engine", "reference_engine"]
 
 EXACT_LIMIT = 1 << 53  # every integer of smaller magnitude is exact in float64
 _ACT_BITS, _WEIGHT_BITS = 8, 6  # digit widths: (2**8 - 1) * (2**6 - 1) * 2 < 2**15 (no int16 saturation)
@@ -119,6 +119,7 @@ class _DigitWeights:
     planes: int  # D
     out_channels: int  # O
     abs_sum: int
+    session: object  # ONNX Runtime session holding `digits` as a constant (packed once)
 
 
 def _digit_count(max_abs: int, bits: int) -> int:
@@ -130,12 +131,14 @@ class Int8LimbGemm:
 
     name = "int8-digits-onnxruntime"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, spinning: bool = False) -> None:
         import onnxruntime as ort
 
+        self._ort = ort
         self.threads = threads
-        self._session = ort.InferenceSession(MATMUL_INTEGER_ONNX, _session_options(ort, threads),
-                                             providers=["CPUExecutionProvider"])
+        self.spinning = spinning
+        # fail here, not at the first GEMM, where ONNX Runtime lacks the kernel: default_engine falls back
+        self.prepare(np.ones((1, 1), np.int64)).session.run(None, {"a": np.ones((1, 1), np.uint8)})
 
     def prepare(self, matrix: np.ndarray) -> _DigitWeights:
         matrix = np.asarray(matrix, dtype=np.int64)
@@ -147,19 +150,23 @@ class Int8LimbGemm:
         digits = np.empty((k, planes, o), dtype=np.int8)
         for j in range(planes):
             digits[:, j] = sign * ((magnitude >> (_WEIGHT_BITS * j)) & _WEIGHT_MAX)
-        return _DigitWeights(digits.reshape(k, planes * o), planes, o, int(magnitude.sum(axis=0).max(initial=0)))
+        digits = digits.reshape(k, planes * o)
+        session = self._ort.InferenceSession(matmul_integer_model(digits), _session_options(self._ort, self.threads, self.spinning),
+                                             providers=["CPUExecutionProvider"])
+        return _DigitWeights(digits, planes, o, int(magnitude.sum(axis=0).max(initial=0)), session)
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [(x, 1.0)] if x.size == 0 or x.min() >= 0 else [(np.maximum(x, 0), 1.0), (np.maximum(-x, 0), -1.0)]
         count = _digit_count(max((int(p.max(initial=0)) for p, _ in parts), default=0), _ACT_BITS)
+        if count > 8:
+            raise ValueError("activations beyond 64 bits")
         planes = np.empty((*x.shape[:3], count * len(parts), x.shape[3]), dtype=np.uint8)
         coefficients = np.empty(count * len(parts))
-        s = 0
-        for values, sign in parts:
-            for i in range(count):
-                np.bitwise_and(values >> (_ACT_BITS * i), _ACT_MAX, out=planes[..., s, :], casting="unsafe")
-                coefficients[s] = sign * float(1 << (_ACT_BITS * i))
-                s += 1
+        for n, (values, sign) in enumerate(parts):
+            # base-256 digits of a non-negative int64 are its bytes, least significant first on little-endian
+            digits = np.ascontiguousarray(values, dtype="<i8").view(np.uint8).reshape(*x.shape, 8)
+            planes[..., n * count : (n + 1) * count, :] = np.moveaxis(digits[..., :count], -1, -2)
+            coefficients[n * count : (n + 1) * count] = sign * 2.0 ** (_ACT_BITS * np.arange(count))
         return planes, coefficients
 
     def product(self, cols: np.ndarray, prepared: _DigitWeights, coefficients: np.ndarray, bound: int) -> np.ndarray:
@@ -170,31 +177,62 @@ class Int8LimbGemm:
         weights = (coefficients[:, None] * (2.0 ** (_WEIGHT_BITS * np.arange(d)))[None, :]).reshape(1, s * d)
         parts = []
         for block in _chunks(cols, k):  # rows ordered (pixel, activation plane)
-            partial = self._session.run(None, {"a": block, "b": prepared.digits})[0]  # (rows * S, D * O) int32
+            partial = prepared.session.run(None, {"a": block})[0]  # (rows * S, D * O) int32
             terms = partial.reshape(-1, s * d, o).astype(np.float64)
             parts.append(np.matmul(weights, terms)[:, 0])  # exact: |terms| * |weights| sum below 2**53
         out = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0, o))
         return out.astype(np.int64)
 
 
-def _session_options(ort, threads: int | None):
+def _session_options(ort, threads: int | None, spinning: bool):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.inter_op_num_threads = 1
     if threads:
         options.intra_op_num_threads = int(threads)
+    if not spinning:  # one session per layer: idle pools spinning after their GEMM would steal the next one's cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-# C = MatMulInteger(A uint8 (m, k), B int8 (k, n)) -> int32 (m, n), opset 10, IR 7, producer "vitcodec": the
-# serialised ModelProto, kept as bytes so the edge install needs onnxruntime only, not the onnx package
-# (tests/test_codec_exact_gemm.py rebuilds it with onnx.helper and checks these bytes).
-MATMUL_INTEGER_ONNX = (
-    b"\x08\x07\x12\x08vitcodec:p\n\x18\n\x01a\n\x01b\x12\x01c\"\rMatMulInteger\x12\x0fexact_int8_gemmZ\x15"
-    b"\n\x01a\x12\x10\n\x0e\x08\x02\x12\n\n\x03\x12\x01m\n\x03\x12\x01kZ\x15\n\x01b\x12\x10\n\x0e\x08\x03\x12\n"
-    b"\n\x03\x12\x01k\n\x03\x12\x01nb\x15\n\x01c\x12\x10\n\x0e\x08\x06\x12\n\n\x03\x12\x01m\n\x03\x12\x01nB"
-    b"\x04\n\x00\x10\n"
-)
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes | int) -> bytes:
+    """One protobuf field: varint (wire type 0) for ints, length-delimited (wire type 2) for bytes."""
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _value_info(name: str, elem_type: int, dims: list[str]) -> bytes:
+    shape = b"".join(_field(1, _field(2, d.encode())) for d in dims)  # TensorShapeProto.dim.dim_param
+    tensor_type = _field(1, elem_type) + _field(2, shape)  # TypeProto.Tensor
+    return _field(1, name.encode()) + _field(2, _field(1, tensor_type))  # ValueInfoProto
+
+
+def matmul_integer_model(weights: np.ndarray) -> bytes:
+    """ONNX ModelProto (IR 7, opset 10) for C = MatMulInteger(A uint8 (m, K), B) -> int32 (m, N), with B the
+    given int8 (K, N) as a constant initializer, so ONNX Runtime packs it once per session, not per call.
+
+    Serialised here field by field (ONNX's protobuf field numbers), so that the edge install needs
+    onnxruntime only, not the onnx package; tests/test_codec_exact_gemm.py checks the bytes against
+    onnx.helper's.
+    """
+    weights = np.ascontiguousarray(weights, dtype=np.int8)
+    k, n = weights.shape
+    node = _field(1, b"a") + _field(1, b"b") + _field(2, b"c") + _field(4, b"MatMulInteger")
+    initializer = _field(1, k) + _field(1, n) + _field(2, 3) + _field(8, b"b") + _field(9, weights.tobytes())
+    graph = (_field(1, node) + _field(2, b"exact_int8_gemm") + _field(5, initializer)
+             + _field(11, _value_info("a", 2, ["m", "k"])) + _field(12, _value_info("c", 6, ["m", "n"])))
+    opset = _field(1, b"") + _field(2, 10)
+    return _field(1, 7) + _field(2, b"vitcodec") + _field(7, graph) + _field(8, opset)
 
 
 _DEFAULT: ExactGemm | None = None

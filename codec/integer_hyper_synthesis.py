@@ -122,6 +122,7 @@ class IntegerHyperSynthesis:
         self.upsampling = math.prod(layer.stride for layer in gemms if layer.kind == "deconv")
         self.engine = engine or default_engine()
         self._ops = [self._op(layer, self.engine) for layer in self.layers]
+        self._biases = [None if layer.bias is None else layer.bias.copy() for layer in self.layers]
         self.accumulator_bound = self._check_exactness()
 
         table = np.asarray(scale_table, dtype=np.float64).ravel()
@@ -268,13 +269,15 @@ class IntegerHyperSynthesis:
             raise ValueError(f"crop {out_hw} does not fit h_s output {full_hw}")
         sizes = self._sizes(x.shape[2:], out_hw)
         act = x.astype(np.int64).transpose(0, 2, 3, 1)  # channels-last: bias and GEMM rows line up
-        for layer, op, size in zip(self.layers, self._ops, sizes):
+        rounding = 1 << self.weight_bits >> 1  # round half up: floor((acc + bias + 2**(wb-1)) / 2**wb)
+        for layer, op, size, bias in zip(self.layers, self._ops, sizes, self._biases):
             if op is None:  # ReLU
                 np.maximum(act, 0, out=act)
                 continue
-            acc = op.nhwc(np.clip(act, -self._clamp, self._clamp), size)  # only the `size` the rest reads
-            acc += layer.bias
-            act = fixed_point.shift_round(acc, self.weight_bits)
+            act = np.clip(act, -self._clamp, self._clamp, out=act)
+            acc = op.nhwc(act, size)  # only the `size` the rest reads
+            acc += bias + rounding
+            act = np.right_shift(acc, self.weight_bits, out=acc)
         if out_hw is not None:
             act = act[:, : out_hw[0], : out_hw[1]]
         return np.ascontiguousarray(act.transpose(0, 3, 1, 2))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitcodec.codec.exact_gemm import EXACT_LIMIT, MATMUL_INTEGER_ONNX, Float64Gemm, Int8LimbGemm, default_engine
+from vitcodec.codec.exact_gemm import EXACT_LIMIT, Float64Gemm, Int8LimbGemm, default_engine, matmul_integer_model
 from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.codec.package import resolve_model
@@ -54,17 +54,18 @@ def near_bound_operands(rng, x_shape, w_shape, per_output_axes, weight_bits=13, 
 
 def test_matmul_integer_bytes_are_the_onnx_graph_they_claim():
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
+    weights = np.random.default_rng(0).integers(-63, 64, (300, 7)).astype(np.int8)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "exact_int8_gemm",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", "k"]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, ["k", "n"])],
-        [helper.make_tensor_value_info("c", TensorProto.INT32, ["m", "n"])])
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, ["m", "k"])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, ["m", "n"])],
+        initializer=[numpy_helper.from_array(weights, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)], producer_name="vitcodec")
     model.ir_version = 7
     onnx.checker.check_model(model)
-    assert model.SerializeToString() == MATMUL_INTEGER_ONNX
+    assert model.SerializeToString() == matmul_integer_model(weights)
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
