@@ -36,7 +36,21 @@ magnitudes of all its terms add up to at most sum_k |x_k| * |w_k| < 2**53, the s
 exact int8 GEMM (MatMulInteger on another runtime, ``torch._int_mm``, a GPU int8 kernel) gives the same answer.
 
 Only the digits that the actual activations need are used (their largest magnitude decides the count), which
-changes the work, never the result. Weights keep their digit planes from `prepare`.
+changes the work, never the result. Weights keep their digit planes from `prepare`, each in its own ONNX
+Runtime session as a constant (packed once: 1.6x faster than passing it per call), with thread-pool spinning
+off (several sessions run back to back; spinning pools starved each other, 13x slower).
+
+Why int8 digits (measured on the 2-core Sapphire Rapids dev VM, 2026-12-01; docs/benchmarks.md):
+- float64 GEMMs cannot get within 1.5x of the float32 h_s: float64 has half the SIMD lanes of float32, and
+  ONNX Runtime's float64 MatMul (3.0 ms at 2 threads, 6.1 ms at 1, for the 196x2592x384 GEMM of the paper's
+  last conv) was no faster than numpy 1.26's OpenBLAS here (3.3 ms); numpy 2.x is out (compressai pins
+  numpy<2) and would still be float64. A whole-h_s float64 ONNX graph would be the same MatMul plus copies:
+  ONNX Runtime's CPU Conv and ConvTranspose have no double kernels (checked: NOT_IMPLEMENTED).
+- exact float32 GEMMs need every partial sum below 2**24: with K = 2592 that leaves ~12 bits per product,
+  i.e. 4 x 3 split GEMMs for 26-bit activations and 12-bit weights, slower than one float64 GEMM.
+- u8 x s8 MatMulInteger did that GEMM in 0.23 ms (AMX), and in 1.35 ms with the 3 x 2 digit planes the
+  realistic paper model needs (19-bit activations, 10-bit weights): 2.4x less than float64.
+A GPU can plug in any exact int8 or true-float64 GEMM as another engine (same results, by the bounds above).
 """
 
 from __future__ import annotations

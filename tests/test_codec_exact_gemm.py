@@ -131,3 +131,16 @@ def test_zoo_hs_identical_for_every_engine_thread_count_and_batch_size(zoo_codec
 
 def test_default_engine_is_the_int8_one_here():
     assert isinstance(default_engine(), Int8LimbGemm)
+
+
+def test_scale_index_lookup_equals_searchsorted(zoo_codec):
+    """The bucket lookup behind scale_indexes counts thresholds exactly like searchsorted, at and around
+    every threshold, below zero and far above the table."""
+    hyper = zoo_codec.hyper
+    t = hyper._thresholds
+    rng = np.random.default_rng(3)
+    values = np.concatenate([t - 1, t, t + 1, [-(2**40), -1, 0, 2**40, t[-1] * 7],
+                             rng.integers(-(2**10), t[-1] + 2**12, 100_000)])
+    expected = np.maximum(np.searchsorted(t, values, side="left"), hyper._always)
+    assert hyper._index_lookup is not None
+    assert np.array_equal(hyper.scale_indexes(values), expected)
