@@ -3,11 +3,12 @@ decoding at the zoo's size (issue 11, item 1). Every figure comes from one run, 
 
 1. Exactness cost at 224x224 (``jcc-deit-s-224`` with weights made realistic, as in bench_edge.py), batch 1:
    per image, the same ẑ through
-   - integer h_s, default engine (int8 digit planes, ONNX Runtime MatMulInteger; ``codec/exact_gemm.py``),
+   - integer h_s, default engine (int8 digit planes, ONNX Runtime MatMulInteger, 1 thread; ``codec/exact_gemm.py``),
    - integer h_s, float64 reference engine (numpy BLAS),
    - the float32 h_s in ONNX Runtime (Conv/ConvTranspose/Relu graph of the trained float layers, the same
      ``--threads``), on ẑ in float32;
-   medians over images and the ratios integer / float32. The two integer outputs are checked bit-identical.
+   per image the median of 2 rounds of 5 back-to-back runs per stage (stages in turn), then the median and
+   p90 over images, and the ratios integer / float32. The two integer outputs are checked bit-identical.
 2. Edge encode at 224 (``EdgeEncoder.encode_pixels``, one image at a time): median and p90 ms per stage.
 3. Entropy decoding of zoo streams (``fmnist-q2``: real Fashion-MNIST test images through the edge encoder) in
    batches of ``--batch``: ``LatentCodec.decode_batch`` per stream with each engine, and where the time goes
@@ -69,17 +70,23 @@ def float32_hs_session(layers: list[dict], in_channels: int, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def interleaved(stages: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Run every stage once per round, in turn; ms per round for each."""
+def interleaved(stages: dict, rounds: int, block: int = 1, warmup: int = 2) -> dict[str, list[float]]:
+    """Each round runs every stage `block` times in a row, stages in turn; ms per run for each stage.
+
+    Blocks matter for ONNX Runtime and OpenBLAS: their thread pools keep spinning for a while after a call
+    and slow down whatever runs next on these 2 cores, so only the first run of a block pays for the
+    previous stage's spinning, and the median drops it.
+    """
     for _ in range(warmup):
         for fn in stages.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in stages}
     for _ in range(rounds):
         for name, fn in stages.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return times
 
 
@@ -91,7 +98,7 @@ def exactness_cost(model, package, pixels: np.ndarray, threads: int) -> dict:
 
     encoder = EdgeEncoder(package, threads=threads)
     codec = encoder.codec
-    fast = codec.hyper.with_engine(Int8LimbGemm(threads=threads))
+    fast = codec.hyper.with_engine(Int8LimbGemm())  # the default engine (1 thread per GEMM)
     reference = codec.hyper.with_engine(Float64Gemm())
     session = float32_hs_session(hyper_synthesis_layers(model), codec.N, threads)
     medians = codec.tables.z_medians.astype(np.float64).reshape(-1, 1, 1)
@@ -110,7 +117,7 @@ def exactness_cost(model, package, pixels: np.ndarray, threads: int) -> dict:
             "integer h_s (int8 engine)": lambda: fast.forward(fixed, latent),
             "integer h_s (float64 reference)": lambda: reference.forward(fixed, latent),
             "float32 h_s (ONNX Runtime)": lambda: session.run(None, {"z_hat": z_hat}),
-        }, rounds=5)
+        }, rounds=2, block=5)
         for k, v in per.items():
             times[k].append(float(np.median(v)))
     return {k: {"median": round(pct(v, 50), 3), "p90": round(pct(v, 90), 3)} for k, v in times.items()}
@@ -132,7 +139,7 @@ def zoo_decoding(streams_n: int, batch: int, threads: int) -> dict:
     parts = [unpack_stream(s) for s in streams]
     shape = parts[0][0].latent_shape
     batches = [[(z, y) for _, z, y in parts[i : i + batch]] for i in range(0, len(parts), batch)]
-    fast = LatentCodec(encoder.codec.tables, encoder.codec.hyper.with_engine(Int8LimbGemm(threads=threads)))
+    fast = LatentCodec(encoder.codec.tables, encoder.codec.hyper.with_engine(Int8LimbGemm()))
     reference = LatentCodec(encoder.codec.tables, encoder.codec.hyper.with_engine(Float64Gemm()))
     for b in batches:
         if not np.array_equal(fast.decode_batch(b, shape), reference.decode_batch(b, shape)):

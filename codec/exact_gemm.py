@@ -145,7 +145,11 @@ class Int8LimbGemm:
 
     name = "int8-digits-onnxruntime"
 
-    def __init__(self, threads: int | None = None, spinning: bool = False) -> None:
+    def __init__(self, threads: int | None = 1, spinning: bool = False) -> None:
+        """`threads`: ONNX Runtime intra-op threads per GEMM (None: its default, all cores). One thread is the
+        default because it measured fastest on 2 cores: without spinning, waking a pool costs more than the
+        second core gains on GEMMs of a few milliseconds, and with spinning the per-layer pools starve each
+        other (docs/benchmarks.md). Callers that decode in several threads use the cores that way."""
         import onnxruntime as ort
 
         self._ort = ort
