@@ -7,8 +7,9 @@ decoding at the zoo's size (issue 11, item 1). Every figure comes from one run, 
    - integer h_s, float64 reference engine (numpy BLAS),
    - the float32 h_s in ONNX Runtime (Conv/ConvTranspose/Relu graph of the trained float layers, the same
      ``--threads``), on ẑ in float32;
-   per image the median of 2 rounds of 5 back-to-back runs per stage (stages in turn), then the median and
-   p90 over images, and the ratios integer / float32. The two integer outputs are checked bit-identical.
+   per image the median of 2 rounds of 5 back-to-back runs per stage (int8 and float32 in turn; the float64
+   reference afterwards, on its own), then the median and p90 over images, and the ratios integer / float32.
+   The two integer outputs are checked bit-identical.
 2. Edge encode at 224 (``EdgeEncoder.encode_pixels``, one image at a time): median and p90 ms per stage.
 3. Entropy decoding of zoo streams (``fmnist-q2``: real Fashion-MNIST test images through the edge encoder) in
    batches of ``--batch``: ``LatentCodec.decode_batch`` per stream with each engine, and where the time goes
@@ -115,11 +116,18 @@ def exactness_cost(model, package, pixels: np.ndarray, threads: int) -> dict:
             raise SystemExit("int8 and float64 engines disagree: exactness is broken")
         per = interleaved({
             "integer h_s (int8 engine)": lambda: fast.forward(fixed, latent),
-            "integer h_s (float64 reference)": lambda: reference.forward(fixed, latent),
             "float32 h_s (ONNX Runtime)": lambda: session.run(None, {"z_hat": z_hat}),
         }, rounds=2, block=5)
         for k, v in per.items():
             times[k].append(float(np.median(v)))
+    # the reference last and on its own: OpenBLAS's threads keep spinning after a call and slowed the float32
+    # session that followed them by up to 4x in interleaved runs
+    for zi in z:
+        symbols = np.rint(zi.astype(np.float64) - medians).astype(np.int32)[None]
+        fixed = fast.fixed_input(symbols, codec.tables.z_medians)
+        per = interleaved({"integer h_s (float64 reference)": lambda: reference.forward(fixed, latent)}, rounds=1,
+                          block=5)
+        times["integer h_s (float64 reference)"].append(float(np.median(per["integer h_s (float64 reference)"])))
     return {k: {"median": round(pct(v, 50), 3), "p90": round(pct(v, 90), 3)} for k, v in times.items()}
 
 
