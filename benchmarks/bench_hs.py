@@ -61,9 +61,9 @@ def float32_hs_session(layers: list[dict], in_channels: int, threads: int):
             nodes.append(helper.make_node("Conv" if spec["kind"] == "conv" else "ConvTranspose",
                                           [cur, f"w{i}", f"b{i}"], [out], **attrs))
         cur = out
-    graph = helper.make_graph(nodes, "float_hs",
-                              [helper.make_tensor_value_info("z_hat", TensorProto.FLOAT, [None, in_channels, None, None])],
-                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, None)], initializer=inits)
+    z_hat = helper.make_tensor_value_info("z_hat", TensorProto.FLOAT, [None, in_channels, None, None])
+    graph = helper.make_graph(nodes, "float_hs", [z_hat], [helper.make_tensor_value_info(cur, TensorProto.FLOAT, None)],
+                              initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     options = ort.SessionOptions()
@@ -176,7 +176,8 @@ def zoo_decoding(streams_n: int, batch: int, threads: int) -> dict:
         split_timed()
     per_stream = {k: round(float(np.median(v)) / len(streams), 4) for k, v in times.items()}
     per_stream_parts = {k: round(v / rounds / len(streams), 4) for k, v in breakdown.items()}
-    return {"streams": len(streams), "batch": batch, "stream_bytes_mean": round(float(np.mean([len(s) for s in streams])), 1),
+    return {"streams": len(streams), "batch": batch,
+            "stream_bytes_mean": round(float(np.mean([len(s) for s in streams])), 1),
             "ms_per_stream": per_stream, "breakdown_ms_per_stream": per_stream_parts}
 
 
@@ -210,7 +211,8 @@ def print_markdown(f: dict) -> None:
     print(f"Machine: {f['machine']}; {f['date']}; ONNX Runtime threads {f['threads']}.\n")
     hs = f["hs_224_ms"]
     base = hs["float32 h_s (ONNX Runtime)"]["median"]
-    print(f"h_s at 224x224 (jcc-deit-s-224, batch 1, {f['images']} images; outputs of both integer engines identical)\n")
+    print(f"h_s at 224x224 (jcc-deit-s-224, batch 1, {f['images']} images; "
+          "outputs of both integer engines identical)\n")
     print("| h_s | median ms | p90 ms | / float32 ORT |")
     print("|---|---:|---:|---:|")
     for k, v in hs.items():

@@ -37,7 +37,8 @@ import numpy as np
 
 from .errors import CorruptPayloadError
 
-__all__ = ["DecodePlan", "EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_BYTES", "TRIM_MAX_SYMBOLS"]
+__all__ = ["DecodePlan", "EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_BYTES",
+           "TRIM_MAX_SYMBOLS"]
 
 _model = constriction.stream.model
 _queue = constriction.stream.queue

@@ -61,7 +61,8 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["EXACT_LIMIT", "matmul_integer_model", "ExactGemm", "Float64Gemm", "Int8LimbGemm", "default_engine", "reference_engine"]
+__all__ = ["EXACT_LIMIT", "ExactGemm", "Float64Gemm", "Int8LimbGemm", "default_engine", "matmul_integer_model",
+           "reference_engine"]
 
 EXACT_LIMIT = 1 << 53  # every integer of smaller magnitude is exact in float64
 _ACT_BITS, _WEIGHT_BITS = 8, 6  # digit widths: (2**8 - 1) * (2**6 - 1) * 2 < 2**15 (no int16 saturation)
@@ -141,7 +142,8 @@ def _digit_count(max_abs: int, bits: int) -> int:
 
 
 class Int8LimbGemm:
-    """Exact integer GEMM from 7-bit digit planes and ONNX Runtime's MatMulInteger (u8 x s8 -> int32)."""
+    """Exact integer GEMM from digit planes (8-bit activation, 6-bit weight digits) and ONNX Runtime's
+    MatMulInteger (u8 x s8 -> int32); see the module docstring."""
 
     name = "int8-digits-onnxruntime"
 
@@ -169,8 +171,8 @@ class Int8LimbGemm:
         for j in range(planes):
             digits[:, j] = sign * ((magnitude >> (_WEIGHT_BITS * j)) & _WEIGHT_MAX)
         digits = digits.reshape(k, planes * o)
-        session = self._ort.InferenceSession(matmul_integer_model(digits), _session_options(self._ort, self.threads, self.spinning),
-                                             providers=["CPUExecutionProvider"])
+        options = _session_options(self._ort, self.threads, self.spinning)
+        session = self._ort.InferenceSession(matmul_integer_model(digits), options, providers=["CPUExecutionProvider"])
         return _DigitWeights(digits, planes, o, int(magnitude.sum(axis=0).max(initial=0)), session)
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -163,7 +163,8 @@ class ExactConvTranspose2d:
             for rx, tx in enumerate(self._taps_x):
                 if ty.size and tx.size:
                     sub = self.weight[:, :, ty][:, :, :, tx]  # (C, O, jy, jx) -> K in (jy, jx, C) order
-                    self._prepared[ry, rx] = self.engine.prepare(sub.transpose(2, 3, 0, 1).reshape(-1, self.out_channels))
+                    matrix = sub.transpose(2, 3, 0, 1).reshape(-1, self.out_channels)
+                    self._prepared[ry, rx] = self.engine.prepare(matrix)
 
     @property
     def max_abs_weight_sum(self) -> int:

@@ -11,7 +11,8 @@ from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.codec.package import resolve_model
 
-ENGINES = {"float64": Float64Gemm(), "int8-1-thread": Int8LimbGemm(threads=1), "int8-2-threads": Int8LimbGemm(threads=2)}
+ENGINES = {"float64": Float64Gemm(), "int8-1-thread": Int8LimbGemm(threads=1),
+           "int8-2-threads": Int8LimbGemm(threads=2)}
 
 
 def slow_conv2d(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
