@@ -113,7 +113,9 @@ class EntropyTable:
         """Permutation that sorts symbols by row (stable: raster order within a row), and the row runs."""
         if indexes.size and (indexes.min() < 0 or indexes.max() >= self.rows):
             raise ValueError(f"indexes must lie in 0..{self.rows - 1}")
-        order = np.argsort(indexes, kind="stable")
+        # stable sort; on 16-bit keys numpy uses a radix sort (several times faster for a 28x28 image's y)
+        keys = indexes.astype(np.int16) if self.rows <= np.iinfo(np.int16).max else indexes
+        order = np.argsort(keys, kind="stable")
         ordered = indexes[order]
         cuts = np.flatnonzero(np.diff(ordered)) + 1
         starts = np.concatenate(([0], cuts)).astype(np.int64)
