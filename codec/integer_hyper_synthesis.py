@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import fixed_point
-from .exact_gemm import default_engine
+from .exact_gemm import ExactGemm, default_engine
 from .tables import hash_arrays
 
 __all__ = ["FixedLayer", "HyperOutput", "IntegerHyperSynthesis"]
@@ -137,7 +137,7 @@ class IntegerHyperSynthesis:
         act_limit: int,
         scale_table: np.ndarray,
         scale_bound: float = 0.11,
-        engine: fixed_point.ExactGemm | None = None,
+        engine: ExactGemm | None = None,
     ) -> None:
         if not (0 <= weight_bits <= _MAX_BITS and 0 <= act_bits <= _MAX_BITS):
             raise ValueError(f"weight_bits and act_bits must lie in 0..{_MAX_BITS}")
@@ -199,7 +199,7 @@ class IntegerHyperSynthesis:
 
     @staticmethod
     def _op(
-        layer: FixedLayer, engine: fixed_point.ExactGemm
+        layer: FixedLayer, engine: ExactGemm
     ) -> fixed_point.ExactConv2d | fixed_point.ExactConvTranspose2d | None:
         if layer.kind == "conv":
             return fixed_point.ExactConv2d(layer.weight, layer.stride, layer.padding, engine)
@@ -208,7 +208,7 @@ class IntegerHyperSynthesis:
                                                     engine)
         return None
 
-    def with_engine(self, engine: fixed_point.ExactGemm) -> IntegerHyperSynthesis:
+    def with_engine(self, engine: ExactGemm) -> IntegerHyperSynthesis:
         """The same h_s computed by another exact GEMM engine (same results; e.g. the float64 reference)."""
         return IntegerHyperSynthesis(self.layers, weight_bits=self.weight_bits, act_bits=self.act_bits,
                                      act_limit=self.act_limit, scale_table=self.scale_table,
