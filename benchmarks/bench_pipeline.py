@@ -49,7 +49,7 @@ def _images(package, n: int) -> np.ndarray:
 
 
 def _package(args):
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     if not args.preset:
         return resolve_model(args.model)

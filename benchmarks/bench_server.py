@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="raw-loop runs (median)")
     args = parser.parse_args(argv)
 
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     package = resolve_model(args.model)

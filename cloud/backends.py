@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vitcodec.codec.package import ModelPackage
+from vitcodec.packages import ModelPackage
 
 log = logging.getLogger("vitcodec.cloud.backends")
 

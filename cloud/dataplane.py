@@ -23,7 +23,7 @@ from PIL import Image
 import vitcodec
 from vitcodec.codec.bitstream import StreamHeader, StreamInfo, read_stream_info
 from vitcodec.codec.errors import CodecError, CorruptPayloadError
-from vitcodec.codec.package import DEFAULT_MODEL
+from vitcodec.packages import DEFAULT_MODEL
 
 from .batching import BatchingEngine
 from .errors import InvalidRequest, ModelMismatch, ShuttingDown

@@ -47,7 +47,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from vitcodec.codec.package import DEFAULT_MODEL
+from vitcodec.packages import DEFAULT_MODEL
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -475,12 +475,12 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def _check_model(model: str) -> str:
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
 
     try:
         package = resolve_model(model)
     except ModelNotFoundError as exc:
-        raise DemoError(f"{exc}.\nThe trained zoo ships in models/zoo/ (`make zoo` trains it again); "
+        raise DemoError(f"{exc}.\nThe trained zoo ships in packages/zoo/ (`make zoo` trains it again); "
                         "VITCODEC_MODEL_REPO=DIR points the demo at another model repository.", EXIT_SETUP) from None
     if not package.compresses:
         raise DemoError(f"{model} makes no bitstreams (a step-one reference model): pick a compressing one",

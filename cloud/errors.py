@@ -20,7 +20,7 @@ from vitcodec.codec.errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
-from vitcodec.codec.package import ModelNotFoundError
+from vitcodec.packages import ModelNotFoundError
 
 __all__ = [
     "ServingError",

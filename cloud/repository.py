@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from vitcodec.codec.package import ModelPackage, iter_packages, zoo_root
+from vitcodec.packages import ModelPackage, iter_packages, zoo_root
 
 from .errors import ModelNotFound, ModelNotReady
 

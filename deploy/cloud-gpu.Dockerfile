@@ -22,6 +22,7 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY vitcodec ./vitcodec
 COPY codec ./codec
+COPY packages ./packages
 COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud

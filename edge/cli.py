@@ -82,7 +82,7 @@ def _load_streams(files: list[Path], model: Optional[str], progress: Progress | 
             errors.append("")
         else:
             if encoder is None:
-                from vitcodec.codec.package import ModelNotFoundError, resolve_model
+                from vitcodec.packages import ModelNotFoundError, resolve_model
                 from vitcodec.edge.encoder import EdgeEncoder
 
                 try:

@@ -117,7 +117,7 @@ class EncodedFile:
 
 def load_encoder(model: Optional[str], threads: Optional[int]):
     """The model's `EdgeEncoder`; any failure to find or load it becomes an `EdgeInputError`."""
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     try:
@@ -190,7 +190,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
     """
     from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.codec.errors import ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
+    from vitcodec.packages import ModelNotFoundError, find_by_model_id
 
     info = read_stream_info(data)
     header = info.header
@@ -218,7 +218,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
 
 def mismatch_message(exc, expected) -> str:
     """`ModelMismatchError`, naming the installed model the stream is for when there is one."""
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
+    from vitcodec.packages import ModelNotFoundError, find_by_model_id
 
     try:
         owner = find_by_model_id(exc.actual_id)
@@ -338,7 +338,7 @@ def inspect(
     header/z/y/total bytes and bpp. Exit status 1 when a file is missing, damaged, not a vitcodec stream or (with --model) for another model.
     """
     from vitcodec.codec.errors import CodecError, ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
 
     expected = None
     if model is not None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vitcodec.codec.bitstream import StreamHeader, pack_stream
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import ModelPackage, resolve_model
+from vitcodec.packages import ModelPackage, resolve_model
 from vitcodec.edge.preprocess import load_image, normalise, to_pixels
 
 

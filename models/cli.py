@@ -78,11 +78,11 @@ def train_cmd(
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List network presets and the model zoo with measured test figures."""
-    from vitcodec.codec.package import iter_packages, repository_roots
-    from vitcodec.models.registry import create_model, get_preset, list_presets
+    from vitcodec.packages import iter_packages, repository_roots
+    from vitcodec.models import create_model, get_preset, list_models
 
     presets = []
-    for name in list_presets():
+    for name in list_models():
         c = get_preset(name)
         params = sum(p.numel() for p in create_model(name).parameters())
         presets.append({"name": name, "params_m": round(params / 1e6, 2), "input": [c.in_chans, *c.img_size],
@@ -135,7 +135,7 @@ def eval_cmd(
     """Accuracy, rate and PSNR measured on real bitstreams (edge ONNX encoder -> cloud decoder)."""
     from rich.progress import Progress
 
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.models.evaluate import evaluate
 
     try:
@@ -212,7 +212,7 @@ def decode_cmd(
 
     from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.codec.errors import CodecError, ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id, resolve_model
+    from vitcodec.packages import ModelNotFoundError, find_by_model_id, resolve_model
     from vitcodec.edge.commands import error_line, mismatch_message
 
     def fail(message: str, code: int = 1) -> NoReturn:
@@ -236,7 +236,7 @@ def decode_cmd(
     except ModelNotFoundError as exc:
         if model:
             fail(str(exc), 2)
-        fail(f"{file}: {exc}")  # a stream for a model that is not installed here
+        fail(f"{file}: {exc}; pass --model explicitly")  # a stream for a model not installed here
     if package.compresses and header.model_id != package.model_id:
         fail(f"{file}: {mismatch_message(ModelMismatchError(package.model_id, header.model_id), package)}")
     with warnings.catch_warnings():  # imported only now: bad input is refused without loading torch models

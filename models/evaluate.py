@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vitcodec.codec.bitstream import read_stream_info
-from vitcodec.codec.package import ModelPackage, resolve_model
+from vitcodec.packages import ModelPackage, resolve_model
 from vitcodec.edge.preprocess import normalise, to_pixels
 from vitcodec.models.checkpoint import load_model_state
 from vitcodec.models.config import JCCConfig

@@ -20,7 +20,7 @@ from torch import nn
 
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import MANIFEST, PACKAGE_FORMAT, ModelPackage
+from vitcodec.packages import MANIFEST, PACKAGE_FORMAT, ModelPackage
 from vitcodec.codec.tables import CodecTables
 from vitcodec.models.jcc import EdgeEncoder, JointCompressionClassifier
 

@@ -12,7 +12,7 @@ import torch
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import CodecError
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import ModelPackage, resolve_model
+from vitcodec.packages import ModelPackage, resolve_model
 from vitcodec.models.checkpoint import load_model_state
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.jcc import JointCompressionClassifier

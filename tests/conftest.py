@@ -21,7 +21,7 @@ EXPORTED_MODELS = ("fmnist-q1", "fmnist-q2")  # two are enough for routing and m
 
 
 def _zoo_repository() -> Path | None:
-    from vitcodec.codec.package import ModelNotFoundError, ModelPackage, zoo_root
+    from vitcodec.packages import ModelNotFoundError, ModelPackage, zoo_root
 
     root = zoo_root()
     for name in ZOO_MODELS:
@@ -54,7 +54,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def package(model_repo: Path):
     """The default model's package (fmnist-q2)."""
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     return resolve_model("fmnist-q2", roots=[model_repo])
 
@@ -62,7 +62,7 @@ def package(model_repo: Path):
 @pytest.fixture(scope="session")
 def other_package(model_repo: Path):
     """A second model (fmnist-q1) whose streams the default model must refuse."""
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     return resolve_model("fmnist-q1", roots=[model_repo])
 

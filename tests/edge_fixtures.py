@@ -82,7 +82,7 @@ def fashion_mnist_test(n: int) -> np.ndarray | None:
 def _input(model, pixels: np.ndarray):
     import torch
 
-    from vitcodec.codec.package import InputSpec
+    from vitcodec.packages import InputSpec
     from vitcodec.edge.preprocess import normalise
 
     c = model.config

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from vitcodec.cloud import demo
-from vitcodec.codec.package import DEFAULT_MODEL
+from vitcodec.packages import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -68,7 +68,7 @@ def test_encode_in_the_edge_venv_decodes_in_the_cloud(edge_venv, package, fmnist
         import sys
         import numpy as np
         import vitcodec.edge.cli, vitcodec.edge.commands, vitcodec.edge.client
-        from vitcodec.codec.package import resolve_model
+        from vitcodec.packages import resolve_model
         from vitcodec.edge.encoder import EdgeEncoder
         result = EdgeEncoder(resolve_model({str(package.path)!r}), threads=1).encode_image({str(png)!r})
         np.save({str(tmp_path / "y_hat.npy")!r}, result.y_hat)

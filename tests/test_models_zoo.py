@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vitcodec.codec.package import iter_packages, resolve_model, zoo_root
+from vitcodec.packages import iter_packages, resolve_model, zoo_root
 from vitcodec.models.evaluate import evaluate
 
 ZOO = {p.name: p for p in iter_packages(zoo_root())}
