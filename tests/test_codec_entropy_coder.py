@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # no conftest: share the table builders between codec tests
-from test_codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch  # noqa: E402
+from test_codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch
 
-from vitcodec.codec import entropy_coder  # noqa: E402
-from vitcodec.codec.entropy_coder import EntropyTable, decode_with_indexes, encode_with_indexes  # noqa: E402
-from vitcodec.codec.errors import CorruptPayloadError  # noqa: E402
+from vitcodec.codec import entropy_coder
+from vitcodec.codec.entropy_coder import EntropyTable, decode_with_indexes, encode_with_indexes
+from vitcodec.codec.errors import CorruptPayloadError
 
 ans = pytest.importorskip("compressai.ans")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from edge_fixtures import build_edge_venv, directory_bytes  # noqa: E402
+from edge_fixtures import build_edge_venv, directory_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "compressai", "timm", "onnx", "fastapi", "uvicorn")
