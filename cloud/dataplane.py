@@ -22,24 +22,22 @@ from PIL import Image
 
 import vitcodec
 from vitcodec.codec.bitstream import StreamHeader, StreamInfo, read_stream_info
-from vitcodec.codec.errors import CodecError, CorruptPayloadError
+from vitcodec.codec.errors import CodecError, CorruptPayloadError, ModelMismatchError
 from vitcodec.packages import DEFAULT_MODEL
+from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
 from .batching import BatchingEngine
-from .errors import InvalidRequest, ModelMismatch, ShuttingDown
+from .errors import InvalidRequest, ShuttingDown
 from .metrics import Metrics
 from .repository import ModelEntry, ModelRepository
 from .types import (
     INPUT_NAME,
     LABEL_NAME,
     PROBS_NAME,
-    ClassifyResult,
-    ClassScore,
     InferOutput,
     InferRequest,
     InferResponse,
     ModelSummary,
-    ReconstructResult,
 )
 
 log = logging.getLogger("vitcodec.cloud.dataplane")
@@ -133,7 +131,7 @@ class DataPlane:
         if model:
             entry = self.repository.get(model, version)
             if header.model_id != entry.model_id:
-                raise ModelMismatch(entry.name, entry.model_id, header.model_id)
+                raise ModelMismatchError(entry.model_id, header.model_id, model_name=entry.name)
         else:
             entry = self.repository.by_model_id(header.model_id)
         self.repository.require_ready(entry)
@@ -199,8 +197,8 @@ class DataPlane:
         self.metrics.streams.labels(entry.name, "classify", "ok").inc()
         timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
-        return ClassifyResult(entry.name, entry.version, entry.model_id, top, info.total_bytes, info.header_bytes,
-                              tuple(header.image_size), timings)
+        return ClassifyResult(entry.name, entry.version, entry.model_id.hex(), top, info.total_bytes,
+                              info.header_bytes, tuple(header.image_size), timings)
 
     async def reconstruct(self, stream: bytes, model: str | None = None,
                           version: str | None = None) -> ReconstructResult:
@@ -218,7 +216,8 @@ class DataPlane:
         timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "png": (time.perf_counter() - t1) * 1e3, "batch_size": float(outcome.batch_size),
                    "total": (time.perf_counter() - t0) * 1e3}
-        return ReconstructResult(entry.name, entry.version, entry.model_id, png, size, info.total_bytes, timings)
+        return ReconstructResult(entry.name, entry.version, png, size, entry.model_id.hex(), info.total_bytes,
+                                 timings)
 
     # -- v2 inference --------------------------------------------------------------------------------
     def _bitstreams(self, request: InferRequest) -> list[bytes]:

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vitcodec.console import abort, error_line
+
 app = typer.Typer(
     name="vitcodec",
     help="Joint image compression and classification with transformers: train, evaluate, export, decode.",
@@ -25,11 +27,6 @@ err = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Joint image compression and classification with transformers."""
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @app.command("train")
@@ -70,7 +67,7 @@ def train_cmd(
     try:
         metrics = train(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        _fail(str(exc))
+        abort(str(exc))
     if metrics:
         console.print_json(json.dumps(metrics))
 
@@ -141,7 +138,7 @@ def eval_cmd(
     try:
         package = resolve_model(model)
     except ModelNotFoundError as exc:
-        _fail(str(exc))
+        abort(str(exc))
     with Progress(console=err, disable=as_json or not err.is_terminal, transient=True) as progress:
         task = progress.add_task(f"eval {package.name}", total=limit)
         report = evaluate(model, data, split, limit, batch_size, device,
@@ -180,7 +177,7 @@ def export_cmd(
     try:
         ckpt = load_checkpoint(model)
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        abort(str(exc))
     net = create_model(JCCConfig.from_dict(ckpt["config"]))
     load_model_state(net, ckpt["model"])
     settings = ckpt.get("settings", {})
@@ -211,9 +208,8 @@ def decode_cmd(
     from PIL import Image
 
     from vitcodec.codec.bitstream import read_stream_info
-    from vitcodec.codec.errors import CodecError, ModelMismatchError
-    from vitcodec.packages import ModelNotFoundError, find_by_model_id, resolve_model
-    from vitcodec.edge.commands import error_line, mismatch_message
+    from vitcodec.codec.errors import CodecError
+    from vitcodec.packages import ModelNotFoundError, describe_mismatch, find_by_model_id, resolve_model
 
     def fail(message: str, code: int = 1) -> NoReturn:
         error_line(message)  # one line, never wrapped at the terminal width
@@ -238,7 +234,7 @@ def decode_cmd(
             fail(str(exc), 2)
         fail(f"{file}: {exc}; pass --model explicitly")  # a stream for a model not installed here
     if package.compresses and header.model_id != package.model_id:
-        fail(f"{file}: {mismatch_message(ModelMismatchError(package.model_id, header.model_id), package)}")
+        fail(f"{file}: {describe_mismatch(package, header.model_id)}")
     with warnings.catch_warnings():  # imported only now: bad input is refused without loading torch models
         warnings.simplefilter("ignore", FutureWarning)  # compressai's import-time torch.jit notice
         from vitcodec.models.inference import CloudModel

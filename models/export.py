@@ -22,7 +22,7 @@ from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.packages import MANIFEST, PACKAGE_FORMAT, ModelPackage
 from vitcodec.codec.tables import CodecTables
-from vitcodec.models.jcc import EdgeEncoder, JointCompressionClassifier
+from vitcodec.models.jcc import AnalysisTransforms, JointCompressionClassifier
 
 HS_WEIGHT_BITS = 11
 CLOUD_MODULES = ("vit", "aggregation", "g_s")  # what the cloud needs: no g_a, no float h_s
@@ -75,7 +75,7 @@ def build_latent_codec(model: JointCompressionClassifier) -> LatentCodec:
 
 def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> bytes:
     """g_a + h_a in ONNX with dynamic batch and spatial axes (inputs arrive already padded to the stride)."""
-    encoder = EdgeEncoder(model).eval().cpu()
+    encoder = AnalysisTransforms(model).eval().cpu()
     c = model.config
     h, w = (-(-s // c.stride) * c.stride for s in c.img_size)
     dummy = torch.zeros(1, c.in_chans, h, w)

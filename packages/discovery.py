@@ -81,3 +81,13 @@ def find_by_model_id(model_id: bytes, roots: list[Path] | None = None) -> ModelP
         if matches:
             return max(matches, key=lambda p: p.version)
     raise ModelNotFoundError(f"no installed model has id {model_id.hex()}")
+
+
+def describe_mismatch(expected: ModelPackage, stream_model_id: bytes) -> str:
+    """Why a stream does not fit `expected`, naming the installed model the stream is for when there is one."""
+    try:
+        owner = find_by_model_id(stream_model_id)
+        belongs = f"model {stream_model_id.hex()} ({owner.name} version {owner.version})"
+    except ModelNotFoundError:
+        belongs = f"model {stream_model_id.hex()} (not installed)"
+    return f"stream is for {belongs}, not for {expected.name} (model {expected.model_id.hex()})"
