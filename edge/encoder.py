@@ -17,6 +17,7 @@ from vitcodec.codec.bitstream import StreamHeader, pack_stream
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.packages import ModelPackage, resolve_model
 from vitcodec.edge.preprocess import load_image, normalise, to_pixels
+from vitcodec.outputs import bits_per_pixel
 
 
 @dataclass
@@ -32,7 +33,7 @@ class EncodeResult:
 
     @property
     def bpp(self) -> float:
-        return 8.0 * len(self.stream) / (self.image_size[0] * self.image_size[1])
+        return bits_per_pixel(len(self.stream), self.image_size)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
