@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m vitcodec.cloud.demo $(DEMO_ARGS)
+	$(PY) -m vitcodec.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos protos/*.proto

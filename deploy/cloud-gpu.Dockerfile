@@ -27,6 +27,7 @@ COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
+COPY demo ./demo
 # [gpu] = onnxruntime-gpu. It provides the same `onnxruntime` module as the base dependency onnxruntime, so
 # the CPU build goes first, then the GPU build comes in with its own CUDA/cuDNN wheels.
 RUN pip install '.[cloud]' \

@@ -25,6 +25,7 @@ COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
+COPY demo ./demo
 RUN pip install '.[cloud]'
 
 RUN useradd --create-home --uid 10001 vitcodec

@@ -22,6 +22,7 @@ COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
+COPY demo ./demo
 RUN pip install .
 
 # the demo's sample images (Fashion-MNIST test images and drawings; samples/README.md)
