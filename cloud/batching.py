@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import Overloaded, ShuttingDown
 from .metrics import Metrics
+from .settings import Settings
 
 log = logging.getLogger("vitcodec.cloud.batching")
 
@@ -184,7 +185,7 @@ class ModelBatcher:
 class BatchingEngine:
     """Executors and per-model batchers of one server; created and closed inside the server's event loop."""
 
-    def __init__(self, settings: Any, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         workers = settings.decode_workers

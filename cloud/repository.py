@@ -159,9 +159,6 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {versions_text}")
         return entry
 
-    def get_ready(self, name: str, version: str | int | None = None) -> ModelEntry:
-        return self.require_ready(self.get(name, version))
-
     def by_model_id(self, model_id: bytes) -> ModelEntry:
         """The entry whose package made streams with this id; raises ModelNotFoundError listing the served ids."""
         entry = self._by_id.get(bytes(model_id))

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         description="Longest a stream waits for others to fill its batch once the model is free.")
     max_queue_size: int = Field(
         4096, ge=1, description="Streams waiting per model and kind before new ones are refused (503).")
+    max_streams_per_request: int = Field(
+        4096, ge=1, description="Most bitstreams in one v2 infer request (a BYTES tensor); more is refused (400).")
     max_tokens_factor: float = Field(
         4.0, ge=1.0, le=64.0,
         description="Largest latent grid accepted, as a multiple of the tokens the model was trained with (images "

@@ -42,11 +42,6 @@ class JCCConfig:
         """Total downsampling of g_a: every layer is a stride-2 conv."""
         return 2 ** (len(self.encoder_channels) + 1)
 
-    @property
-    def hyper_stride(self) -> int:
-        """Extra downsampling from y to z (two stride-2 convs in h_a)."""
-        return 4
-
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of y for an image of the given size (inputs are padded up to the stride)."""
         return math.ceil(height / self.stride), math.ceil(width / self.stride)

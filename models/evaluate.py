@@ -4,7 +4,6 @@ cloud path (codec + torch) decodes and classifies it. Rates count every byte of 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -109,7 +108,3 @@ def _evaluate_reference(package: ModelPackage, config: JCCConfig, images: np.nda
     return EvalReport(package.name, data, len(labels), float(np.concatenate(hits1).mean()),
                       float(np.concatenate(hits5).mean()), None, None, None,
                       float(np.concatenate(psnrs).mean()), 0, time.perf_counter() - t0)
-
-
-def format_float(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

@@ -12,7 +12,7 @@ import torch
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import CodecError
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.packages import ModelPackage, resolve_model
+from vitcodec.packages import ModelPackage
 from vitcodec.models.checkpoint import load_package_network
 from vitcodec.models.config import JCCConfig
 from vitcodec.outputs import top_k as top_k_indexes
@@ -46,10 +46,6 @@ class CloudModel:
         self.model_id = package.model_id
         self.net = load_package_network(package, self.device)
         self.labels = package.labels or [str(i) for i in range(self.config.num_classes)]
-
-    @classmethod
-    def load(cls, spec: str | None = None, device: str | torch.device = "cpu") -> "CloudModel":
-        return cls(resolve_model(spec), device)
 
     @property
     def name(self) -> str:
@@ -85,20 +81,11 @@ class CloudModel:
         return [Prediction(row.tolist(), [self.labels[i] for i in row], [float(p[i]) for i in row], p)
                 for row, p in zip(order, probs)]
 
-    def classify(self, streams: list[bytes], top_k: int = 5) -> list[Prediction]:
-        decoded = [self.decode(s) for s in streams]
-        return self.predictions(self.classify_latents(np.stack([d.y_hat for d in decoded])), top_k)
-
     @torch.inference_mode()
     def reconstruct_latents(self, y_hat: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """uint8 images (B, H, W, C) from decoded latents, via feature aggregation and g_s."""
         x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
         return to_uint8_images(self.net.reconstruct(x, tuple(image_size)), self.config)
-
-    def reconstruct(self, stream: bytes) -> np.ndarray:
-        decoded = self.decode(stream)
-        return self.reconstruct_latents(decoded.y_hat[None], decoded.header.image_size)[0]
-
 
 def to_uint8_images(x_hat: torch.Tensor, config: JCCConfig) -> np.ndarray:
     """Normalised network output (B, C, H, W) -> uint8 images (B, H, W, C): undo ``standardise``, round."""
