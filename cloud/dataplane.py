@@ -11,18 +11,17 @@ queue. Native calls route by the model id in the header; v2 calls name the model
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import time
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 import vitcodec
 from vitcodec.codec.bitstream import StreamHeader, StreamInfo, read_stream_info
 from vitcodec.codec.errors import CodecError, CorruptPayloadError, ModelMismatchError
+from vitcodec.outputs import encode_png, top_k as top_k_indexes
 from vitcodec.packages import DEFAULT_MODEL
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
@@ -185,15 +184,13 @@ class DataPlane:
         self._check_open()
         stream = self._as_bytes(stream)
         entry, info = self._route(stream, model, version)
-        classes = len(entry.labels)
         if top_k < 1:
             raise InvalidRequest(f"top_k must be at least 1, got {top_k}")
         y_hat, header, decode_ms = await self._decode(entry, stream)
         batcher = self.engine.batcher(entry.name, entry.version, entry.model)
         outcome = await batcher.classify.submit(y_hat, tuple(header.latent_shape))
         probs = outcome.value
-        order = np.argsort(-probs, kind="stable")[: min(top_k, classes)]
-        top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in order]
+        top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in top_k_indexes(probs, top_k)]
         self.metrics.streams.labels(entry.name, "classify", "ok").inc()
         timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
@@ -285,8 +282,8 @@ class DataPlane:
             params.pop("binary_data", None)
             k = out.class_count if out is not None else 0
             if name == PROBS_NAME and k > 0:
-                k = min(k, classes)
-                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                order = top_k_indexes(probs, k)
+                k = order.shape[1]
                 data = [f"{probs[b, i]:.6f}:{int(i)}:{labels[int(i)]}".encode() for b in range(batch) for i in order[b]]
                 outputs.append(InferOutput(name, "BYTES", [batch, k], data, params))
             elif name == PROBS_NAME:
@@ -295,11 +292,3 @@ class DataPlane:
                 top1 = np.argmax(probs, axis=1)
                 outputs.append(InferOutput(name, "BYTES", [batch], [labels[int(i)].encode() for i in top1], params))
         return outputs
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 (H, W, C) -> PNG bytes (grey for one channel)."""
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitcodec.console import abort, error_line, stderr_console, table_console
+from vitcodec.outputs import bits_per_pixel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                             ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".jfif", ".avif", ".heic", ".qoi"})
@@ -107,7 +108,7 @@ class EncodedFile:
     def bpp(self) -> float:
         if not self.image_size:
             return 0.0
-        return 8.0 * self.num_bytes / (self.image_size[0] * self.image_size[1])
+        return bits_per_pixel(self.num_bytes, self.image_size)
 
     def as_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -215,7 +216,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
         "z_bytes": info.z_bytes,
         "y_bytes": info.y_bytes,
         "total_bytes": info.total_bytes,
-        "bpp": round(8.0 * info.total_bytes / (h * w), 6),
+        "bpp": round(bits_per_pixel(info.total_bytes, (h, w)), 6),
     }
 
 
