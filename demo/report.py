@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
+from vitcodec import outputs
+
 SAMPLES_DIR = Path("samples")
 LABELS_FILE = "labels.csv"
 UNLABELLED = "n/a"
@@ -91,8 +93,7 @@ def psnr(a_path: str | Path, b_path: str | Path) -> float:
         y = np.asarray(b.convert(mode), np.float64)
     if x.shape != y.shape:
         raise ValueError(f"sizes differ: {x.shape} vs {y.shape}")
-    mse = float(np.mean((x - y) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return float(outputs.psnr(x[None], y[None], identical=math.inf)[0])
 
 
 # ---- results ------------------------------------------------------------------------------------------

@@ -34,11 +34,12 @@ def bits_per_pixel(num_bytes: int | float, image_size: tuple[int, int]) -> float
     return 8.0 * num_bytes / (image_size[0] * image_size[1])
 
 
-def psnr(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of uint8 batches (B, ...) on the 0..255 scale; identical images score 100 dB."""
+def psnr(reference: np.ndarray, decoded: np.ndarray, identical: float = PSNR_IDENTICAL_DB) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 batches (B, ...) on the 0..255 scale; identical images score
+    ``identical`` (100 dB by default, so that a mean over a data set stays finite)."""
     diff = reference.astype(np.float64) - decoded.astype(np.float64)
     mse = (diff**2).reshape(len(reference), -1).mean(axis=1)
-    return np.where(mse > 0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), PSNR_IDENTICAL_DB)
+    return np.where(mse > 0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), identical)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitcodec.outputs import bits_per_pixel
+
 
 @dataclass(frozen=True)
 class ClassScore:
@@ -45,7 +47,7 @@ class ClassifyResult:
     @property
     def bpp(self) -> float:
         """Bits per pixel of the original image, header included."""
-        return 8.0 * self.num_bytes / (self.image_size[0] * self.image_size[1])
+        return bits_per_pixel(self.num_bytes, self.image_size)
 
     def as_dict(self) -> dict[str, Any]:
         """The edge CLI's JSON row."""
