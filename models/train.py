@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -232,12 +233,23 @@ def _resume(stage: _Stage) -> None:
     stage.model.load_state_dict(ckpt["model"])
     stage.optimizer.load_state_dict(ckpt["optimizer"])
     stage.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-    if "scheduler" in ckpt:
-        stage.scheduler.load_state_dict(ckpt["scheduler"])
-    else:  # written before the schedule was saved: replay it to the checkpoint's step
-        for _ in range(ckpt["step"]):
-            stage.scheduler.step()
     stage.step, stage.epoch = ckpt["step"], ckpt["epoch"]
+    if "scheduler" in ckpt and ckpt.get("total_steps") == stage.total_steps:
+        stage.scheduler.load_state_dict(ckpt["scheduler"])
+    else:  # an older checkpoint, or a run lengthened on resume: the current schedule, replayed to this step
+        stage.scheduler = _replayed_schedule(stage)
+
+
+def _replayed_schedule(stage: _Stage) -> torch.optim.lr_scheduler.LRScheduler:
+    settings = stage.settings
+    for group, peak in zip(stage.optimizer.param_groups, (settings.codec_lr or settings.lr, settings.lr)):
+        group["lr"] = group["initial_lr"] = peak
+    scheduler = lr_schedule(stage.optimizer, settings.warmup_steps, stage.total_steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": intended
+        for _ in range(stage.step):
+            scheduler.step()
+    return scheduler
 
 
 def _wrap(model: JointCompressionClassifier, settings: TrainSettings, device: torch.device,
@@ -317,7 +329,8 @@ def _save(stage: _Stage) -> None:
         stage.model.update(force=True)  # CDF tables travel with the weights
     save_checkpoint(stage.out / "last.pt", stage.model, stage.model.config,
                     optimizer=stage.optimizer.state_dict(), aux_optimizer=stage.aux_optimizer.state_dict(),
-                    scheduler=stage.scheduler.state_dict(), step=stage.step, epoch=stage.epoch,
+                    scheduler=stage.scheduler.state_dict(), total_steps=stage.total_steps, step=stage.step,
+                    epoch=stage.epoch,
                     stage=stage.settings.stage, settings=_jsonable(asdict(stage.settings)))
 
 
