@@ -61,6 +61,11 @@ class CloudModel:
         y_hat = self.codec.decode(z_payload, y_payload, header.latent_shape)
         return DecodedStream(header, y_hat, len(stream))
 
+    def decode_payloads(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
+        """ŷ (B, M, h, w) of streams already parsed and checked (the server does that once, at routing): one
+        h_s pass for the batch. The first bad payload raises, without saying which (see cloud/decoding.py)."""
+        return self.codec.decode_batch(payloads, tuple(latent_shape))
+
     @torch.inference_mode()
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of decoded latents (B, M, h, w): no pixel decoder runs."""
