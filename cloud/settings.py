@@ -46,9 +46,10 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="Largest request body (HTTP) or message (gRPC) accepted; 413 above.")
     auth_token: SecretStr | None = Field(
         None, description="When set, every call except liveness/readiness needs 'Authorization: Bearer <token>'.")
-    decode_workers: int = Field(
+    png_workers: int = Field(
         2, ge=0, le=256,
-        description="Threads for entropy decoding (numpy + constriction). 0 decodes on the event loop.")
+        description="Threads for PNG encoding of reconstructions (entropy decoding runs batched in the model's "
+                    "compute thread). 0 encodes on the event loop.")
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of torch (and ONNX Runtime); 0 leaves the library default.")
     graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")

@@ -108,7 +108,7 @@ def start_server(model_repo: Path) -> Iterator[Callable[..., Any]]:
     started: list[BackgroundServer] = []
 
     def start(repository: Any = None, wait_ready: bool = True, **overrides: Any) -> BackgroundServer:
-        values = dict(model_repo=[model_repo], host="127.0.0.1", http_port=0, grpc_port=0, decode_workers=2,
+        values = dict(model_repo=[model_repo], host="127.0.0.1", http_port=0, grpc_port=0, png_workers=2,
                       max_queue_delay_ms=10.0, max_batch_size=16, graceful_timeout_s=10.0, log_level="warning")
         values.update(overrides)
         server = BackgroundServer(Settings(_env_file=None, **values), repository, wait_ready=wait_ready)
