@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m vitcodec.cloud.demo $(DEMO_ARGS)
+	$(PY) -m vitcodec.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos protos/*.proto
@@ -47,7 +47,7 @@ clean-venv:
 # their own, see the model card for why), export, and measurement on the whole test split.
 # About 3 hours on 2 CPU cores.
 ZOO_RUNS ?= runs
-ZOO_OUT ?= models/zoo
+ZOO_OUT ?= packages/zoo
 JOINT = $(VENV)/bin/vitcodec train --stage joint --data fashion-mnist --batch-size 64 --codec-lr 1e-3 \
 	--warmup-steps 100 --label-smoothing 0.1 --no-progress --lr 3e-4 \
 	--init $(ZOO_RUNS)/fmnist-uncompressed/final.pt

@@ -94,14 +94,14 @@ def paper_model(workdir: Path, seed: int = 0):
 
 
 def checkpoint_model(path: Path, workdir: Path):
-    from vitcodec.models.checkpoint import load_checkpoint, load_model_state
+    from vitcodec.models.checkpoint import load_checkpoint
     from vitcodec.models.config import JCCConfig
     from vitcodec.models.export import export_package
     from vitcodec.models.registry import create_model
 
     ckpt = load_checkpoint(path)
     model = create_model(JCCConfig.from_dict(ckpt["config"]))
-    load_model_state(model, ckpt["model"])
+    model.load_state_dict(ckpt["model"])
     return model.eval(), export_package(model, workdir, name="checkpoint-bench", quality=None)
 
 

@@ -21,11 +21,8 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from vitcodec.cloud.process import ServerProcess, free_port
 
 REQUEST_TIMEOUT_S = 60.0
 
@@ -81,50 +80,29 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, threads: in
 
 # -- the server process --------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, package, args, decode_workers: int, backend: str) -> None:
-        self.http_port, self.grpc_port = _free_port(), _free_port()
-        repo = package.path.parent.parent
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="vitcodec-bench-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "vitcodec.cloud.cli", "serve", "--model-repo", str(repo), "--model",
-               package.name, "--host", "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port",
-               str(self.grpc_port), "--device", args.device, "--backend", backend, "--decode-workers",
-               str(decode_workers), "--max-batch-size", str(args.batch), "--max-queue-delay-ms",
-               str(args.max_queue_delay_ms), "--log-level", "warning"]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server not ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_server(package, args, decode_workers: int, backend: str) -> tuple[ServerProcess, dict[str, int]]:
+    """`vitcodec-cloud serve` for `package` on free ports (VITCODEC_* settings of this shell left out), ready;
+    returns it with its port per transport."""
+    http_port, grpc_port = free_port(), free_port()
+    while grpc_port == http_port:
+        grpc_port = free_port()
+    repo = package.path.parent.parent
+    argv = ["vitcodec-cloud", "serve", "--model-repo", str(repo), "--model", package.name, "--host", "127.0.0.1",
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", args.device,
+            "--backend", backend, "--decode-workers", str(decode_workers), "--max-batch-size", str(args.batch),
+            "--max-queue-delay-ms", str(args.max_queue_delay_ms), "--log-level", "warning"]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
+    log = Path(tempfile.mkdtemp(prefix="vitcodec-bench-")) / "server.log"
+    server = ServerProcess(argv, log, f"http://127.0.0.1:{http_port}", env=env)
+    server.start()
+    try:
+        server.wait_ready(180.0, model=package.name)
+    except BaseException:
+        server.stop(60.0)
+        raise
+    return server, {"rest": http_port, "grpc": grpc_port}
 
 
 # -- clients ------------------------------------------------------------------------------------------------
@@ -265,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="raw-loop runs (median)")
     args = parser.parse_args(argv)
 
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     package = resolve_model(args.model)
@@ -276,18 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for backend in args.backend:
         for workers in args.decode_workers:
-            server = ServerProcess(package, args, workers, backend)
+            server, ports = start_server(package, args, workers, backend)
             try:
-                server.wait_ready()
                 for transport in args.transports:
-                    port = server.http_port if transport == "rest" else server.grpc_port
+                    port = ports[transport]
                     for clients in args.clients:
                         wall, lat = asyncio.run(run_load(transport, port, streams, clients, args.n, args.v2,
                                                          package.name))
                         rows.append((backend, workers, transport, clients, args.n / wall, _pct(lat, 50),
                                      _pct(lat, 99)))
             finally:
-                server.stop()
+                server.stop(60.0)
 
     api = "KServe v2 infer" if args.v2 else "native classify"
     print(f"# server vs raw batched loop — {package.name}, {api}\n")

@@ -27,18 +27,14 @@ long as the payload is no longer than the whole-word message of its symbols.
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
-from threading import Lock
 
 import constriction
 import numpy as np
 
 from .errors import CorruptPayloadError
 
-__all__ = ["DecodePlan", "EntropyTable", "encode_with_indexes", "decode_with_indexes", "TRIM_MAX_BYTES",
-           "TRIM_MAX_SYMBOLS"]
+__all__ = ["DecodePlan", "EntropyTable", "TRIM_MAX_BYTES", "TRIM_MAX_SYMBOLS"]
 
 _model = constriction.stream.model
 _queue = constriction.stream.queue
@@ -272,45 +268,3 @@ class EntropyTable:
         if sym_sorted.size and (sym_sorted.min() < _INT32.min or sym_sorted.max() > _INT32.max):
             raise CorruptPayloadError("payload decodes to a symbol outside the int32 range")
         return sym_sorted, exhausted
-
-
-# --- function API (compressai-style signatures) ---------------------------------------------------------
-
-_TABLE_CACHE: OrderedDict[bytes, EntropyTable] = OrderedDict()
-_TABLE_CACHE_SIZE = 8
-_TABLE_CACHE_LOCK = Lock()
-
-
-def _table_for(cdf: np.ndarray, cdf_length: np.ndarray, offset: np.ndarray) -> EntropyTable:
-    """Cache tables by content, so repeated calls reuse the built models (hashing costs ~1 ms per MB)."""
-    arrays = [np.ascontiguousarray(np.asarray(a).astype("<i8")) for a in (cdf, cdf_length, offset)]
-    digest = hashlib.sha256()
-    for a in arrays:
-        digest.update(repr(a.shape).encode())
-        digest.update(a.tobytes())
-    key = digest.digest()
-    with _TABLE_CACHE_LOCK:
-        table = _TABLE_CACHE.get(key)
-        if table is not None:
-            _TABLE_CACHE.move_to_end(key)
-            return table
-    table = EntropyTable(*arrays)
-    with _TABLE_CACHE_LOCK:
-        _TABLE_CACHE[key] = table
-        while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
-            _TABLE_CACHE.popitem(last=False)
-    return table
-
-
-def encode_with_indexes(
-    symbols: np.ndarray, indexes: np.ndarray, cdf: np.ndarray, cdf_length: np.ndarray, offset: np.ndarray
-) -> bytes:
-    """Range-code `symbols` with per-symbol CDF rows; see the module docstring for the exact format."""
-    return _table_for(cdf, cdf_length, offset).encode(symbols, indexes)
-
-
-def decode_with_indexes(
-    data: bytes, indexes: np.ndarray, cdf: np.ndarray, cdf_length: np.ndarray, offset: np.ndarray
-) -> np.ndarray:
-    """Inverse of `encode_with_indexes`; raises `CorruptPayloadError` when `data` cannot be what it encoded."""
-    return _table_for(cdf, cdf_length, offset).decode(data, indexes)

@@ -22,10 +22,12 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY vitcodec ./vitcodec
 COPY codec ./codec
+COPY packages ./packages
 COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
+COPY demo ./demo
 # [gpu] = onnxruntime-gpu. It provides the same `onnxruntime` module as the base dependency onnxruntime, so
 # the CPU build goes first, then the GPU build comes in with its own CUDA/cuDNN wheels.
 RUN pip install '.[cloud]' \

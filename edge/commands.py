@@ -14,12 +14,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from vitcodec.console import abort, error_line, stderr_console, table_console
+from vitcodec.outputs import bits_per_pixel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                             ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".jfif", ".avif", ".heic", ".qoi"})
@@ -34,16 +37,17 @@ class EdgeInputError(ValueError):
 # --- logic --------------------------------------------------------------------------------------------
 
 
-def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
+def collect_images(paths: list[Path], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[tuple[Path, Path]]:
     """Expand files and folders into (image file, path relative to its output folder) pairs.
 
-    Folders are searched recursively for files with a common image suffix, in sorted order, and keep their
-    layout below the output folder; files named explicitly are taken whatever their suffix.
+    Folders are searched recursively for files with one of `suffixes` (by default a common image suffix;
+    ``send`` adds ``.vcb``), in sorted order, and keep their layout below the output folder; files named
+    explicitly are taken whatever their suffix.
     """
     found: list[tuple[Path, Path]] = []
     for path in paths:
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             found += [(p, p.relative_to(path)) for p in images]
         elif path.is_file():
             found.append((path, Path(path.name)))
@@ -104,7 +108,7 @@ class EncodedFile:
     def bpp(self) -> float:
         if not self.image_size:
             return 0.0
-        return 8.0 * self.num_bytes / (self.image_size[0] * self.image_size[1])
+        return bits_per_pixel(self.num_bytes, self.image_size)
 
     def as_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -117,7 +121,7 @@ class EncodedFile:
 
 def load_encoder(model: Optional[str], threads: Optional[int]):
     """The model's `EdgeEncoder`; any failure to find or load it becomes an `EdgeInputError`."""
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     try:
@@ -190,7 +194,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
     """
     from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.codec.errors import ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
+    from vitcodec.packages import ModelNotFoundError, find_by_model_id
 
     info = read_stream_info(data)
     header = info.header
@@ -202,7 +206,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
         raise ModelMismatchError(expected.model_id, header.model_id)
     h, w = header.image_size
     return {
-        "format_version": data[0] & 0x0F,
+        "format_version": info.format_version,
         "model_id": header.model_id.hex(),
         "model": None if owner is None else {"name": owner.name, "version": owner.version, "path": str(owner.path)},
         "quality": header.quality,
@@ -212,37 +216,11 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
         "z_bytes": info.z_bytes,
         "y_bytes": info.y_bytes,
         "total_bytes": info.total_bytes,
-        "bpp": round(8.0 * info.total_bytes / (h * w), 6),
+        "bpp": round(bits_per_pixel(info.total_bytes, (h, w)), 6),
     }
 
 
-def mismatch_message(exc, expected) -> str:
-    """`ModelMismatchError`, naming the installed model the stream is for when there is one."""
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
-
-    try:
-        owner = find_by_model_id(exc.actual_id)
-        belongs = f"model {exc.actual_id.hex()} ({owner.name} version {owner.version})"
-    except ModelNotFoundError:
-        belongs = f"model {exc.actual_id.hex()} (not installed)"
-    return f"stream is for {belongs}, not for {expected.name} (model {exc.expected_id.hex()})"
-
-
 # --- printing -----------------------------------------------------------------------------------------
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def error_line(message: str) -> None:
-    """One line on stderr, never wrapped, whatever the terminal width (paths may hold [brackets])."""
-    _stderr().print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-
-
-def _abort(message: str, code: int = 2) -> NoReturn:
-    error_line(message)
-    raise typer.Exit(code)
 
 
 def _size(hw: Optional[tuple[int, int]]) -> str:
@@ -263,7 +241,7 @@ def _print_encode_table(rows: list[EncodedFile], model_name: str, model_id: str)
                 size += f" -> {_size(row.image_size)}"
             table.add_row(escape(str(row.source)), size, str(row.num_bytes), f"{row.bpp:.3f}",
                           escape(str(row.output)))
-    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    console = table_console()
     console.print(table)
     done = [r for r in rows if r.error is None]
     if done:
@@ -300,10 +278,10 @@ def encode(
         encoder = load_encoder(model, threads)
         output.mkdir(parents=True, exist_ok=True)
     except EdgeInputError as exc:
-        _abort(str(exc))
+        abort(str(exc))
     except OSError as exc:
-        _abort(f"{output}: cannot create the output folder ({exc.strerror or exc})")
-    err = _stderr()
+        abort(f"{output}: cannot create the output folder ({exc.strerror or exc})")
+    err = stderr_console()
     show = len(images) > 1 and err.is_terminal and not as_json
     progress = Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not show)
@@ -338,14 +316,14 @@ def inspect(
     header/z/y/total bytes and bpp. Exit status 1 when a file is missing, damaged, not a vitcodec stream or (with --model) for another model.
     """
     from vitcodec.codec.errors import CodecError, ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, describe_mismatch, resolve_model
 
     expected = None
     if model is not None:
         try:
             expected = resolve_model(model)
         except ModelNotFoundError as exc:
-            _abort(str(exc))
+            abort(str(exc))
     console = Console(highlight=False, soft_wrap=True)
     failed = False
     for file in files:
@@ -359,7 +337,7 @@ def inspect(
         except OSError as exc:
             message = f"cannot read ({exc.strerror or exc})"
         except ModelMismatchError as exc:
-            message = mismatch_message(exc, expected)
+            message = describe_mismatch(expected, exc.actual_id)
         except CodecError as exc:
             message = str(exc)
         else:

@@ -96,8 +96,9 @@ class JointCompressionClassifier(nn.Module):
         return self.hyperprior.update(force=force)
 
 
-class EdgeEncoder(nn.Module):
-    """What the edge runs in ONNX Runtime: g_a and h_a in float; rounding and coding happen in codec/."""
+class AnalysisTransforms(nn.Module):
+    """g_a and h_a in float: the network exported to ``encoder.onnx`` for the edge runtime
+    (`vitcodec.edge.encoder.EdgeEncoder`); rounding and coding happen in codec/."""
 
     def __init__(self, model: JointCompressionClassifier) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ show a desynchronised range decoder, so `make_realistic` rescales it in place (b
   over most of the table (0.2 .. 60), and its mean channels remapped to y's channel means.
 
 Weights stay small enough for the integer h_s's exactness bound (sum |w| < 2**11 per output).
-Not a test module (no ``test_`` prefix); import it after putting this folder on ``sys.path``.
+Not a test module (no ``test_`` prefix); pytest puts this folder on the import path (``pythonpath`` in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def fashion_mnist_test(n: int) -> np.ndarray | None:
 def _input(model, pixels: np.ndarray):
     import torch
 
-    from vitcodec.codec.package import InputSpec
+    from vitcodec.packages import InputSpec
     from vitcodec.edge.preprocess import normalise
 
     c = model.config

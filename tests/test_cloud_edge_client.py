@@ -30,10 +30,12 @@ def test_connect_picks_transport(cloud_server):
         connect("ftp://example:1")
 
 
-def test_classify_and_many(client, edge_streams, other_streams):
+def test_classify_and_many(client, edge_streams, other_streams, package):
     assert client.live() and client.ready()
     single = client.classify(edge_streams[0], top_k=3)
     assert single.model == "fmnist-q2" and len(single.top) == 3 and single.latency_ms > 0
+    assert single.model_id == package.model_id.hex()  # the server's result type, hex id, over either transport
+    assert {"decode", "inference", "total"} <= set(single.timings_ms)
     assert single.num_bytes == len(edge_streams[0]) and single.image_size == (28, 28)
     streams = list(edge_streams[:12]) + [edge_streams[0][:-1], other_streams[0]]
     results = dict(client.classify_many(streams, concurrency=4))
@@ -46,7 +48,7 @@ def test_classify_and_many(client, edge_streams, other_streams):
 
 def test_reconstruct(client, edge_streams):
     result = client.reconstruct(edge_streams[3])
-    assert result.image_size == (28, 28)
+    assert result.image_size == (28, 28) and (result.model, result.version) == ("fmnist-q2", "1")
     assert Image.open(io.BytesIO(result.png)).size == (28, 28)
 
 

@@ -5,19 +5,16 @@ realistic by `edge_fixtures.make_realistic`; trained zoo models when the reposit
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from edge_fixtures import export_realistic, fashion_mnist_test, photo_crops, scale_levels  # noqa: E402
+from edge_fixtures import export_realistic, fashion_mnist_test, photo_crops, scale_levels
 
-from vitcodec.codec.bitstream import read_stream_info  # noqa: E402
-from vitcodec.edge.encoder import EdgeEncoder  # noqa: E402
+from vitcodec.codec.bitstream import read_stream_info
+from vitcodec.edge.encoder import EdgeEncoder
 
 FMNIST_IMAGES = 300
 REPOSITORY_IMAGES = 100  # `vitcodec eval` checks the zoo models on all 10k
