@@ -135,7 +135,7 @@ def zoo_decoding(streams_n: int, batch: int, threads: int) -> dict:
     from vitcodec.codec.bitstream import unpack_stream
     from vitcodec.codec.exact_gemm import Float64Gemm, Int8LimbGemm
     from vitcodec.codec.latent_codec import LatentCodec
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     package = resolve_model("fmnist-q2")

@@ -9,7 +9,7 @@ import pytest
 from vitcodec.codec.exact_gemm import EXACT_LIMIT, Float64Gemm, Int8LimbGemm, default_engine, matmul_integer_model
 from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import resolve_model
+from vitcodec.packages import resolve_model
 
 ENGINES = {"float64": Float64Gemm(), "int8-1-thread": Int8LimbGemm(threads=1),
            "int8-2-threads": Int8LimbGemm(threads=2)}
