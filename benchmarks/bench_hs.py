@@ -31,13 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent / "tests"))
-
-from bench_edge import machine, paper_model, pct, time_stages  # noqa: E402
-from edge_fixtures import fashion_mnist_test, photo_crops  # noqa: E402
+from bench_edge import machine, paper_model, pct, time_stages
+from workloads import fashion_mnist_test, photo_crops
 
 
 def float32_hs_session(layers: list[dict], in_channels: int, threads: int):

@@ -1,7 +1,7 @@
 """Integer hyper-synthesis h_s: the entropy parameters of y, bit-identical on every machine.
 
 The range decoder only works if the decoder uses exactly the CDF row the encoder used for every y symbol.
-A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: DESIGN.md section 1), so
+A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: docs/architecture.md, "Data flow"), so
 after training the float h_s is frozen into fixed point and run here, by edge and cloud alike::
 
     z symbols ──► ẑ = symbols + medians          (act_bits fractional bits)

@@ -1,7 +1,7 @@
 """Edge (ONNX Runtime encoder + codec) -> cloud (`CloudModel.decode`: torch side, numpy codec) gives the edge's
 latents bit for bit: decode_failures = 0 over many real images, for the Fashion-MNIST preset and the paper's
 224x224 preset on colour photos, with scale indexes spread over most of the 64-level table (random weights made
-realistic by `edge_fixtures.make_realistic`; trained zoo models when the repository has them)."""
+realistic by `workloads.make_realistic`; trained zoo models when the repository has them)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edge_fixtures import export_realistic, fashion_mnist_test, photo_crops, scale_levels
+from workloads import export_realistic, fashion_mnist_test, photo_crops, scale_levels
 
 from vitcodec.codec.bitstream import read_stream_info
 from vitcodec.edge.encoder import EdgeEncoder

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_fixtures import build_edge_venv, directory_bytes
+from workloads import build_edge_venv, directory_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "compressai", "timm", "onnx", "fastapi", "uvicorn")
