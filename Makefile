@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install test test-fast demo protos zoo clean-venv help
 
 help:
-	@echo "make install    create .venv (idempotent) with vitcodec[cloud,dev] + the Fashion-MNIST Debian package"
+	@echo "make install    create .venv (idempotent) with vitcodec[cloud,train,dev] + the Fashion-MNIST Debian package"
 	@echo "make test       install if needed, then run the whole test suite"
 	@echo "make test-fast  the suite without tests marked slow"
 	@echo "make demo       install if needed, serve the default model, run the edge client on the samples"
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cloud,dev]'
+	$(PY) -m pip install -q -e '.[cloud,train,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -28,8 +28,9 @@ COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
 COPY demo ./demo
-# [gpu] = onnxruntime-gpu. It provides the same `onnxruntime` module as the base dependency onnxruntime, so
-# the CPU build goes first, then the GPU build comes in with its own CUDA/cuDNN wheels.
+# [cloud] is the server extra only (no training stack: no compressai, numpy 2.x). [gpu] = onnxruntime-gpu.
+# It provides the same `onnxruntime` module as the base dependency onnxruntime, so the CPU build goes first,
+# then the GPU build comes in with its own CUDA/cuDNN wheels.
 RUN pip install '.[cloud]' \
  && pip uninstall -y onnxruntime \
  && pip install 'onnxruntime-gpu[cuda,cudnn]>=1.19'

@@ -26,6 +26,7 @@ COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
 COPY demo ./demo
+# the server extra only: no training stack (compressai), so numpy resolves to 2.x
 RUN pip install '.[cloud]'
 
 RUN useradd --create-home --uid 10001 vitcodec

@@ -35,7 +35,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def load_package_network(package: ModelPackage, device: str | torch.device = "cpu") -> JointCompressionClassifier:
-    """The torch network of a model package, in eval mode on ``device``: the one way packages are loaded.
+    """The whole torch network of a model package, in eval mode on ``device``, for the uncompressed reference
+    (its package carries g_a, which runs in float). Compressing packages are loaded for decoding with
+    `vitcodec.models.latent_networks.load_latent_networks`, which needs no compressai.
 
     The package holds only the modules its side needs (the cloud's ViT, aggregation and g_s; plus g_a for the
     uncompressed reference), stored in float16 or float32; they compute in float32.

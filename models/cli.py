@@ -61,6 +61,10 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    teacher: Optional[Path] = typer.Option(None, help="Pixel CNN checkpoint to distil from (benchmarks/bench_rate_accuracy.py --cache writes one); default: no distillation."),
+    distill: str = typer.Option("soft", help="soft (KL at temperature --distill-tau) | hard (CE against the teacher's argmax, as DeiT); only with --teacher."),
+    distill_alpha: float = typer.Option(0.5, help="The teacher's share of the accuracy term: (1-A)*CE(labels) + A*distillation."),
+    distill_tau: float = typer.Option(1.0, help="Temperature of soft distillation."),
 ) -> None:
     """Train one step of the two-step recipe. Works unchanged under torchrun (DDP)."""
     from vitcodec.models.train import TrainSettings, train
@@ -69,7 +73,8 @@ def train_cmd(
                              alpha=alpha, beta=beta, recon_weight=recon_weight, label_smoothing=label_smoothing,
                              epochs=epochs, max_steps=max_steps, stop_at_step=stop_at_step, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
-                             threads=threads, seed=seed, progress=progress)
+                             threads=threads, seed=seed, progress=progress, teacher=teacher, distill=distill,
+                             distill_alpha=distill_alpha, distill_tau=distill_tau)
     try:
         metrics = train(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -273,13 +278,9 @@ def _stream_package(file: Path, data: bytes, model: str | None) -> "ModelPackage
 
 def _load_cloud_model(package: "ModelPackage") -> "CloudModel":
     """torch is imported only now, so bad input is refused without loading models; load errors exit 2."""
-    import warnings
-
+    from vitcodec.models.inference import CloudModel  # no compressai: decode runs on a server install
     from vitcodec.packages import ModelNotFoundError
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # compressai's import-time torch.jit notice
-        from vitcodec.models.inference import CloudModel
     try:
         return CloudModel(package)
     except (ModelNotFoundError, ValueError) as exc:
@@ -319,12 +320,15 @@ def _print_decode_result(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    from vitcodec.models.errors import DataError
+    from vitcodec.models.errors import DataError, TrainingExtraMissing
 
     try:
         app()
     except DataError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except TrainingExtraMissing as exc:  # train, export, models: a server install has no compressai
+        error_line(str(exc))
         sys.exit(2)
 
 

@@ -23,6 +23,7 @@ from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.packages import MANIFEST, PACKAGE_FORMAT, ModelPackage
 from vitcodec.codec.tables import CodecTables
 from vitcodec.models.jcc import AnalysisTransforms, JointCompressionClassifier
+from vitcodec.models.latent_networks import LatentNetworks
 
 HS_WEIGHT_BITS = 11
 WEIGHT_MAP_KEY = "vitcodec.weight_map"  # classifier.onnx metadata: where each weight comes from
@@ -93,7 +94,7 @@ def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> by
 class _Classifier(nn.Module):
     """y_hat -> class probabilities, softmax included: what the cloud's ``onnxruntime`` backend runs."""
 
-    def __init__(self, net: JointCompressionClassifier) -> None:
+    def __init__(self, net: LatentNetworks) -> None:
         super().__init__()
         self.net = net
 
@@ -101,7 +102,7 @@ class _Classifier(nn.Module):
         return torch.softmax(self.net.classify(y_hat).float(), dim=1)
 
 
-def onnx_classifier_bytes(model: JointCompressionClassifier, opset: int = 17) -> bytes:
+def onnx_classifier_bytes(model: LatentNetworks, opset: int = 17) -> bytes:
     """The ViT classifier in ONNX, dynamic in the batch, at the training latent grid."""
     c = model.config
     dummy = torch.zeros(2, c.M, *c.latent_shape(*c.img_size))
@@ -113,7 +114,7 @@ def onnx_classifier_bytes(model: JointCompressionClassifier, opset: int = 17) ->
     return buffer.getvalue()
 
 
-def classifier_graph(model: JointCompressionClassifier) -> bytes:
+def classifier_graph(model: LatentNetworks) -> bytes:
     """``onnx_classifier_bytes`` without its weights: each weight tensor becomes an external initializer
     named in the metadata (``WEIGHT_MAP_KEY``: initializer -> [state-dict key, transposed]), which the server
     fills from the package's ``weights.pt``. The package so holds its classifier weights once (the file is
@@ -147,9 +148,9 @@ def classifier_graph(model: JointCompressionClassifier) -> bytes:
 def add_classifier(package: ModelPackage) -> ModelPackage:
     """Write ``classifier.onnx`` (see `classifier_graph`) into a compressed package, from the cloud weights as
     stored. The model id (codec tables and encoder) does not change."""
-    from vitcodec.models.checkpoint import load_package_network
+    from vitcodec.models.latent_networks import load_latent_networks
 
-    (package.path / "classifier.onnx").write_bytes(classifier_graph(load_package_network(package)))
+    (package.path / "classifier.onnx").write_bytes(classifier_graph(load_latent_networks(package)))
     manifest = dict(package.manifest)
     manifest["files"] = {**manifest.get("files", {}), "classifier": "classifier.onnx"}
     (package.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

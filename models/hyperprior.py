@@ -12,15 +12,21 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-with warnings.catch_warnings():
-    # compressai decorates helpers with torch.jit.script at import time, which torch 2.14 flags as deprecated;
-    # the warning is about compressai's code, not ours, and would print on every CLI command.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-    from compressai.models.google import get_scale_table  # 64 log-spaced scales, 0.11 to 256
-    from compressai.models.utils import update_registered_buffers
-
 from vitcodec.models.encoder import conv, deconv
+from vitcodec.models.errors import TrainingExtraMissing
+
+try:
+    with warnings.catch_warnings():
+        # compressai decorates helpers with torch.jit.script at import time, which torch 2.14 flags as
+        # deprecated; the warning is about compressai's code, not ours, and would print on every CLI command.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+        from compressai.models.google import get_scale_table  # 64 log-spaced scales, 0.11 to 256
+        from compressai.models.utils import update_registered_buffers
+except ImportError as exc:  # the training extra is not installed (a server install): say which extra to add
+    if (exc.name or "").split(".")[0] != "compressai":
+        raise
+    raise TrainingExtraMissing() from exc
 
 # compressai's integer CDF buffers: their sizes depend on the tables, so they are sized from a state dict
 # before it is loaded (as compressai's CompressionModel.load_state_dict does).

@@ -13,7 +13,7 @@ from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import CodecError
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.packages import ModelPackage
-from vitcodec.models.checkpoint import load_package_network
+from vitcodec.models.latent_networks import load_latent_networks
 from vitcodec.models.config import JCCConfig
 from vitcodec.outputs import top_k as top_k_indexes
 
@@ -44,7 +44,7 @@ class CloudModel:
         self.config = JCCConfig.from_dict(package.manifest["config"])
         self.codec = LatentCodec.load(package.file("codec"))
         self.model_id = package.model_id
-        self.net = load_package_network(package, self.device)
+        self.net = load_latent_networks(package, self.device)
         self.labels = package.labels or [str(i) for i in range(self.config.num_classes)]
 
     @property

@@ -332,6 +332,30 @@ def test_cloud_images_pin_pyprojects_torch():
     assert "pip uninstall -y onnxruntime" in gpu  # one `onnxruntime` module, the GPU build's
 
 
+def test_cloud_images_install_no_training_stack():
+    """The server images install `.[cloud]` only, and that extra (resolved through any extra it names) holds no
+    compressai; `make install` gives developers both sides in one command."""
+    extras = pyproject()["project"]["optional-dependencies"]
+
+    def resolved(extra: str) -> set[str]:
+        names = set()
+        for dep in extras[extra]:
+            name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower()
+            if name == "vitcodec":
+                for inner in re.search(r"\[(.*)\]", dep).group(1).split(","):
+                    names |= resolved(inner.strip())
+            else:
+                names.add(name)
+        return names
+
+    assert "compressai" not in resolved("cloud")
+    assert {"compressai", "torch", "timm"} <= resolved("train")
+    for name in ("cloud", "cloud-gpu"):
+        installs = " ".join(_pip_installs(name))
+        assert "compressai" not in installs and "train" not in installs, (name, installs)
+    assert "pip install -q -e '.[cloud,train,dev]'" in (ROOT / "Makefile").read_text()
+
+
 def test_dockerignore_keeps_the_context_small():
     ignored = dockerignore()
     for entry in (".venv", ".git", "runs", "demo-out"):
