@@ -1,5 +1,9 @@
 """Two-step training (Bai et al.): ``pretrain`` without compression, then ``joint`` with the
 rate–distortion–accuracy loss. Runs alone or under torchrun (DDP), on CPU or GPU.
+
+Either step may distil from a pixel CNN (`vitcodec.models.pixel_cnn`, ``--teacher``): the teacher sees the
+very batch the student sees (after augmentation), with the JCC's normalisation undone, since it normalises
+its own input.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from vitcodec.models.config import JCCConfig
 from vitcodec.models.data import build_dataset
 from vitcodec.models.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from vitcodec.models.jcc import JointCompressionClassifier
-from vitcodec.models.losses import JointLoss, LossWeights, quality_weights
+from vitcodec.models.losses import DISTILL_MODES, JointLoss, LossWeights, quality_weights
 from vitcodec.models.registry import create_model, get_preset
 
 STAGES = ("pretrain", "joint")
@@ -58,14 +62,21 @@ class TrainSettings:
     threads: int | None = None
     log_every: int = 20
     progress: bool = True
+    teacher: Path | None = None  # a pixel CNN checkpoint to distil from; None = no distillation
+    distill: str = "soft"  # soft | hard (only with a teacher)
+    distill_alpha: float = 0.5  # the teacher's share of the accuracy term
+    distill_tau: float = 1.0  # soft distillation's temperature
 
     def loss_weights(self) -> LossWeights:
+        kd = ({"distill": self.distill, "distill_alpha": self.distill_alpha, "distill_tau": self.distill_tau}
+              if self.teacher is not None else {})
         if self.stage == "pretrain":
-            return LossWeights(alpha=1.0, beta=self.recon_weight, rate=0.0, label_smoothing=self.label_smoothing)
+            return LossWeights(alpha=1.0, beta=self.recon_weight, rate=0.0, label_smoothing=self.label_smoothing,
+                               **kd)
         alpha, beta = quality_weights(self.quality) if self.quality else (1.0, 0.0)
         return LossWeights(alpha=self.alpha if self.alpha is not None else alpha,
                            beta=self.beta if self.beta is not None else beta, rate=1.0,
-                           label_smoothing=self.label_smoothing)
+                           label_smoothing=self.label_smoothing, **kd)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +95,28 @@ def _check(settings: TrainSettings) -> None:
             raise ValueError("stage joint needs --quality 1|2|3, or both --alpha and --beta")
     if settings.max_steps is None and settings.epochs <= 0:
         raise ValueError("give a positive --epochs or --max-steps")
+    if settings.teacher is not None:
+        if settings.distill not in DISTILL_MODES:
+            raise ValueError(f"--distill must be one of {', '.join(DISTILL_MODES)}, got {settings.distill!r}")
+        if not 0.0 <= settings.distill_alpha <= 1.0:
+            raise ValueError(f"--distill-alpha must lie in [0, 1], got {settings.distill_alpha}")
+        if settings.distill_tau <= 0:
+            raise ValueError(f"--distill-tau must be positive, got {settings.distill_tau}")
+
+
+def load_teacher(path: Path, config: JCCConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen pixel CNN, checked against the student's input (same size, channels and classes)."""
+    from vitcodec.models.pixel_cnn import load_pixel_cnn
+
+    teacher = load_pixel_cnn(path, device)
+    t = teacher.config
+    if (tuple(t.img_size), t.in_chans, t.num_classes) != (tuple(config.img_size), config.in_chans, config.num_classes):
+        raise ValueError(f"teacher {path} takes {t.in_chans}x{t.img_size[0]}x{t.img_size[1]} images into "
+                         f"{t.num_classes} classes; the student {config.in_chans}x{config.img_size[0]}x"
+                         f"{config.img_size[1]} into {config.num_classes}")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def build_model(settings: TrainSettings, device: torch.device) -> tuple[JointCompressionClassifier, dict[str, Any] | None]:
@@ -131,6 +164,7 @@ class _Stage:
     dist: DistInfo
     total_steps: int  # the schedule's length
     last_step: int  # where this run stops (--stop-at-step may end it early)
+    teacher: torch.nn.Module | None = None  # the frozen pixel CNN, when distilling
     step: int = 0
     epoch: int = 0
     seen: int = 0
@@ -196,6 +230,8 @@ def _prepare(settings: TrainSettings, device: torch.device, dist_info: DistInfo)
                    lr_schedule(optimizer, settings.warmup_steps, total_steps),
                    JointLoss(settings.loss_weights(), model.config.mean, model.config.std).to(device),
                    device, dist_info, total_steps, min(total_steps, settings.stop_at_step or total_steps))
+    if settings.teacher is not None:
+        stage.teacher = load_teacher(settings.teacher, model.config, device)
     _resume(stage)
     stage.forward = _wrap(model, settings, device, dist_info)
     return stage
@@ -291,7 +327,7 @@ def _train_step(stage: _Stage, x: torch.Tensor, target: torch.Tensor) -> dict[st
     use_amp = stage.settings.amp and stage.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
         output = stage.forward(x, compress=stage.compress, reconstruct=True)
-    terms = stage.criterion(output, x, target)
+    terms = stage.criterion(output, x, target, _teacher_logits(stage, x))
     loss = terms["loss"]
     if stage.compress:
         loss = loss + stage.model.aux_loss()  # gradients reach only the quantiles (own optimiser)
@@ -310,6 +346,14 @@ def _train_step(stage: _Stage, x: torch.Tensor, target: torch.Tensor) -> dict[st
     with torch.no_grad():
         terms["acc"] = (output["logits"].argmax(1) == target).float().mean()
     return {k: v.detach() for k, v in terms.items()}
+
+
+@torch.no_grad()
+def _teacher_logits(stage: _Stage, x: torch.Tensor) -> torch.Tensor | None:
+    """The teacher's logits on the student's batch: normalised tensors back to [0, 1] pixels first."""
+    if stage.teacher is None:
+        return None
+    return stage.teacher(x * stage.criterion.std + stage.criterion.mean).float()
 
 
 def _log(stage: _Stage, lr: float, means: dict[str, float]) -> dict[str, Any]:
