@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo protos zoo clean-venv help
+.PHONY: install test test-fast demo protos zoo rate-accuracy clean-venv help
 
 help:
 	@echo "make install    create .venv (idempotent) with vitcodec[cloud,train,dev] + the Fashion-MNIST Debian package"
@@ -14,6 +14,7 @@ help:
 	@echo "make demo       install if needed, serve the default model, run the edge client on the samples"
 	@echo "make protos     regenerate the gRPC modules from protos/*.proto"
 	@echo "make zoo        retrain the Fashion-MNIST zoo with the two-step recipe (hours on 2 CPU cores)"
+	@echo "make rate-accuracy  the zoo against JPEG/WebP/AVIF + a pixel CNN (RATE_ARGS='--limit 1000 ...')"
 
 $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = "0" ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
@@ -65,3 +66,10 @@ zoo: $(STAMP)
 	for m in fmnist-uncompressed fmnist-q1 fmnist-q2 fmnist-q3; do \
 		$(VENV)/bin/vitcodec eval --model $(ZOO_OUT)/$$m/1 --data fashion-mnist --record --json || exit 1; \
 	done
+
+# Rate–accuracy against JPEG, WebP and AVIF with a pixel CNN, raw and fine-tuned per codec and quality
+# (docs/benchmarks.md): table on stdout, plot in docs/rate_accuracy.png, CNN weights cached in runs/rate-accuracy
+# (the cached raw CNN is also the teacher for `vitcodec train --teacher`). Full size: about an hour on 2 cores.
+RATE_ARGS ?= --from-manifest
+rate-accuracy: $(STAMP)
+	$(PY) benchmarks/bench_rate_accuracy.py $(RATE_ARGS)
