@@ -48,35 +48,36 @@ def _is_intact_stream(data: bytes) -> bool:
 
 
 def _load_streams(files: list[Path], model: Optional[str], progress: Progress | None) -> tuple[list[bytes], list[str]]:
-    """Encode image files with the model's edge encoder; files that already are bitstreams pass through.
+    """Encode image files with the model's edge encoder, in batches as ``encode`` does
+    (`commands.encode_batches`); files that already are bitstreams pass through.
 
     Returns the streams and, per file, an error message ("" when the file is usable).
     """
-    from vitcodec.edge.preprocess import ImageReadError
-
-    streams: list[bytes] = []
-    errors: list[str] = []
-    encoder = None
+    streams: list[bytes] = [b""] * len(files)
+    errors: list[str] = [""] * len(files)
     task = progress.add_task("encoding", total=len(files)) if progress else None
-    for path in files:
+    images: list[int] = []  # indexes of the files to encode
+    for i, path in enumerate(files):
         data = path.read_bytes()
         if _is_intact_stream(data):
-            streams.append(data)
-            errors.append("")
+            streams[i] = data
+            if progress is not None and task is not None:
+                progress.advance(task)
         else:
-            if encoder is None:
-                try:
-                    encoder = commands.load_encoder(model, None)
-                except commands.EdgeInputError as exc:
-                    abort(str(exc))
-            try:
-                streams.append(encoder.encode_image(path).stream)
-                errors.append("")
-            except ImageReadError as exc:
-                streams.append(b"")
-                errors.append(str(exc))
-        if progress is not None and task is not None:
-            progress.advance(task)
+            images.append(i)
+    if images:
+        try:
+            encoder = commands.load_encoder(model, None)
+        except commands.EdgeInputError as exc:
+            abort(str(exc))
+        for item in commands.encode_batches(encoder, [files[i] for i in images]):
+            i = images[item.index]
+            if item.error is not None:
+                errors[i] = item.error
+            else:
+                streams[i] = item.result.stream
+            if progress is not None and task is not None:
+                progress.advance(task)
     return streams, errors
 
 

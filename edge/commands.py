@@ -1,8 +1,8 @@
 """``vitcodec-edge encode`` and ``vitcodec-edge inspect``: images to ``.vcb`` bitstream files, and what a
 bitstream file holds. Registered on the app in ``edge/cli.py``; no torch, as everything under ``edge/``.
 
-The logic (`collect_images`, `plan_outputs`, `encode_files`, `inspect_stream`) is plain Python that returns
-rows; the two commands only print them. Exit codes: 0 all went well; 1 some file could not be encoded or is
+The logic (`collect_images`, `plan_outputs`, `encode_batches`, `encode_files`, `inspect_stream`) is plain
+Python that returns rows; the two commands only print them. Exit codes: 0 all went well; 1 some file could not be encoded or is
 not a usable bitstream (one ``error:`` line each on stderr); 2 nothing was done (bad arguments, missing
 input, unknown model).
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -138,51 +138,75 @@ def load_encoder(model: Optional[str], threads: Optional[int]):
                              f"{exc.__class__.__name__}: {first}") from None
 
 
-def encode_files(encoder, images: list[Path], outputs: list[Path], batch_size: int = DEFAULT_BATCH,
-                 on_done: Callable[[EncodedFile], None] | None = None) -> list[EncodedFile]:
-    """Encode every image and write its stream; unreadable images and failed writes become error rows."""
+@dataclass
+class EncodedImage:
+    """One image through `encode_batches`: its stream (``result``), or why there is none (``error``)."""
+
+    index: int  # position in the list given
+    source_size: Optional[tuple[int, int]] = None  # (H, W) of the file as read
+    result: Any = None  # EncodeResult
+    error: Optional[str] = None  # the reader's message, or "encoding failed (...)"
+    read_ms: float = 0.0  # reading and fitting, per image of its batch
+
+
+def encode_batches(encoder, images: list[Path], batch_size: int = DEFAULT_BATCH) -> Iterator[EncodedImage]:
+    """Read and encode images with one ONNX Runtime call per `batch_size` of them (the call costs more than
+    an image at small sizes), yielding one `EncodedImage` per image in input order, batch by batch. The one
+    batching path of ``encode`` and ``send``, so both write the same bytes for the same files."""
     import numpy as np
 
-    from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
 
-    rows = [EncodedFile(source) for source in images]
     for start in range(0, len(images), max(1, batch_size)):
-        chunk = range(start, min(start + batch_size, len(images)))
-        ready: list[int] = []
+        items = [EncodedImage(i) for i in range(start, min(start + batch_size, len(images)))]
+        ready: list[EncodedImage] = []
         pixels = []
         t0 = time.perf_counter()
-        for i in chunk:
+        for item in items:
             try:
-                image = load_image(images[i])
-                rows[i].source_size = (image.height, image.width)
+                image = load_image(images[item.index])
+                item.source_size = (image.height, image.width)
                 pixels.append(to_pixels(image, encoder.spec))
-                ready.append(i)
+                ready.append(item)
             except ImageReadError as exc:
-                message = str(exc)
-                rows[i].error = message if message.startswith(str(images[i])) else f"{images[i]}: {message}"
-        read_ms = (time.perf_counter() - t0) * 1e3 / max(len(chunk), 1)
+                item.error = str(exc)
+        read_ms = (time.perf_counter() - t0) * 1e3 / max(len(items), 1)
         try:
             results = encoder.encode_pixels(np.stack(pixels)) if pixels else []
         except ValueError as exc:  # latents the codec cannot code (a broken model): report, do not crash
-            for i in ready:
-                rows[i].error = f"{images[i]}: encoding failed ({exc})"
-            results, ready = [], []
-        for i, result in zip(ready, results):
-            row = rows[i]
+            for item in ready:
+                item.error = f"encoding failed ({exc})"
+            results = []
+        for item, result in zip(ready, results):
+            item.result, item.read_ms = result, read_ms
+        yield from items
+
+
+def encode_files(encoder, images: list[Path], outputs: list[Path], batch_size: int = DEFAULT_BATCH,
+                 on_done: Callable[[EncodedFile], None] | None = None) -> list[EncodedFile]:
+    """Encode every image and write its stream; unreadable images and failed writes become error rows."""
+    from vitcodec.codec.bitstream import read_stream_info
+
+    rows = [EncodedFile(source) for source in images]
+    for item in encode_batches(encoder, images, batch_size):
+        i, row = item.index, rows[item.index]
+        row.source_size = item.source_size
+        if item.error is not None:
+            row.error = item.error if item.error.startswith(str(images[i])) else f"{images[i]}: {item.error}"
+        else:
+            result = item.result
             info = read_stream_info(result.stream)
             try:
                 outputs[i].parent.mkdir(parents=True, exist_ok=True)
                 outputs[i].write_bytes(result.stream)
             except OSError as exc:
                 row.error = f"{outputs[i]}: cannot write ({exc.strerror or exc})"
-                continue
-            row.output, row.image_size, row.num_bytes = outputs[i], info.header.image_size, info.total_bytes
-            row.header_bytes, row.z_bytes, row.y_bytes = info.header_bytes, info.z_bytes, info.y_bytes
-            row.encode_ms = read_ms + sum(result.timings_ms.values())
+            else:
+                row.output, row.image_size, row.num_bytes = outputs[i], info.header.image_size, info.total_bytes
+                row.header_bytes, row.z_bytes, row.y_bytes = info.header_bytes, info.z_bytes, info.y_bytes
+                row.encode_ms = item.read_ms + sum(result.timings_ms.values())
         if on_done is not None:
-            for i in chunk:
-                on_done(rows[i])
+            on_done(row)
     return rows
 
 
