@@ -11,8 +11,8 @@
 - A queue holds the payloads of parsed streams, not decoded latents: decoding a batch runs the integer h_s
   once for all its streams (`LatentCodec.decode_batch`), several times cheaper per stream than one at a
   time. Decoding and the forward run as one executor job, so a request costs one thread hop, and under load
-  the next batch fills while this one runs. (A separate decode stage feeding the forward was measured against
-  this on 2 cores: see docs/benchmarks.md; it won nothing, since both stages want the same cores.)
+  the next batch fills while this one runs. (A separate decode stage feeding the forward would contend for the
+  same cores; it was not measured side by side: see docs/benchmarks.md.)
 - A bad payload fails only its own stream: the batch is then decoded one stream at a time
   (`cloud/decoding.py`), the others still get their answers.
 - Classification and reconstruction have separate queues and separate compute threads, so a burst of
