@@ -261,7 +261,10 @@ class DataPlane:
                 raise
             return outcome.value
 
-        results = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)), return_exceptions=True)
+        if len(streams) == 1:  # the usual request: no task per stream
+            results = [await one(0, streams[0])]
+        else:
+            results = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
