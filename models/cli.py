@@ -83,6 +83,54 @@ def train_cmd(
         console.print_json(json.dumps(metrics))
 
 
+@app.command("teacher")
+def teacher_cmd(
+    out: Path = typer.Option(..., help="Checkpoint to write: the file `train --teacher` takes."),
+    epochs: float = typer.Option(10.0, help="Epochs over the 60k Fashion-MNIST training images."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N training images (quick runs)."),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the pixel CNN that step one and step two distil from (the rate-accuracy benchmark's raw CNN).
+
+    The same seed, data path and schedule as benchmarks/bench_rate_accuracy.py, so `--out
+    runs/rate-accuracy/pixel_cnn_raw_n60000_e10_s0.pt` is the file the benchmark would train and cache.
+    """
+    import time
+    from dataclasses import asdict
+
+    import torch
+
+    from vitcodec.models.data import load_fashion_mnist
+    from vitcodec.models.errors import DataError
+    from vitcodec.models.pixel_cnn import FitSettings, PixelCNN, accuracy, fit, save_pixel_cnn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        images, labels = load_fashion_mnist("train")
+        test_images, test_labels = load_fashion_mnist("test")
+    except (DataError, FileNotFoundError) as exc:
+        abort(str(exc))
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    settings = FitSettings(epochs=epochs, seed=seed)
+    torch.manual_seed(0)
+    model = PixelCNN()
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("pixel CNN on raw images", total=None)
+        fit(model, images, labels, settings, on_step=lambda s, n: bar.update(task, completed=s, total=n))
+    wall_s = time.perf_counter() - start
+    top1 = accuracy(model, test_images, test_labels)
+    save_pixel_cnn(out, model, settings=asdict(settings) | {"n": len(images)}, wall_s=wall_s, test_top1=top1)
+    console.print(f"wrote {out}: top-1 {100 * top1:.2f} % on the {len(test_images)} test images "
+                  f"({wall_s / 60:.1f} min)")
+
+
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List network presets and the model zoo with measured test figures."""

@@ -144,3 +144,27 @@ def test_cli_passes_the_distillation_flags(tmp_path: Path) -> None:
         {"teacher": "teacher.pt", "distill": "hard", "distill_alpha": 0.7, "distill_tau": 3.0}
     bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), "--teacher", str(tmp_path / "none.pt")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_teacher_command_trains_a_usable_teacher(tmp_path: Path) -> None:
+    """`vitcodec teacher` writes the file `train --teacher` takes, with what trained it and its test top-1."""
+    from typer.testing import CliRunner
+
+    from vitcodec.models.cli import app
+
+    try:
+        load_arrays("fashion-mnist", "test", get_preset("jcc-fmnist-28-s8"), limit=1)
+    except Exception as exc:  # noqa: BLE001 - the Debian dataset package is what CI installs
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    out = tmp_path / "teacher.pt"
+    result = CliRunner().invoke(app, ["teacher", "--out", str(out), "--epochs", "1", "--limit", "512",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "top-1" in result.output
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["settings"]["n"] == 512 and ckpt["settings"]["epochs"] == 1.0
+    assert 0.1 < ckpt["test_top1"] <= 1.0  # four steps on 512 images: above chance, far from trained
+    assert load_pixel_cnn(out).config.img_size == (28, 28)
+    train(TrainSettings(out=tmp_path / "run", stage="pretrain", data="synthetic", batch_size=16, limit=32,
+                        max_steps=1, progress=False, log_every=1, teacher=out, distill="hard"))
+    assert "kd" in _log(tmp_path / "run")[0]
