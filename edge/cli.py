@@ -219,6 +219,11 @@ from vitcodec.edge import commands as _commands  # noqa: E402
 app.command("encode")(_commands.encode)
 app.command("inspect")(_commands.inspect)
 
+# `watch`, the store-and-forward agent, lives in edge/agent/ (docs/edge-agent.md).
+from vitcodec.edge.agent.command import watch as _watch  # noqa: E402
+
+app.command("watch")(_watch)
+
 
 def main() -> None:
     app()
