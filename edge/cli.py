@@ -117,8 +117,13 @@ def send(
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes to report per image (JSON output)."),
     token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+    outbox: Optional[Path] = typer.Option(None, "--outbox", help="Spool images that failed for a transient "
+                                          "reason (server unreachable, timeouts, 5xx) into this outbox; "
+                                          "`vitcodec-edge watch --outbox DIR` sends them later."),
 ) -> None:
-    """Encode images on this device and classify them on the cloud server (bounded concurrency, retries)."""
+    """Encode images on this device and classify them on the cloud server (bounded concurrency, retries).
+
+    Exit status 1 when any image failed (each failed file is listed on stderr), 2 on bad arguments."""
     from vitcodec.edge.client import ClientError, connect
 
     if as_json and as_csv:
@@ -149,8 +154,33 @@ def send(
                     rows[i] = {"file": str(files[i]), **outcome.as_dict()}
                 progress.advance(task)
     _print_rows(rows, as_json, as_csv, top_k)
-    if any("error" in row for row in rows):
+    failed = [i for i, row in enumerate(rows) if "error" in row]
+    if failed:
+        _report_failures(files, streams, rows, failed, outbox, model)
         raise typer.Exit(1)
+
+
+def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[str, Any]], failed: list[int],
+                     outbox: Optional[Path], model: Optional[str]) -> None:
+    """One stderr line per failed file; with an outbox, spool those a later `watch` can still deliver."""
+    from rich.markup import escape
+
+    from vitcodec.edge.agent.uploader import PERMANENT_STATUS
+
+    err = _stderr()
+    for i in failed:
+        err.print(f"[red]failed:[/red] {escape(str(files[i]))}: {escape(str(rows[i]['error']))}", soft_wrap=True)
+    spool = [i for i in failed if "status" in rows[i] and rows[i]["status"] not in PERMANENT_STATUS]
+    message = f"{len(failed)} of {len(rows)} images failed"
+    if outbox is not None and spool:
+        from vitcodec.edge.agent.outbox import spool_files
+
+        try:
+            spool_files(outbox, [files[i] for i in spool], [streams[i] for i in spool], model)
+            message += f"; {len(spool)} spooled to {outbox} (send them with: vitcodec-edge watch --outbox {outbox} --server URL --results FILE)"
+        except OSError as exc:
+            message += f"; cannot spool to {outbox} ({exc.strerror or exc})"
+    err.print(escape(message), soft_wrap=True)
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: int) -> None:

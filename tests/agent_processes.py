@@ -122,6 +122,12 @@ class AgentProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
 
+    def wait_started(self, timeout: float = 60.0) -> None:
+        """Until this run has logged its ``start`` event (``--json``): its signal handlers are installed by then."""
+        path = self.log_dir / f"agent-{self.starts}.log"
+        wait_for(lambda: path.exists() and '"event": "start"' in path.read_text(errors="replace"), timeout,
+                 "the agent to start", 0.05, self.log)
+
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait for the clean exit; returns the exit status."""
         assert self.proc is not None

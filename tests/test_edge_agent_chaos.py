@@ -44,6 +44,7 @@ def _agent(model_repo: Path, tmp: Path, inbox: Path, url: str, *extra: str) -> A
 
 
 def _finish(agent: AgentProcess, results: Path, n: int = N) -> None:
+    agent.wait_started()
     wait_for(lambda: count_lines(results) >= n, FINISH_S, f"{n} answers", 0.25, agent.log)
     assert agent.terminate() == 0, agent.log()
 

@@ -156,6 +156,17 @@ class Outbox:
             return True
         return (not self.max_count or n + count <= self.max_count) and (not self.max_bytes or b + nbytes <= self.max_bytes)
 
+    def room(self, wanted: int, entry_bytes: int = 1024) -> int:
+        """How many of `wanted` entries (about `entry_bytes` each) fit now; at least one when empty."""
+        with self._lock:
+            n, b = len(self._sizes), sum(self._sizes.values())
+        fit = wanted
+        if self.max_count:
+            fit = min(fit, self.max_count - n)
+        if self.max_bytes:
+            fit = min(fit, (self.max_bytes - b) // max(1, entry_bytes))
+        return max(fit, 1 if n == 0 else 0, 0)
+
     def full(self) -> bool:
         return not self.room_for(1, 0)
 
@@ -202,3 +213,14 @@ class Outbox:
         write_atomic(self.rejected_dir / f"{entry.id}.json", (json.dumps(note, indent=1) + "\n").encode(),
                      self.tmp_dir)
         return target
+
+
+def spool_files(root: Path, files: list[Path], streams: list[bytes], model: str | None) -> list[Entry]:
+    """Put already-encoded streams of `files` into the outbox at `root` (``send --outbox``), so that
+    ``watch --outbox`` sends them later; the source key is taken now, so a watch of the same folder skips them."""
+    items = []
+    for file, stream in zip(files, streams):
+        st = file.stat()
+        source = SourceKey(os.path.abspath(file), st.st_size, st.st_mtime_ns)
+        items.append((stream, source, None if file.suffix.lower() == ".vcb" else model, {"file": str(file)}))
+    return Outbox(root).put(items)

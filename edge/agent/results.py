@@ -36,7 +36,7 @@ class ResultsLog:
         self._lock = threading.Lock()
         self._needs_newline = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if self.path.is_file():  # (a character device such as /dev/full is written to, never read)
             self._load()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 

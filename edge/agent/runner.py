@@ -160,13 +160,18 @@ class Agent:
         else:
             self.reporter.event("intake_resumed", "outbox has room again: intake resumed")
 
-    def _wait_for_room(self, count: int) -> bool:
-        average = self.outbox.total_bytes() / max(1, self.outbox.count()) if self.outbox.count() else 1024
-        while not self.outbox.room_for(count, int(count * average)):
+    def _room(self, wanted: int) -> int:
+        """How many ready files to encode now: at most `wanted`, at least 1 (waiting, paused, while full);
+        0 when stopping."""
+        while True:
+            count = self.outbox.count()
+            average = self.outbox.total_bytes() // count if count else 1024
+            fit = self.outbox.room(wanted, average)
+            if fit:
+                return fit
             self._set_paused(True)
             if self.stop.wait(self.cfg.poll_s):
-                return False
-        return True
+                return 0
 
     def _spool(self, encoded: list[Encoded]) -> bool:
         """Commit a batch to the outbox; False when stopping or the disk refused (sources stay in place)."""
@@ -211,10 +216,13 @@ class Agent:
         while not self.stop.is_set():
             self._check_roots()
             ready = tracker.scan(self.roots, exclude, self._skip)
-            for start in range(0, len(ready), self.cfg.batch_size):
-                batch = ready[start:start + self.cfg.batch_size]
-                if self.stop.is_set() or not self._wait_for_room(len(batch)):
+            start = 0
+            while start < len(ready) and not self.stop.is_set():
+                fit = self._room(min(self.cfg.batch_size, len(ready) - start))
+                if not fit:
                     break
+                batch = ready[start:start + fit]
+                start += fit
                 outcomes = encode_batch(self.encoder, batch)
                 for o in outcomes:
                     if isinstance(o, Unreadable):
