@@ -303,14 +303,15 @@ def _edge(*args: str, model_repo: Path, timeout: float = 120) -> subprocess.Comp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{missing}"], "no such folder"),
+    (["{inbox}/a.png"], "a.png: not a folder"),
     (["{inbox}", "--model", "no-such-model"], "no-such-model"),
     (["{inbox}", "--server-bad"], None),
 ])
 def test_watch_setup_errors_are_one_line(model_repo, tmp_path, args, message):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    argv = [a.format(missing=tmp_path / "missing", inbox=inbox) for a in args]
+    (inbox / "a.png").write_bytes(b"x")
+    argv = [a.format(inbox=inbox) for a in args]
     server = ["--server", "ftp://x"] if "--server-bad" in argv else ["--server", "http://127.0.0.1:9"]
     argv = [a for a in argv if a != "--server-bad"]
     result = _edge("watch", *argv, *server, "--outbox", str(tmp_path / "ob"), "--results",
@@ -373,3 +374,44 @@ def test_watch_is_registered_and_documented():
     ctx = command.make_context("watch", argv[2:], resilient_parsing=False)  # every flag exists
     ctx.close()
     assert "KillSignal=SIGTERM" in unit or "KillSignal" not in unit
+
+
+def test_a_missing_folder_is_waited_for(model_repo, tmp_path, auth_server):
+    late = tmp_path / "sdcard"
+    agent = _agent(model_repo, tmp_path, [late], auth_server.http_url, "--token", AUTH_TOKEN)
+    agent.start()
+    try:
+        wait_for(lambda: events(agent.log(tail=0), "watch_error"), 60, "the missing folder to be reported", 0.1,
+                 agent.log)
+        late.mkdir()
+        shutil.copy(SAMPLES / "fmnist-00000.png", late)
+        wait_for(lambda: count_lines(tmp_path / "results.jsonl") == 1, 60, "the answer", 0.1, agent.log)
+    finally:
+        assert agent.terminate() == 0, agent.log()
+    assert events(agent.log(tail=0), "watch_resumed")
+
+
+def test_compose_runs_the_agent():
+    """The compose `edge-agent` service runs `watch` with flags the real CLI accepts, on the cloud service's gRPC
+    port, with its state on a host folder kept out of the image and of git."""
+    import yaml
+    from typer.main import get_command
+
+    from vitcodec.edge.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    services = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    agent = services["edge-agent"]
+    assert agent["profiles"] == ["agent"] and agent["image"] == services["edge"]["image"]
+    command = agent["command"]
+    assert command[:2] == ["vitcodec-edge", "watch"]
+    ctx = get_command(app).commands["watch"].make_context("watch", command[2:], resilient_parsing=False)
+    ctx.close()
+    cloud_grpc = services["cloud"]["command"][services["cloud"]["command"].index("--grpc-port") + 1]
+    assert command[command.index("--server") + 1] == f"grpc://cloud:{cloud_grpc}"
+    host, mount = agent["volumes"][0].split(":")
+    for flag in ("--outbox", "--results", "--done-dir"):
+        assert command[command.index(flag) + 1].startswith(mount + "/")
+    assert command[2].startswith(mount + "/")
+    assert host.lstrip("./") in (root / ".dockerignore").read_text().split()
+    assert host.lstrip("./") + "/" in (root / ".gitignore").read_text().split()

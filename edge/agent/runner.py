@@ -60,9 +60,9 @@ class Agent:
         self.reporter = reporter
         self.stop = threading.Event()
         self.roots = [Path(os.path.abspath(p)) for p in config.watch]
-        for root in self.roots:
-            if not root.is_dir():
-                raise AgentSetupError(f"{root}: no such folder")
+        for root in self.roots:  # a missing folder is waited for (an SD card mounted late); a file is a mistake
+            if root.exists() and not root.is_dir():
+                raise AgentSetupError(f"{root}: not a folder")
         if config.source_policy is SourcePolicy.move:
             self.done_dir = Path(os.path.abspath(config.done_dir or Path(config.outbox) / "done"))
         else:
@@ -204,8 +204,8 @@ class Agent:
             ok = root.is_dir() and os.access(root, os.R_OK | os.X_OK)
             if not ok and root not in self._missing:
                 self._missing.add(root)
-                self.reporter.error("watch_error", f"{root}: watched folder missing or not readable; "
-                                    "watching the others")
+                self.reporter.error("watch_error", f"{root}: watched folder missing or not readable; waiting "
+                                    "for it and watching the others")
             elif ok and root in self._missing:
                 self._missing.discard(root)
                 self.reporter.event("watch_resumed", f"{root}: watched folder is back")
