@@ -5,15 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo protos zoo clean-venv help
+.PHONY: install test test-fast demo protos zoo rate-accuracy clean-venv help
 
 help:
-	@echo "make install    create .venv (idempotent) with vitcodec[cloud,dev] + the Fashion-MNIST Debian package"
+	@echo "make install    create .venv (idempotent) with vitcodec[cloud,train,dev] + the Fashion-MNIST Debian package"
 	@echo "make test       install if needed, then run the whole test suite"
 	@echo "make test-fast  the suite without tests marked slow"
 	@echo "make demo       install if needed, serve the default model, run the edge client on the samples"
 	@echo "make protos     regenerate the gRPC modules from protos/*.proto"
 	@echo "make zoo        retrain the Fashion-MNIST zoo with the two-step recipe (hours on 2 CPU cores)"
+	@echo "make rate-accuracy  the zoo against JPEG/WebP/AVIF + a pixel CNN (RATE_ARGS='--limit 1000 ...')"
 
 $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = "0" ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cloud,dev]'
+	$(PY) -m pip install -q -e '.[cloud,train,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +34,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m vitcodec.cloud.demo $(DEMO_ARGS)
+	$(PY) -m vitcodec.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos protos/*.proto
@@ -47,7 +48,7 @@ clean-venv:
 # their own, see the model card for why), export, and measurement on the whole test split.
 # About 3 hours on 2 CPU cores.
 ZOO_RUNS ?= runs
-ZOO_OUT ?= models/zoo
+ZOO_OUT ?= packages/zoo
 JOINT = $(VENV)/bin/vitcodec train --stage joint --data fashion-mnist --batch-size 64 --codec-lr 1e-3 \
 	--warmup-steps 100 --label-smoothing 0.1 --no-progress --lr 3e-4 \
 	--init $(ZOO_RUNS)/fmnist-uncompressed/final.pt
@@ -65,3 +66,10 @@ zoo: $(STAMP)
 	for m in fmnist-uncompressed fmnist-q1 fmnist-q2 fmnist-q3; do \
 		$(VENV)/bin/vitcodec eval --model $(ZOO_OUT)/$$m/1 --data fashion-mnist --record --json || exit 1; \
 	done
+
+# Rate–accuracy against JPEG, WebP and AVIF with a pixel CNN, raw and fine-tuned per codec and quality
+# (docs/benchmarks.md): table on stdout, plot in docs/rate_accuracy.png, CNN weights cached in runs/rate-accuracy
+# (the cached raw CNN is also the teacher for `vitcodec train --teacher`). Full size: about an hour on 2 cores.
+RATE_ARGS ?= --from-manifest
+rate-accuracy: $(STAMP)
+	$(PY) benchmarks/bench_rate_accuracy.py $(RATE_ARGS)

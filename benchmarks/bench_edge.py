@@ -2,13 +2,13 @@
 of the integer h_s against the float h_s, and (optionally) the size of a torch-free edge install.
 
 Model. ``jcc-deit-s-224`` (g_a 3->128->128->128->192, h_a/h_s with N=128) with random weights made
-"realistic" by ``tests/edge_fixtures.make_realistic`` (y and z with a spread of a few units, h_s scales over
+"realistic" by ``workloads.make_realistic`` (y and z with a spread of a few units, h_s scales over
 most of the 64-level table, see that module), exported with ``export_package``: the same package format,
 ONNX graph and integer h_s as a trained model, so timings are representative; rates are those of this
 synthetic model, not of a trained one. ``--checkpoint`` adds the rate comparison for a trained checkpoint
 (step two, e.g. a Fashion-MNIST run) on Fashion-MNIST test images.
 
-Images. scikit-image's bundled colour photos cut to 224x224 (``edge_fixtures.photo_crops``), encoded one at a
+Images. scikit-image's bundled colour photos cut to 224x224 (``workloads.photo_crops``), encoded one at a
 time as a device would (batch of one).
 
 Stages, per image (median and p90 over the images, after a warm-up):
@@ -27,7 +27,7 @@ Rate cost of the integer h_s. For every image, y and z come from the ONNX encode
 Both are reported as actual coded y bytes, and as ideal bits  sum -log2 P(symbol)  under the Gaussian
 (continuous scale, no table quantisation): integer scales/means dequantised (``forward_float``) vs float ones.
 The cost is (integer - float) / float. It is the price of exactness: the float path cannot be decoded reliably
-on another runtime or device (DESIGN.md section 1), the integer one always can.
+on another runtime or device (docs/architecture.md, "Data flow"), the integer one always can.
 
 Usage::
 
@@ -50,9 +50,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the shared model/image builders live with the tests
 
-from edge_fixtures import (  # noqa: E402
+from workloads import (
     build_edge_venv,
     directory_bytes,
     fashion_mnist_test,
@@ -94,14 +93,14 @@ def paper_model(workdir: Path, seed: int = 0):
 
 
 def checkpoint_model(path: Path, workdir: Path):
-    from vitcodec.models.checkpoint import load_checkpoint, load_model_state
+    from vitcodec.models.checkpoint import load_checkpoint
     from vitcodec.models.config import JCCConfig
     from vitcodec.models.export import export_package
     from vitcodec.models.registry import create_model
 
     ckpt = load_checkpoint(path)
     model = create_model(JCCConfig.from_dict(ckpt["config"]))
-    load_model_state(model, ckpt["model"])
+    model.load_state_dict(ckpt["model"])
     return model.eval(), export_package(model, workdir, name="checkpoint-bench", quality=None)
 
 

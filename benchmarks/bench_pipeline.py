@@ -28,6 +28,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _images(package, n: int) -> np.ndarray:
 
 
 def _package(args):
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     if not args.preset:
         return resolve_model(args.model)
@@ -80,7 +81,7 @@ def _time(stages: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in runs.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="fmnist-q2", help="model package name or path (default fmnist-q2)")
     parser.add_argument("--preset", default=None, help="instead of --model: export this preset with random weights")
@@ -90,121 +91,136 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed rounds; each runs every stage once, in turn (the median is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def conventional_networks(config, device):
+    """The conventional pipeline's g_s and DeiT at our sizes, random weights; and the padded input size."""
     import timm
-    import torch
 
-    from vitcodec.codec.bitstream import unpack_stream
-    from vitcodec.edge.encoder import EdgeEncoder
     from vitcodec.models.decoder import SynthesisTransform
-    from vitcodec.models.inference import CloudModel
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    package = _package(args)
-    model = CloudModel(package, args.device)
-    c = model.config
-    device = torch.device(args.device)
-    streams = [r.stream for r in EdgeEncoder(package).encode_pixels(_images(package, args.n))]
-    sizes = [len(s) for s in streams]
-
-    # the conventional pipeline's networks, same sizes, random weights
+    c = config
     padded = tuple(-(-s // c.stride) * c.stride for s in c.img_size)
     g_s = SynthesisTransform(c.M, c.encoder_channels, c.in_chans, c.kernel_size).to(device).eval()
     deit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=padded, patch_size=c.stride,
                              in_chans=c.in_chans, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
                              mlp_ratio=c.mlp_ratio, num_classes=c.num_classes).to(device).eval()
-    tokens_deit = deit.patch_embed.num_patches
-    tokens_ours = c.num_tokens
-    batches = [list(range(i, min(i + args.batch, args.n))) for i in range(0, args.n, args.batch)]
+    return g_s, deit, padded
 
-    decoded = [model.decode(s).y_hat for s in streams]
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+class Pipelines:
+    """Every timed stage of both pipelines over the same bitstreams, batched the same way."""
 
-    def entropy_decode() -> None:
-        for s in streams:
-            model.decode(s)
+    def __init__(self, model, streams: list[bytes], batch: int, device: str) -> None:
+        import torch
 
-    def decode_batch(idx: list[int]) -> np.ndarray:
+        self.torch = torch
+        self.model, self.streams = model, streams
+        self.device = torch.device(device)
+        self.g_s, self.deit, self.padded = conventional_networks(model.config, self.device)
+        self.batches = [list(range(i, min(i + batch, len(streams)))) for i in range(0, len(streams), batch)]
+        self.decoded = [model.decode(s).y_hat for s in streams]
+        self.pixels = self.pixel_decode()
+
+    def stages(self) -> dict[str, Callable[[], object]]:
+        return {"entropy decode": self.entropy_decode,
+                "entropy decode, h_s once per batch": self.entropy_decode_batched,
+                "ViT on latents": self.ours_forward, "pixel decoder g_s": self.pixel_decode,
+                "DeiT on pixels": self.deit_forward, "ours end to end": self.ours_end_to_end,
+                "conventional end to end": self.conventional_end_to_end,
+                "ours end to end, h_s once per batch": self.ours_end_to_end_batched,
+                "conventional end to end, h_s once per batch": self.conventional_end_to_end_batched}
+
+    # -- helpers
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _decode_batch(self, idx: list[int]) -> np.ndarray:
         """ŷ for a batch of streams with one integer h_s pass (`LatentCodec.decode_batch`)."""
-        parts = [unpack_stream(streams[i], expected_model_id=model.model_id) for i in idx]
-        return model.codec.decode_batch([(z, y) for _, z, y in parts], parts[0][0].latent_shape)
+        from vitcodec.codec.bitstream import unpack_stream
 
-    def entropy_decode_batched() -> None:
-        for idx in batches:
-            decode_batch(idx)
+        parts = [unpack_stream(self.streams[i], expected_model_id=self.model.model_id) for i in idx]
+        return self.model.codec.decode_batch([(z, y) for _, z, y in parts], parts[0][0].latent_shape)
 
-    @torch.inference_mode()
-    def ours_forward() -> None:
-        for idx in batches:
-            model.classify_latents(np.stack([decoded[i] for i in idx]))
-        sync()
+    def _decode_one_by_one(self, idx: list[int]) -> np.ndarray:
+        return np.stack([self.model.decode(self.streams[i]).y_hat for i in idx])
 
-    @torch.inference_mode()
-    def pixel_decode() -> list:
+    def _conventional_head(self, y_hat: np.ndarray) -> None:
+        x = self.g_s(self.torch.from_numpy(y_hat).to(self.device))[..., : self.padded[0], : self.padded[1]]
+        self.torch.softmax(self.deit(x).float(), dim=1).cpu()
+
+    # -- stages
+    def entropy_decode(self) -> None:
+        for s in self.streams:
+            self.model.decode(s)
+
+    def entropy_decode_batched(self) -> None:
+        for idx in self.batches:
+            self._decode_batch(idx)
+
+    def ours_forward(self) -> None:
+        with self.torch.inference_mode():
+            for idx in self.batches:
+                self.model.classify_latents(np.stack([self.decoded[i] for i in idx]))
+            self._sync()
+
+    def pixel_decode(self) -> list:
         out = []
-        for idx in batches:
-            y = torch.from_numpy(np.stack([decoded[i] for i in idx])).to(device)
-            out.append(g_s(y)[..., : padded[0], : padded[1]])
-        sync()
+        with self.torch.inference_mode():
+            for idx in self.batches:
+                y = self.torch.from_numpy(np.stack([self.decoded[i] for i in idx])).to(self.device)
+                out.append(self.g_s(y)[..., : self.padded[0], : self.padded[1]])
+            self._sync()
         return out
 
-    pixels = pixel_decode()
+    def deit_forward(self) -> None:
+        with self.torch.inference_mode():
+            for x in self.pixels:
+                self.torch.softmax(self.deit(x).float(), dim=1).cpu()
+            self._sync()
 
-    @torch.inference_mode()
-    def deit_forward() -> None:
-        for x in pixels:
-            torch.softmax(deit(x).float(), dim=1).cpu()
-        sync()
+    def ours_end_to_end(self) -> None:
+        with self.torch.inference_mode():
+            for idx in self.batches:
+                self.model.classify_latents(self._decode_one_by_one(idx))
+            self._sync()
 
-    @torch.inference_mode()
-    def ours_end_to_end() -> None:
-        for idx in batches:
-            model.classify_latents(np.stack([model.decode(streams[i]).y_hat for i in idx]))
-        sync()
+    def ours_end_to_end_batched(self) -> None:
+        with self.torch.inference_mode():
+            for idx in self.batches:
+                self.model.classify_latents(self._decode_batch(idx))
+            self._sync()
 
-    @torch.inference_mode()
-    def ours_end_to_end_batched() -> None:
-        for idx in batches:
-            model.classify_latents(decode_batch(idx))
-        sync()
+    def conventional_end_to_end(self) -> None:
+        with self.torch.inference_mode():
+            for idx in self.batches:
+                self._conventional_head(self._decode_one_by_one(idx))
+            self._sync()
 
-    @torch.inference_mode()
-    def conventional_end_to_end() -> None:
-        for idx in batches:
-            y = torch.from_numpy(np.stack([model.decode(streams[i]).y_hat for i in idx])).to(device)
-            x = g_s(y)[..., : padded[0], : padded[1]]
-            torch.softmax(deit(x).float(), dim=1).cpu()
-        sync()
+    def conventional_end_to_end_batched(self) -> None:
+        with self.torch.inference_mode():
+            for idx in self.batches:
+                self._conventional_head(self._decode_batch(idx))
+            self._sync()
 
-    @torch.inference_mode()
-    def conventional_end_to_end_batched() -> None:
-        for idx in batches:
-            x = g_s(torch.from_numpy(decode_batch(idx)).to(device))[..., : padded[0], : padded[1]]
-            torch.softmax(deit(x).float(), dim=1).cpu()
-        sync()
 
-    t = _time({"entropy decode": entropy_decode, "entropy decode, h_s once per batch": entropy_decode_batched,
-               "ViT on latents": ours_forward, "pixel decoder g_s": pixel_decode, "DeiT on pixels": deit_forward,
-               "ours end to end": ours_end_to_end, "conventional end to end": conventional_end_to_end,
-               "ours end to end, h_s once per batch": ours_end_to_end_batched,
-               "conventional end to end, h_s once per batch": conventional_end_to_end_batched}, args.repeats)
-    n = args.n
+def print_report(t: dict[str, float], args: argparse.Namespace, package, pipelines: Pipelines) -> None:
+    """The markdown tables: each stage, then the ratios of the two pipelines."""
+    import torch
+
+    c, n = pipelines.model.config, args.n
     ms = {k: v / n * 1e3 for k, v in t.items()}
     ips = {k: n / v for k, v in t.items()}
     model_only_ours = ms["ViT on latents"]
     model_only_conv = ms["pixel decoder g_s"] + ms["DeiT on pixels"]
-
     print(f"# classify from bitstream vs conventional pipeline — {package.name} ({c.name})\n")
     cpu = platform.processor() or platform.machine()
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.node()} · {cpu} · {os.cpu_count()} CPUs"
           f" · device {args.device} · torch {torch.__version__} threads {torch.get_num_threads()}"
-          f" · n={n}, batch={args.batch} · streams {statistics.mean(sizes):.0f} B mean"
-          f" · tokens: ours {tokens_ours}, DeiT {tokens_deit}\n")
+          f" · n={n}, batch={args.batch} · streams {statistics.mean(len(s) for s in pipelines.streams):.0f} B mean"
+          f" · tokens: ours {c.num_tokens}, DeiT {pipelines.deit.patch_embed.num_patches}\n")
     print("| stage | ms / image | images / s |")
     print("|---|---:|---:|")
     for name in t:
@@ -222,6 +238,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nentropy decoding is {share:.0%} of our end-to-end time per image "
           f"({ms['entropy decode, h_s once per batch'] / ms['ours end to end, h_s once per batch']:.0%} "
           "with h_s once per batch).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.models.inference import CloudModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    package = _package(args)
+    model = CloudModel(package, args.device)
+    streams = [r.stream for r in EdgeEncoder(package).encode_pixels(_images(package, args.n))]
+    pipelines = Pipelines(model, streams, args.batch, args.device)
+    print_report(_time(pipelines.stages(), args.repeats), args, package, pipelines)
     return 0
 
 

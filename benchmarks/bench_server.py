@@ -1,13 +1,12 @@
 """Server throughput and latency (p50 / p99) at 1, 8 and 64 concurrent clients, over REST and gRPC, against the
 raw batched model loop on the same machine.
 
-    raw loop:  for each batch of --batch streams: entropy-decode each (CloudModel.decode), one classify_latents
+    raw loop:  for each batch of --batch streams: parse, one decode_payloads (h_s once per batch), one classify_latents
     server:    `vitcodec-cloud serve` in its own process; clients in this process (asyncio): a minimal
                keep-alive HTTP/1.1 client POSTing to /v1/classify, and grpc.aio calling VitCodec.Classify
                (add --v2 for the KServe v2 infer endpoints of both transports)
 
     python benchmarks/bench_server.py --model fmnist-q2 --n 512
-    python benchmarks/bench_server.py --n 64 --clients 1 8 --decode-workers 0 2    # threads vs inline decoding
     python benchmarks/bench_server.py --backend torch onnxruntime
 
 Every load loop is bounded: --n requests per measurement (after a short warm-up), a timeout on each request.
@@ -21,11 +20,8 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from vitcodec.cloud.process import ServerProcess, free_port
 
 REQUEST_TIMEOUT_S = 60.0
 
@@ -66,9 +64,12 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, threads: in
         torch.set_num_threads(threads)
     model = make_loader(backend, device, threads)(package)
 
+    from vitcodec.codec.bitstream import unpack_stream
+
     def run() -> None:
         for i in range(0, len(streams), batch):
-            model.classify_latents(np.stack([model.decode(s).y_hat for s in streams[i:i + batch]]))
+            parsed = [unpack_stream(s) for s in streams[i:i + batch]]
+            model.classify_latents(model.decode_payloads([(z, y) for _, z, y in parsed], parsed[0][0].latent_shape))
 
     run()  # warm-up
     times = []
@@ -81,50 +82,29 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, threads: in
 
 # -- the server process --------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, package, args, decode_workers: int, backend: str) -> None:
-        self.http_port, self.grpc_port = _free_port(), _free_port()
-        repo = package.path.parent.parent
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="vitcodec-bench-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "vitcodec.cloud.cli", "serve", "--model-repo", str(repo), "--model",
-               package.name, "--host", "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port",
-               str(self.grpc_port), "--device", args.device, "--backend", backend, "--decode-workers",
-               str(decode_workers), "--max-batch-size", str(args.batch), "--max-queue-delay-ms",
-               str(args.max_queue_delay_ms), "--log-level", "warning"]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server not ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_server(package, args, backend: str) -> tuple[ServerProcess, dict[str, int]]:
+    """`vitcodec-cloud serve` for `package` on free ports (VITCODEC_* settings of this shell left out), ready;
+    returns it with its port per transport."""
+    http_port, grpc_port = free_port(), free_port()
+    while grpc_port == http_port:
+        grpc_port = free_port()
+    repo = package.path.parent.parent
+    argv = ["vitcodec-cloud", "serve", "--model-repo", str(repo), "--model", package.name, "--host", "127.0.0.1",
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", args.device,
+            "--backend", backend, "--max-batch-size", str(args.batch),
+            "--max-queue-delay-ms", str(args.max_queue_delay_ms), "--log-level", "warning"]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
+    log = Path(tempfile.mkdtemp(prefix="vitcodec-bench-")) / "server.log"
+    server = ServerProcess(argv, log, f"http://127.0.0.1:{http_port}", env=env)
+    server.start()
+    try:
+        server.wait_ready(180.0, model=package.name)
+    except BaseException:
+        server.stop(60.0)
+        raise
+    return server, {"rest": http_port, "grpc": grpc_port}
 
 
 # -- clients ------------------------------------------------------------------------------------------------
@@ -257,15 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v2", action="store_true", help="use the KServe v2 infer endpoints instead of the native API")
     parser.add_argument("--batch", type=int, default=32, help="server max batch size and the raw loop's batch")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    parser.add_argument("--decode-workers", type=int, nargs="+", default=[2],
-                        help="server decode threads to compare (0 = decode on the event loop)")
     parser.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "onnxruntime"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads, raw loop and server (0: default)")
     parser.add_argument("--repeats", type=int, default=3, help="raw-loop runs (median)")
     args = parser.parse_args(argv)
 
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     package = resolve_model(args.model)
@@ -275,19 +253,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for backend in args.backend:
-        for workers in args.decode_workers:
-            server = ServerProcess(package, args, workers, backend)
-            try:
-                server.wait_ready()
-                for transport in args.transports:
-                    port = server.http_port if transport == "rest" else server.grpc_port
-                    for clients in args.clients:
-                        wall, lat = asyncio.run(run_load(transport, port, streams, clients, args.n, args.v2,
-                                                         package.name))
-                        rows.append((backend, workers, transport, clients, args.n / wall, _pct(lat, 50),
-                                     _pct(lat, 99)))
-            finally:
-                server.stop()
+        server, ports = start_server(package, args, backend)
+        try:
+            for transport in args.transports:
+                port = ports[transport]
+                for clients in args.clients:
+                    wall, lat = asyncio.run(run_load(transport, port, streams, clients, args.n, args.v2,
+                                                     package.name))
+                    rows.append((backend, transport, clients, args.n / wall, _pct(lat, 50),
+                                 _pct(lat, 99)))
+        finally:
+            server.stop(60.0)
 
     api = "KServe v2 infer" if args.v2 else "native classify"
     print(f"# server vs raw batched loop — {package.name}, {api}\n")
@@ -298,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     for backend, rate in raw.items():
         print(f"raw batched loop, {backend} (decode + classify, one thread of control): **{rate:.0f} images/s**  ")
     print()
-    print("| backend | decode threads | transport | clients | requests/s | p50 ms | p99 ms | vs raw loop |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
-    for backend, workers, transport, clients, rps, p50, p99 in rows:
-        print(f"| {backend} | {workers} | {transport} | {clients} | {rps:.0f} | {p50:.1f} | {p99:.1f} | "
+    print("| backend | transport | clients | requests/s | p50 ms | p99 ms | vs raw loop |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for backend, transport, clients, rps, p50, p99 in rows:
+        print(f"| {backend} | {transport} | {clients} | {rps:.0f} | {p50:.1f} | {p99:.1f} | "
               f"{rps / raw[backend]:.2f}x |")
     return 0
 

@@ -2,22 +2,23 @@
 
 - ``torch`` (default): `vitcodec.models.inference.CloudModel` as it is.
 - ``onnxruntime``: the same model, but the batched classifier (latents -> probabilities, softmax included)
-  is exported to ONNX once at load time and run by ONNX Runtime (``CUDAExecutionProvider`` on GPU when
-  onnxruntime-gpu is installed). Entropy decoding and reconstruction stay as they are. Measured on this
-  project's CPU machine (fmnist preset, 1 thread): 15-35 % faster than torch at batch 1-64, probabilities equal
-  to 1e-7; see benchmarks/bench_server.py ``--backend`` to measure on yours.
+  runs in ONNX Runtime from the package's ``classifier.onnx`` (written by ``vitcodec export``;
+  ``CUDAExecutionProvider`` on GPU when onnxruntime-gpu is installed). Entropy decoding and reconstruction stay
+  as they are. Measured on this project's CPU machine (fmnist preset, 1 thread): 15-35 % faster than torch at
+  batch 1-64, probabilities equal to 1e-7; see benchmarks/bench_server.py ``--backend`` to measure on yours.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from vitcodec.codec.package import ModelPackage
+from vitcodec.ort_session import create_session
+from vitcodec.packages import ModelPackage
 
 log = logging.getLogger("vitcodec.cloud.backends")
 
@@ -25,43 +26,14 @@ BACKENDS = ("torch", "onnxruntime")
 
 
 class OrtClassifierModel:
-    """A CloudModel whose `classify_latents` runs in ONNX Runtime; everything else is delegated."""
+    """A CloudModel whose `classify_latents` runs the package's ``classifier.onnx`` in ONNX Runtime; everything
+    else is delegated. The file is written by ``vitcodec export``: the server exports nothing itself."""
 
     def __init__(self, model: Any, device: str = "cpu", threads: int = 0) -> None:
-        import onnxruntime as ort
-        import torch
-
         self._model = model
-        net = model.net
-
-        class _Classify(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
-                return torch.softmax(self.net.classify(y_hat).float(), dim=1)
-
-        config = model.config
-        latent = config.latent_shape(*config.img_size)
-        dummy = torch.zeros(2, config.M, *latent)
-        buffer = io.BytesIO()
-        wrapper = _Classify().eval().cpu()
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(wrapper, (dummy,), buffer, input_names=["y_hat"], output_names=["probs"],
-                              dynamic_axes={"y_hat": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
-        net.to(model.device)  # export ran on CPU; reconstruction keeps the requested device
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            index = str(device).partition(":")[2] or "0"
-            providers = [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
-        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
+        path = model.package.file("classifier")
+        self._weights = _classifier_weights(path, model.net.state_dict())  # ORT reads them while it runs
+        self._session = create_session(path, threads or None, device, initializers=self._weights)
         log.info("%s: classifier on ONNX Runtime (%s)", model.name, self._session.get_providers()[0])
 
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
@@ -69,6 +41,21 @@ class OrtClassifierModel:
 
     def __getattr__(self, name: str) -> Any:  # decode, reconstruct_latents, labels, config, ...
         return getattr(self._model, name)
+
+
+def _classifier_weights(path: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The external initializers ``classifier.onnx`` names (``vitcodec export`` wrote the map), taken from the
+    loaded cloud weights: float32, transposed where the exporter folded a transpose into the weight."""
+    import onnx
+    import onnxruntime as ort
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    weight_map = json.loads(meta.get("vitcodec.weight_map", "{}"))
+    values = {}
+    for name, (key, transposed) in weight_map.items():
+        tensor = state[key].detach().float().cpu()
+        values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray((tensor.T if transposed else tensor).numpy()))
+    return values
 
 
 def make_loader(backend: str, device: str, threads: int = 0) -> Callable[[ModelPackage], Any]:

@@ -1,21 +1,28 @@
 """The batching engine: requests from every transport meet in one queue per model and kind.
 
-    request ─► validate header (event loop) ─► entropy decode (decode thread pool) ─► BatchQueue(model, kind)
+    request ─► parse + validate header, CRC, model id, geometry (event loop, once) ─► BatchQueue(model, kind)
                                                                                         │ dynamic batching:
                                                                                         │ max batch size,
                                                                                         │ max queue delay
                                                                                         ▼
-                                                   one batched forward in the kind's compute thread
+                         one job in the kind's compute thread: entropy-decode the batch (one h_s pass),
+                         then one batched forward (ViT, or aggregation + g_s)
 
-- Entropy decoding (numpy + constriction) runs in a thread pool before a stream joins its queue, so
-  decoding overlaps with the previous batch's forward; ``decode_workers=0`` decodes on the event loop
-  instead (for measurement: see benchmarks/bench_server.py).
+- A queue holds the payloads of parsed streams, not decoded latents: decoding a batch runs the integer h_s
+  once for all its streams (`LatentCodec.decode_batch`), several times cheaper per stream than one at a
+  time. Decoding and the forward run as one executor job, so a request costs one thread hop, and under load
+  the next batch fills while this one runs. (A separate decode stage feeding the forward would contend for the
+  same cores; it was not measured side by side: see docs/benchmarks.md.)
+- A bad payload fails only its own stream: the batch is then decoded one stream at a time
+  (`cloud/decoding.py`), the others still get their answers.
 - Classification and reconstruction have separate queues and separate compute threads, so a burst of
   reconstructions never holds up classification.
-- A batch only ever holds streams with the same latent geometry (one stack, one forward); it starts as soon
+- A batch only ever holds streams with the same geometry (one h_s, one stack, one forward); it starts as soon
   as the compute thread is free and either the batch is full or its first stream has waited
-  ``max_queue_delay``. While a forward runs, newcomers pile up and form the next batch: under load batches
+  ``max_queue_delay``. While a job runs, newcomers pile up and form the next batch: under load batches
   grow by themselves; alone, a request waits at most ``max_queue_delay``.
+- Per-stream timings: ``queue`` is this stream's wait, ``decode`` and ``inference`` are the times of the
+  whole batch it was in, ``batch_size`` how many streams shared them.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from .decoding import Payload, decode_isolated
 from .errors import Overloaded, ShuttingDown
 from .metrics import Metrics
+from .settings import Settings
 
 log = logging.getLogger("vitcodec.cloud.batching")
 
@@ -42,32 +51,42 @@ RECONSTRUCT = "reconstruct"
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """One stream's share of a batched forward."""
+    """One stream's share of a batch."""
 
     value: Any  # probabilities (classes,) or uint8 image (H, W, C)
     queue_ms: float
-    compute_ms: float
+    decode_ms: float  # entropy decoding of the whole batch
+    compute_ms: float  # the batched forward
     batch_size: int
 
 
 @dataclass
 class _Item:
-    y_hat: np.ndarray
-    key: Hashable
+    payload: Payload
+    key: Hashable  # (latent_shape, ...): streams with equal keys share a batch
     future: asyncio.Future
     enqueued: float
 
 
-RunBatch = Callable[[np.ndarray, Hashable], np.ndarray]  # stacked (B, M, h, w), key -> (B, ...)
+@dataclass
+class _JobResult:
+    values: list[Any]  # per stream: its output, or the exception that fails it
+    decode_ms: float
+    compute_ms: float
+    failures: int
+
+
+Forward = Callable[[np.ndarray, Hashable], np.ndarray]  # stacked ŷ (B, M, h, w), key -> (B, ...)
 
 
 class BatchQueue:
     """One asyncio-fed queue and its worker task, for one (model, kind)."""
 
-    def __init__(self, label: str, kind: str, run_batch: RunBatch, executor: ThreadPoolExecutor, *,
+    def __init__(self, label: str, kind: str, model: Any, forward: Forward, executor: ThreadPoolExecutor, *,
                  max_batch_size: int, max_queue_delay_s: float, max_queue_size: int, metrics: Metrics) -> None:
         self.label, self.kind = label, kind
-        self._run_batch = run_batch
+        self._model = model
+        self._forward = forward
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -86,13 +105,14 @@ class BatchQueue:
     def depth(self) -> int:
         return len(self._items)
 
-    async def submit(self, y_hat: np.ndarray, key: Hashable) -> BatchOutcome:
+    async def submit(self, payload: Payload, key: Hashable) -> BatchOutcome:
+        """Queue one parsed stream's (z, y) payloads; `key[0]` is its latent shape. Raises the stream's own
+        decoding error, or the forward's error."""
         if self._closing:
             raise ShuttingDown("server is shutting down")
         if len(self._items) >= self.max_queue_size:
             raise Overloaded(f"model {self.label!r} has {len(self._items)} {self.kind} requests queued; retry later")
-        loop = asyncio.get_running_loop()
-        item = _Item(y_hat, key, loop.create_future(), time.perf_counter())
+        item = _Item(payload, key, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._items.append(item)
         self._metrics.queue_depth.labels(self.label, self.kind).set(len(self._items))
         self._wakeup.set()
@@ -134,8 +154,19 @@ class BatchQueue:
         self._metrics.queue_depth.labels(self.label, self.kind).set(len(self._items))
         return batch
 
+    def _job(self, payloads: list[Payload], key: Hashable) -> _JobResult:
+        """In the compute thread: decode the batch (one h_s pass), then one forward over what decoded."""
+        t0 = time.perf_counter()
+        decoded = decode_isolated(self._model, payloads, key[0])
+        t1 = time.perf_counter()
+        outputs = self._forward(decoded.y_hat, key) if len(decoded.y_hat) else []
+        t2 = time.perf_counter()
+        values = [decoded.errors[i] if row is None else outputs[row] for i, row in enumerate(decoded.rows)]
+        return _JobResult(values, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(decoded.errors))
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
+        m = self._metrics
         while True:
             batch = await self._collect()
             if batch is None:
@@ -144,23 +175,32 @@ class BatchQueue:
                 continue
             started = time.perf_counter()
             try:
-                stacked = np.stack([item.y_hat for item in batch])
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, stacked, batch[0].key)
+                result = await loop.run_in_executor(self._executor, self._job, [item.payload for item in batch],
+                                                    batch[0].key)
             except Exception as exc:  # a failing forward fails its requests, never the worker
                 log.exception("%s batch of %d for %s failed", self.kind, len(batch), self.label)
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            compute_ms = (time.perf_counter() - started) * 1e3
-            self._metrics.batch_size.labels(self.label, self.kind).observe(len(batch))
-            self._metrics.compute_time.labels(self.label, self.kind).observe(compute_ms / 1e3)
-            queue_hist = self._metrics.queue_time.labels(self.label, self.kind)
-            for item, output in zip(batch, outputs):
+            size = len(batch)
+            m.batch_size.labels(self.label, self.kind).observe(size)
+            m.compute_time.labels(self.label, self.kind).observe(result.compute_ms / 1e3)
+            decode_hist = m.decode_time.labels(self.label)
+            queue_hist = m.queue_time.labels(self.label, self.kind)
+            if result.failures:
+                m.streams.labels(self.label, "decode", "invalid").inc(result.failures)
+            for item, value in zip(batch, result.values):
                 queue_s = started - item.enqueued
                 queue_hist.observe(queue_s)
-                if not item.future.done():
-                    item.future.set_result(BatchOutcome(output, queue_s * 1e3, compute_ms, len(batch)))
+                decode_hist.observe(result.decode_ms / 1e3 / size)  # each stream's share of the batch
+                if item.future.done():
+                    continue
+                if isinstance(value, Exception):
+                    item.future.set_exception(value)
+                else:
+                    item.future.set_result(BatchOutcome(value, queue_s * 1e3, result.decode_ms, result.compute_ms,
+                                                        size))
 
 
 class ModelBatcher:
@@ -170,9 +210,9 @@ class ModelBatcher:
         s = engine.settings
         common = dict(max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_ms / 1e3,
                       max_queue_size=s.max_queue_size, metrics=engine.metrics)
-        self.classify = BatchQueue(label, CLASSIFY, lambda y, key: model.classify_latents(y),
+        self.classify = BatchQueue(label, CLASSIFY, model, lambda y, key: model.classify_latents(y),
                                    engine.classify_executor, **common)
-        self.reconstruct = BatchQueue(label, RECONSTRUCT, lambda y, key: model.reconstruct_latents(y, key[1]),
+        self.reconstruct = BatchQueue(label, RECONSTRUCT, model, lambda y, key: model.reconstruct_latents(y, key[1]),
                                       engine.reconstruct_executor, **common)
         self.classify.start()
         self.reconstruct.start()
@@ -184,11 +224,11 @@ class ModelBatcher:
 class BatchingEngine:
     """Executors and per-model batchers of one server; created and closed inside the server's event loop."""
 
-    def __init__(self, settings: Any, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        workers = settings.decode_workers
-        self.decode_executor = ThreadPoolExecutor(workers, thread_name_prefix="vitcodec-decode") if workers else None
+        workers = settings.png_workers
+        self.png_executor = ThreadPoolExecutor(workers, thread_name_prefix="vitcodec-png") if workers else None
         self.classify_executor = ThreadPoolExecutor(1, thread_name_prefix="vitcodec-classify")
         self.reconstruct_executor = ThreadPoolExecutor(1, thread_name_prefix="vitcodec-reconstruct")
         self._batchers: dict[tuple[str, str], ModelBatcher] = {}
@@ -205,15 +245,15 @@ class BatchingEngine:
         return batcher
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run CPU work (entropy decoding, PNG encoding) in the decode pool, or inline when it has no threads."""
-        if self.decode_executor is None:
+        """Run CPU work after a batch (PNG encoding) in the helper pool, or inline when it has no threads."""
+        if self.png_executor is None:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.decode_executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.png_executor, fn, *args)
 
     async def close(self) -> None:
         """Drain every queue (in-flight requests finish), then stop the threads."""
         self._closing = True
         await asyncio.gather(*(b.close() for b in self._batchers.values()))
-        for executor in (self.decode_executor, self.classify_executor, self.reconstruct_executor):
+        for executor in (self.png_executor, self.classify_executor, self.reconstruct_executor):
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=False)

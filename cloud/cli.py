@@ -40,8 +40,9 @@ def serve(
     max_queue_delay_ms: Optional[float] = typer.Option(None, "--max-queue-delay-ms",
                                                        help="Batching delay (default 2 ms)."),
     max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="Request size limit (default 8 MiB)."),
-    decode_workers: Optional[int] = typer.Option(None, "--decode-workers",
-                                                 help="Entropy-decoding threads (default 2; 0 = on the event loop)."),
+    png_workers: Optional[int] = typer.Option(None, "--png-workers",
+                                              help="PNG-encoding threads for reconstructions (default 2; 0 = on the "
+                                                   "event loop)."),
     auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="VITCODEC_AUTH_TOKEN", show_envvar=False,
                                              help="Require 'Authorization: Bearer <token>' (or VITCODEC_AUTH_TOKEN)."),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning, error."),
@@ -58,7 +59,7 @@ def serve(
         "grpc_port": grpc_port, "device": device, "backend": backend, "torch_threads": torch_threads,
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms, "max_body_bytes": max_body_bytes,
-        "decode_workers": decode_workers, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
+        "png_workers": png_workers, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
     }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -3,43 +3,42 @@
 REST routers and gRPC servicers convert their wire formats to the types in `types.py`, call one method here,
 and convert the answer back; errors are raised as domain exceptions and mapped by `errors.describe`.
 
-A stream's path: header validation on the event loop (magic, version, checksum, model id, geometry: cheap,
-and it refuses hostile sizes before any allocation), entropy decoding off the loop, then the model's batch
-queue. Native calls route by the model id in the header; v2 calls name the model and the id must match.
+A stream's path: parsed and checked once, on the event loop (magic, version, checksum, model id, geometry:
+cheap, and it refuses hostile sizes before any allocation); its payloads then join the model's batch queue,
+whose worker entropy-decodes the whole batch (one h_s pass) and runs one forward (`batching.py`). Native
+calls route by the model id in the header; v2 calls name the model and the id must match.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 import vitcodec
-from vitcodec.codec.bitstream import StreamHeader, StreamInfo, read_stream_info
-from vitcodec.codec.errors import CodecError, CorruptPayloadError
-from vitcodec.codec.package import DEFAULT_MODEL
+from vitcodec.codec.bitstream import StreamHeader, unpack_stream
+from vitcodec.codec.errors import ModelMismatchError
+from vitcodec.outputs import encode_png, top_k as top_k_indexes
+from vitcodec.packages import DEFAULT_MODEL
+from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
-from .batching import BatchingEngine
-from .errors import InvalidRequest, ModelMismatch, ShuttingDown
+from .batching import CLASSIFY, RECONSTRUCT, BatchingEngine
+from .errors import InvalidRequest, ShuttingDown
 from .metrics import Metrics
 from .repository import ModelEntry, ModelRepository
 from .types import (
     INPUT_NAME,
     LABEL_NAME,
     PROBS_NAME,
-    ClassifyResult,
-    ClassScore,
     InferOutput,
     InferRequest,
     InferResponse,
     ModelSummary,
-    ReconstructResult,
 )
 
 log = logging.getLogger("vitcodec.cloud.dataplane")
@@ -48,6 +47,22 @@ SERVER_NAME = "vitcodec"
 PLATFORM = "vitcodec_torch"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
 DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class RoutedStream:
+    """A stream parsed and checked once (at routing): its model, header and payloads, for the batch queue."""
+
+    entry: ModelEntry
+    header: StreamHeader
+    z_payload: bytes
+    y_payload: bytes
+    total_bytes: int
+
+    @property
+    def header_bytes(self) -> int:
+        """Every byte that is not payload (header fields and checksum)."""
+        return self.total_bytes - len(self.z_payload) - len(self.y_payload)
 
 
 class DataPlane:
@@ -126,19 +141,20 @@ class DataPlane:
             return bytes(stream)
         raise InvalidRequest(f"a bitstream must be bytes, got {type(stream).__name__}")
 
-    def _route(self, stream: bytes, model: str | None, version: str | None) -> tuple[ModelEntry, StreamInfo]:
-        """Validate the container and find the model: by name (the id must match) or by the header's id."""
-        info = read_stream_info(stream)  # magic, version, checksum, header fields: raises CodecError
-        header = info.header
+    def _route(self, stream: bytes, model: str | None, version: str | None) -> RoutedStream:
+        """Parse and validate the container and find the model: by name (the id must match) or by the header's
+        id. The only parse of this stream: its payloads go on to the batch queue as they are."""
+        header, z_payload, y_payload = unpack_stream(stream)  # magic, version, checksum, fields: CodecError
         if model:
             entry = self.repository.get(model, version)
             if header.model_id != entry.model_id:
-                raise ModelMismatch(entry.name, entry.model_id, header.model_id)
+                raise ModelMismatchError(entry.model_id, header.model_id, model_name=entry.name)
         else:
             entry = self.repository.by_model_id(header.model_id)
         self.repository.require_ready(entry)
         self._check_geometry(entry, header)
-        return entry, info
+        self.metrics.stream_bytes.labels(entry.name).observe(len(stream))
+        return RoutedStream(entry, header, z_payload, y_payload, len(stream))
 
     def _check_geometry(self, entry: ModelEntry, header: StreamHeader) -> None:
         """The latent grid must follow from the image size, and stay within `max_tokens_factor` times the
@@ -157,68 +173,50 @@ class DataPlane:
                 f"stream holds a {h}x{w} image ({lh * lw} latent tokens); model {entry.name!r} was trained at "
                 f"{spec.size[0]}x{spec.size[1]} and this server accepts at most {limit} tokens; resize on the edge")
 
-    async def _decode(self, entry: ModelEntry, stream: bytes) -> tuple[np.ndarray, StreamHeader, float]:
-        model = entry.model
-
-        def work() -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            decoded = model.decode(stream)
-            return decoded, (time.perf_counter() - t0) * 1e3
-
-        try:
-            decoded, decode_ms = await self.engine.offload(work)
-        except CodecError:
-            self.metrics.streams.labels(entry.name, "decode", "invalid").inc()
-            raise
-        except (ValueError, IndexError, OverflowError, TypeError, RuntimeError) as exc:
-            # The header was valid, so only the payload can be at fault: report it as such, not as a 500.
-            self.metrics.streams.labels(entry.name, "decode", "invalid").inc()
-            log.warning("entropy decoder raised %s on a stream for %s: %s", type(exc).__name__, entry.name, exc)
-            raise CorruptPayloadError(f"the range-coded payload cannot be decoded ({type(exc).__name__}: {exc})") \
-                from None
-        self.metrics.decode_time.labels(entry.name).observe(decode_ms / 1e3)
-        self.metrics.stream_bytes.labels(entry.name).observe(len(stream))
-        return decoded.y_hat, decoded.header, decode_ms
+    async def _submit(self, routed: RoutedStream, kind: str) -> Any:
+        """Queue the stream's payloads in its model's batch queue of `kind`; the outcome of its batch."""
+        entry = routed.entry
+        batcher = self.engine.batcher(entry.name, entry.version, entry.model)
+        latent_shape = tuple(routed.header.latent_shape)
+        if kind == CLASSIFY:
+            return await batcher.classify.submit((routed.z_payload, routed.y_payload), (latent_shape,))
+        return await batcher.reconstruct.submit((routed.z_payload, routed.y_payload),
+                                                (latent_shape, tuple(routed.header.image_size)))
 
     # -- native operations ---------------------------------------------------------------------------
     async def classify(self, stream: bytes, model: str | None = None, version: str | None = None,
                        top_k: int = DEFAULT_TOP_K) -> ClassifyResult:
         t0 = time.perf_counter()
         self._check_open()
-        stream = self._as_bytes(stream)
-        entry, info = self._route(stream, model, version)
-        classes = len(entry.labels)
         if top_k < 1:
             raise InvalidRequest(f"top_k must be at least 1, got {top_k}")
-        y_hat, header, decode_ms = await self._decode(entry, stream)
-        batcher = self.engine.batcher(entry.name, entry.version, entry.model)
-        outcome = await batcher.classify.submit(y_hat, tuple(header.latent_shape))
+        routed = self._route(self._as_bytes(stream), model, version)
+        entry = routed.entry
+        outcome = await self._submit(routed, CLASSIFY)
         probs = outcome.value
-        order = np.argsort(-probs, kind="stable")[: min(top_k, classes)]
-        top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in order]
+        top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in top_k_indexes(probs, top_k)]
         self.metrics.streams.labels(entry.name, "classify", "ok").inc()
-        timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
+        timings = {"decode": outcome.decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
-        return ClassifyResult(entry.name, entry.version, entry.model_id, top, info.total_bytes, info.header_bytes,
-                              tuple(header.image_size), timings)
+        return ClassifyResult(entry.name, entry.version, entry.model_id.hex(), top, routed.total_bytes,
+                              routed.header_bytes, tuple(routed.header.image_size), timings)
 
     async def reconstruct(self, stream: bytes, model: str | None = None,
                           version: str | None = None) -> ReconstructResult:
         t0 = time.perf_counter()
         self._check_open()
-        stream = self._as_bytes(stream)
-        entry, info = self._route(stream, model, version)
-        y_hat, header, decode_ms = await self._decode(entry, stream)
-        batcher = self.engine.batcher(entry.name, entry.version, entry.model)
-        size = tuple(header.image_size)
-        outcome = await batcher.reconstruct.submit(y_hat, (tuple(header.latent_shape), size))
+        routed = self._route(self._as_bytes(stream), model, version)
+        entry = routed.entry
+        size = tuple(routed.header.image_size)
+        outcome = await self._submit(routed, RECONSTRUCT)
         t1 = time.perf_counter()
         png = await self.engine.offload(encode_png, outcome.value)
         self.metrics.streams.labels(entry.name, "reconstruct", "ok").inc()
-        timings = {"decode": decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
+        timings = {"decode": outcome.decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "png": (time.perf_counter() - t1) * 1e3, "batch_size": float(outcome.batch_size),
                    "total": (time.perf_counter() - t0) * 1e3}
-        return ReconstructResult(entry.name, entry.version, entry.model_id, png, size, info.total_bytes, timings)
+        return ReconstructResult(entry.name, entry.version, png, size, entry.model_id.hex(), routed.total_bytes,
+                                 timings)
 
     # -- v2 inference --------------------------------------------------------------------------------
     def _bitstreams(self, request: InferRequest) -> list[bytes]:
@@ -255,18 +253,18 @@ class DataPlane:
                                          f"applies to {PROBS_NAME!r} only")
 
         async def one(index: int, stream: bytes) -> np.ndarray:
-            try:
-                entry_i, _ = self._route(self._as_bytes(stream), entry.name, entry.version)
-                y_hat, header, _ = await self._decode(entry_i, stream)
-                batcher = self.engine.batcher(entry.name, entry.version, entry.model)
-                outcome = await batcher.classify.submit(y_hat, tuple(header.latent_shape))
+            try:  # each stream joins the batch queue on its own, so it can share a batch with any other
+                outcome = await self._submit(self._route(self._as_bytes(stream), entry.name, entry.version), CLASSIFY)
             except Exception as exc:
                 if len(streams) > 1:
                     exc.args = (f"{INPUT_NAME}[{index}]: {exc}",)
                 raise
             return outcome.value
 
-        results = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)), return_exceptions=True)
+        if len(streams) == 1:  # the usual request: no task per stream
+            results = [await one(0, streams[0])]
+        else:
+            results = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -286,8 +284,8 @@ class DataPlane:
             params.pop("binary_data", None)
             k = out.class_count if out is not None else 0
             if name == PROBS_NAME and k > 0:
-                k = min(k, classes)
-                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                order = top_k_indexes(probs, k)
+                k = order.shape[1]
                 data = [f"{probs[b, i]:.6f}:{int(i)}:{labels[int(i)]}".encode() for b in range(batch) for i in order[b]]
                 outputs.append(InferOutput(name, "BYTES", [batch, k], data, params))
             elif name == PROBS_NAME:
@@ -296,11 +294,3 @@ class DataPlane:
                 top1 = np.argmax(probs, axis=1)
                 outputs.append(InferOutput(name, "BYTES", [batch], [labels[int(i)].encode() for i in top1], params))
         return outputs
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 (H, W, C) -> PNG bytes (grey for one channel)."""
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()

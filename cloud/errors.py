@@ -1,8 +1,9 @@
 """Serving errors and the one table that maps every domain error to an HTTP status and a gRPC status code.
 
 Both transports call `describe(exc)`; neither has a mapping of its own, so REST and gRPC always agree.
-Codec errors (`vitcodec.codec.errors`) keep the codec's own one-line message: it says what is wrong with the
-bytes. Anything not in the table is a bug: 500 / INTERNAL with a generic message (the traceback is logged).
+Codec errors (`vitcodec.codec.errors`) and `vitcodec.packages.ModelNotFoundError` keep their own one-line
+message (what is wrong with the bytes, which model is missing); `HINTS` adds what a client can do about it.
+Each concept has one class: the server raises the library's errors rather than look-alikes of its own. Anything not in the table is a bug: 500 / INTERNAL with a generic message (the traceback is logged).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from vitcodec.codec.errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
-from vitcodec.codec.package import ModelNotFoundError
+from vitcodec.packages import ModelNotFoundError
 
 __all__ = [
     "ServingError",
     "InvalidRequest",
-    "ModelNotFound",
     "ModelNotReady",
-    "ModelMismatch",
     "PayloadTooLarge",
     "Unauthorized",
     "Overloaded",
@@ -46,22 +45,8 @@ class InvalidRequest(ServingError):
     """The request is malformed (wrong input name, datatype, shape, JSON, parameter)."""
 
 
-class ModelNotFound(ServingError):
-    """No served model has this name, version or model id."""
-
-
 class ModelNotReady(ServingError):
     """The model exists but is still loading (or failed to load)."""
-
-
-class ModelMismatch(ServingError):
-    """A well-formed stream addressed to a model it was not encoded for; names both model ids."""
-
-    def __init__(self, model: str, model_id: bytes, stream_id: bytes) -> None:
-        self.model, self.model_id, self.stream_id = model, bytes(model_id), bytes(stream_id)
-        super().__init__(f"stream was encoded for model id {self.stream_id.hex()}, but model {model!r} has model "
-                         f"id {self.model_id.hex()}; send it to the model that made it, or omit the model name "
-                         "to route by the stream's header")
 
 
 class PayloadTooLarge(ServingError):
@@ -102,14 +87,12 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
     CorruptPayloadError: (400, grpc.StatusCode.INVALID_ARGUMENT),
     # a good stream, sent to the wrong model
     ModelMismatchError: (409, grpc.StatusCode.FAILED_PRECONDITION),
-    ModelMismatch: (409, grpc.StatusCode.FAILED_PRECONDITION),
     # the request itself
     InvalidRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
     PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     Unauthorized: (401, grpc.StatusCode.UNAUTHENTICATED),
     # the model
-    ModelNotFound: (404, grpc.StatusCode.NOT_FOUND),
-    ModelNotFoundError: (404, grpc.StatusCode.NOT_FOUND),
+    ModelNotFoundError: (404, grpc.StatusCode.NOT_FOUND),  # no served model has this name, version or id
     ModelNotReady: (503, grpc.StatusCode.UNAVAILABLE),
     # the server
     Overloaded: (503, grpc.StatusCode.UNAVAILABLE),
@@ -118,6 +101,11 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
 
 INTERNAL = (500, grpc.StatusCode.INTERNAL)
 
+# what a client of the server can do about an error, added to the library's own message
+HINTS: dict[type[BaseException], str] = {
+    ModelMismatchError: "send it to the model that made it, or omit the model name to route by the stream's header",
+}
+
 
 def describe(exc: BaseException) -> ErrorInfo:
     """The status pair and client-facing message for an exception."""
@@ -125,7 +113,9 @@ def describe(exc: BaseException) -> ErrorInfo:
         entry = ERROR_TABLE.get(cls)
         if entry is not None:
             status, code = entry
-            return ErrorInfo(status, code, str(exc) or cls.__name__)
+            message = str(exc) or cls.__name__
+            hint = next((h for c, h in HINTS.items() if isinstance(exc, c)), None)
+            return ErrorInfo(status, code, f"{message}; {hint}" if hint else message)
     status, code = INTERNAL
     return ErrorInfo(status, code, f"internal error ({type(exc).__name__}); see the server log")
 

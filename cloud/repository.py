@@ -16,9 +16,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from vitcodec.codec.package import ModelPackage, iter_packages, zoo_root
+from vitcodec.packages import ModelNotFoundError, ModelPackage, iter_packages, zoo_root
 
-from .errors import ModelNotFound, ModelNotReady
+from .errors import ModelNotReady
 
 log = logging.getLogger("vitcodec.cloud.repository")
 
@@ -146,28 +146,25 @@ class ModelRepository:
         return bool(entries) and all(e.ready for e in entries)
 
     def get(self, name: str, version: str | int | None = None) -> ModelEntry:
-        """The entry for a name and version (None or "": the latest); raises ModelNotFound."""
+        """The entry for a name and version (None or "": the latest); raises ModelNotFoundError."""
         versions = self._entries.get(name)
         if not versions:
             served = ", ".join(self.names()) or "none"
-            raise ModelNotFound(f"unknown model {name!r}; served models: {served}")
+            raise ModelNotFoundError(f"unknown model {name!r}; served models: {served}")
         if version in (None, ""):
             return versions[max(versions, key=int)]
         entry = versions.get(str(version))
         if entry is None:
             versions_text = ", ".join(self.versions(name))
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {versions_text}")
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {versions_text}")
         return entry
 
-    def get_ready(self, name: str, version: str | int | None = None) -> ModelEntry:
-        return self.require_ready(self.get(name, version))
-
     def by_model_id(self, model_id: bytes) -> ModelEntry:
-        """The entry whose package made streams with this id; raises ModelNotFound listing the served ids."""
+        """The entry whose package made streams with this id; raises ModelNotFoundError listing the served ids."""
         entry = self._by_id.get(bytes(model_id))
         if entry is None:
             served = ", ".join(f"{e.name} v{e.version} = {e.model_id.hex()}" for e in self.entries()) or "none"
-            raise ModelNotFound(f"no served model has model id {bytes(model_id).hex()} (served: {served})")
+            raise ModelNotFoundError(f"no served model has model id {bytes(model_id).hex()} (served: {served})")
         return entry
 
     @staticmethod

@@ -104,7 +104,7 @@ class CloudServer:
         self._stopped = asyncio.Event()
         self.engine = BatchingEngine(s, self.metrics)
         self.plane = DataPlane(self.repository, self.engine, self.metrics,
-                               max_streams_per_request=s.max_queue_size, max_tokens_factor=s.max_tokens_factor)
+                               max_streams_per_request=s.max_streams_per_request, max_tokens_factor=s.max_tokens_factor)
         app = create_app(self.plane, s)
         sock = _bind(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]

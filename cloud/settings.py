@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         description="Longest a stream waits for others to fill its batch once the model is free.")
     max_queue_size: int = Field(
         4096, ge=1, description="Streams waiting per model and kind before new ones are refused (503).")
+    max_streams_per_request: int = Field(
+        4096, ge=1, description="Most bitstreams in one v2 infer request (a BYTES tensor); more is refused (400).")
     max_tokens_factor: float = Field(
         4.0, ge=1.0, le=64.0,
         description="Largest latent grid accepted, as a multiple of the tokens the model was trained with (images "
@@ -44,9 +46,10 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="Largest request body (HTTP) or message (gRPC) accepted; 413 above.")
     auth_token: SecretStr | None = Field(
         None, description="When set, every call except liveness/readiness needs 'Authorization: Bearer <token>'.")
-    decode_workers: int = Field(
+    png_workers: int = Field(
         2, ge=0, le=256,
-        description="Threads for entropy decoding (numpy + constriction). 0 decodes on the event loop.")
+        description="Threads for PNG encoding of reconstructions (entropy decoding runs batched in the model's "
+                    "compute thread). 0 encodes on the event loop.")
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of torch (and ONNX Runtime); 0 leaves the library default.")
     graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")

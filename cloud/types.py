@@ -1,4 +1,7 @@
-"""The data plane's own request and response types: what REST and gRPC convert to and from, once each."""
+"""The data plane's own request and response types: what REST and gRPC convert to and from, once each.
+
+The native results (`ClassifyResult`, `ReconstructResult`) live in `vitcodec.results`, shared with the clients.
+"""
 
 from __future__ import annotations
 
@@ -60,41 +63,6 @@ class InferResponse:
     outputs: list[InferOutput]
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    index: int
-    label: str
-    probability: float
-
-
-@dataclass
-class ClassifyResult:
-    model: str
-    version: str
-    model_id: bytes
-    top: list[ClassScore]
-    num_bytes: int
-    header_bytes: int
-    image_size: tuple[int, int]
-    timings_ms: dict[str, float]
-
-    @property
-    def bpp(self) -> float:
-        """Bits per pixel of the original image, header included."""
-        return 8.0 * self.num_bytes / (self.image_size[0] * self.image_size[1])
-
-
-@dataclass
-class ReconstructResult:
-    model: str
-    version: str
-    model_id: bytes
-    png: bytes
-    image_size: tuple[int, int]
-    num_bytes: int
-    timings_ms: dict[str, float]
 
 
 @dataclass

@@ -8,12 +8,12 @@ from .bitstream import (
     StreamHeader,
     StreamInfo,
     header_size,
+    looks_like_stream,
     pack_stream,
-    peek_model_id,
     read_stream_info,
     unpack_stream,
 )
-from .entropy_coder import EntropyTable, decode_with_indexes, encode_with_indexes
+from .entropy_coder import EntropyTable
 from .errors import (
     BadMagicError,
     CodecError,
@@ -32,13 +32,11 @@ __all__ = [
     "StreamHeader",
     "StreamInfo",
     "header_size",
+    "looks_like_stream",
     "pack_stream",
-    "peek_model_id",
     "read_stream_info",
     "unpack_stream",
     "EntropyTable",
-    "decode_with_indexes",
-    "encode_with_indexes",
     "BadMagicError",
     "CodecError",
     "CorruptPayloadError",

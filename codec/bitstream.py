@@ -34,7 +34,7 @@ __all__ = [
     "unpack_stream",
     "read_stream_info",
     "header_size",
-    "peek_model_id",
+    "looks_like_stream",
 ]
 
 FORMAT_VERSION = 1
@@ -102,6 +102,7 @@ class StreamInfo:
     z_bytes: int
     y_bytes: int
     total_bytes: int
+    format_version: int = FORMAT_VERSION  # the low nibble of byte 0
 
 
 # --- LEB128 -------------------------------------------------------------------------------------------
@@ -252,6 +253,7 @@ def read_stream_info(data: bytes) -> StreamInfo:
         z_bytes=z_end - head_end,
         y_bytes=y_end - z_end,
         total_bytes=len(data),
+        format_version=data[0] & 0x0F,
     )
 
 
@@ -260,10 +262,9 @@ def header_size(data: bytes) -> int:
     return read_stream_info(data).header_bytes
 
 
-def peek_model_id(data: bytes) -> bytes:
-    """The model id, read without parsing or checksumming the rest: cheap enough to route every request."""
-    data = bytes(data[: 1 + MODEL_ID_BYTES])
-    _check_lead_byte(data)
-    if len(data) < 1 + MODEL_ID_BYTES:
-        raise TruncatedStreamError(f"stream has {len(data)} bytes, too few to hold a model id")
-    return data[1:]
+def looks_like_stream(data: bytes) -> bool:
+    """True when byte 0 carries vitcodec's magic nibble (any format version): cheap, checks nothing else.
+
+    Lets a caller holding "an image or a bitstream" tell them apart without parsing either.
+    """
+    return bool(data) and data[0] >> 4 == _MAGIC_NIBBLE

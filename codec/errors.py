@@ -38,17 +38,25 @@ class IntegrityError(CodecError):
 
 
 class ModelMismatchError(CodecError):
-    """The stream was encoded for another model; decoding it would give garbage, not an error."""
+    """The stream was encoded for another model; decoding it would give garbage, not an error.
 
-    def __init__(self, expected_id: bytes, actual_id: bytes) -> None:
+    `model_name` names the model the stream was sent to, when the caller chose it by name.
+    """
+
+    def __init__(self, expected_id: bytes, actual_id: bytes, model_name: str | None = None) -> None:
         self.expected_id = bytes(expected_id)
         self.actual_id = bytes(actual_id)
-        super().__init__(
-            f"stream is for model {self.actual_id.hex()}, but this decoder holds model {self.expected_id.hex()}"
-        )
+        self.model_name = model_name
+        if model_name is None:
+            message = (f"stream is for model {self.actual_id.hex()}, but this decoder holds model "
+                       f"{self.expected_id.hex()}")
+        else:
+            message = (f"stream was encoded for model id {self.actual_id.hex()}, but model {model_name!r} has "
+                       f"model id {self.expected_id.hex()}")
+        super().__init__(message)
 
-    def __reduce__(self):  # keep pickling (multiprocessing, logging handlers) working with two arguments
-        return (type(self), (self.expected_id, self.actual_id))
+    def __reduce__(self):  # keep pickling (multiprocessing, logging handlers) working with every argument
+        return (type(self), (self.expected_id, self.actual_id, self.model_name))
 
 
 class CorruptPayloadError(CodecError):

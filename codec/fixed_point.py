@@ -1,9 +1,11 @@
 """Exact integer convolutions for the fixed-point hyper-synthesis.
 
-Operands are integers stored in float64 arrays, multiplied with BLAS (im2col + one GEMM per call). A float64
-product or sum of integers is exact while its magnitude stays below 2**53; the callers prove that bound for
-every partial sum from the weight magnitudes and the clamped input range (`max_abs_weight_sum`), so the
-result is the exact integer whatever order BLAS adds in: identical for any batch size, thread count, CPU.
+Integer activations are cut into the planes of an exact GEMM engine (`exact_gemm`: int8 digit planes for
+ONNX Runtime's MatMulInteger, or integer-valued float64 for BLAS), laid out by im2col (one GEMM per conv or
+deconv phase, planes next to their pixel) and multiplied. The callers prove sum_k |x_k| |w_k| < 2**53 for
+every output from the weight magnitudes and the clamped input range (`max_abs_weight_sum`), which is all
+either engine needs to return the exact integer whatever order it adds in: identical for any engine, batch
+size, thread count, CPU.
 
 Transposed convolution uses the sub-pixel (phase) decomposition: output position o of a stride-s
 transposed conv only receives kernel taps t with t ≡ o + padding (mod s), so each of the s*s output phases
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .exact_gemm import EXACT_LIMIT, ExactGemm, default_engine
+
 __all__ = [
     "EXACT_LIMIT",
     "ExactConv2d",
@@ -27,8 +31,6 @@ __all__ = [
     "shift_round",
 ]
 
-EXACT_LIMIT = 1 << 53  # every integer of smaller magnitude is exact in float64
-_IM2COL_BUDGET = 1 << 23  # float64 elements per im2col chunk (64 MiB): bounds memory for big batches
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -37,6 +39,16 @@ def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 def conv_transpose_out_size(size: int, kernel: int, stride: int, padding: int, output_padding: int) -> int:
     return (size - 1) * stride - 2 * padding + kernel + output_padding
+
+
+def _integers(x: np.ndarray) -> np.ndarray:
+    """int64 view of integer activations (float input must hold integers: the old float64 interface)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        if not np.array_equal(x, np.rint(x)):
+            raise ValueError("exact convolutions take integer activations")
+        return x.astype(np.int64)
+    return x.astype(np.int64, copy=False)
 
 
 def shift_round(acc: np.ndarray, shift: int) -> np.ndarray:
@@ -74,27 +86,33 @@ def _phases(out_size: int, taps: list[np.ndarray], stride: int, padding: int) ->
     return phases
 
 
-def _gemm_rows(cols: np.ndarray, matrix: np.ndarray, batch: int) -> np.ndarray:
-    """(B, rows..., K) window view @ (K, O) in batch chunks that keep the materialised im2col small."""
-    if batch == 0:
-        return np.zeros((0, matrix.shape[1]))
-    per_item = int(np.prod(cols.shape[1:]))
-    step = max(1, _IM2COL_BUDGET // max(per_item, 1))
-    parts = []
-    for start in range(0, batch, step):
-        chunk = np.ascontiguousarray(cols[start : start + step]).reshape(-1, matrix.shape[0])
-        parts.append(chunk @ matrix)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+def _padded(planes: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Zero-pad the H and W axes of (B, H, W, S, C) planes (np.pad's generic path costs more at small sizes)."""
+    if not (top or bottom or left or right):
+        return planes
+    b, h, w = planes.shape[:3]
+    out = np.zeros((b, h + top + bottom, w + left + right, *planes.shape[3:]), dtype=planes.dtype)
+    out[:, top : top + h, left : left + w] = planes
+    return out
+
+
+def _im2col(planes: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
+    """(B, H, W, S, C) planes -> window view (B, oh, ow, S, kh, kw, C): rows (pixel, plane), then K in
+    (kh, kw, C) order with C innermost, so the engine's copy moves whole channel runs."""
+    windows = sliding_window_view(planes, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+    return windows.transpose(0, 1, 2, 3, 5, 6, 4)
 
 
 class ExactConv2d:
-    """Conv2d(weight (O, C, kh, kw) integers, stride, padding) on integer-valued float64 input, exactly."""
+    """Conv2d(weight (O, C, kh, kw) integers, stride, padding) on integer input, exactly (see `exact_gemm`)."""
 
-    def __init__(self, weight: np.ndarray, stride: int, padding: int) -> None:
+    def __init__(self, weight: np.ndarray, stride: int, padding: int, engine: ExactGemm | None = None) -> None:
         self.weight = np.asarray(weight, dtype=np.int64)
         self.stride, self.padding = int(stride), int(padding)
         self.out_channels, self.in_channels, self.kh, self.kw = self.weight.shape
-        self._matrix = np.ascontiguousarray(self.weight.reshape(self.out_channels, -1).T, dtype=np.float64)
+        self.engine = engine or default_engine()
+        # K in (kh, kw, C) order, as `_im2col` lays the windows out
+        self._prepared = self.engine.prepare(self.weight.transpose(2, 3, 1, 0).reshape(-1, self.out_channels))
 
     @property
     def max_abs_weight_sum(self) -> int:
@@ -106,36 +124,47 @@ class ExactConv2d:
                 conv_out_size(width, self.kw, self.stride, self.padding))
 
     def __call__(self, x: np.ndarray, out_hw: tuple[int, int] | None = None) -> np.ndarray:
-        """x (B, C, H, W) -> int64 (B, O, H', W'); `out_hw` computes only the top-left part of the output."""
-        batch, channels = x.shape[:2]
-        if channels != self.in_channels:
-            raise ValueError(f"conv expects {self.in_channels} input channels, got {channels}")
-        out_h, out_w = self.out_size(*x.shape[2:])
+        """x (B, C, H, W) integers -> int64 (B, O, H', W'); `out_hw` computes only the top-left part."""
+        x = _integers(x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"conv expects {self.in_channels} input channels, got {x.shape[1]}")
+        return self.nhwc(x.transpose(0, 2, 3, 1), out_hw).transpose(0, 3, 1, 2)
+
+    def nhwc(self, x: np.ndarray, out_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """The same on channels-last int64 (B, H, W, C) -> (B, H', W', O): the layout h_s runs in."""
+        batch = x.shape[0]
+        out_h, out_w = self.out_size(*x.shape[1:3])
         if out_hw is not None:
             out_h, out_w = min(out_h, out_hw[0]), min(out_w, out_hw[1])
+        bound = int(np.abs(x).max(initial=0))
+        planes, coefficients = self.engine.split(x)  # (B, H, W, S, C)
         p, s = self.padding, self.stride
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        windows = sliding_window_view(padded, (self.kh, self.kw), axis=(2, 3))[:, :, ::s, ::s][:, :, :out_h, :out_w]
-        cols = windows.transpose(0, 2, 3, 1, 4, 5)  # (B, oh, ow, C, kh, kw)
-        out = _gemm_rows(cols, self._matrix, batch)
-        return out.reshape(batch, out_h, out_w, self.out_channels).transpose(0, 3, 1, 2).astype(np.int64)
+        # rows the crop drops are never read: pad and window only what the kept outputs need
+        need_h, need_w = (out_h - 1) * s + self.kh, (out_w - 1) * s + self.kw
+        padded = _padded(planes, p, p, p, p)[:, :need_h, :need_w]
+        out = self.engine.product(_im2col(padded, self.kh, self.kw, s), self._prepared, coefficients, bound)
+        return out.reshape(batch, out_h, out_w, self.out_channels)
 
 
 class ExactConvTranspose2d:
     """ConvTranspose2d(weight (C, O, kh, kw) integers, stride, padding, output_padding), exactly, by phases."""
 
-    def __init__(self, weight: np.ndarray, stride: int, padding: int, output_padding: int) -> None:
+    def __init__(
+        self, weight: np.ndarray, stride: int, padding: int, output_padding: int, engine: ExactGemm | None = None
+    ) -> None:
         self.weight = np.asarray(weight, dtype=np.int64)
         self.stride, self.padding, self.output_padding = int(stride), int(padding), int(output_padding)
         self.in_channels, self.out_channels, self.kh, self.kw = self.weight.shape
+        self.engine = engine or default_engine()
         self._taps_y = [_phase_taps(r, self.kh, self.stride) for r in range(self.stride)]
         self._taps_x = [_phase_taps(r, self.kw, self.stride) for r in range(self.stride)]
-        self._matrices = {}  # (ry, rx) -> (K, O) float64 for the sub-kernel of that phase
+        self._prepared = {}  # (ry, rx) -> the engine's form of the (K, O) sub-kernel of that phase
         for ry, ty in enumerate(self._taps_y):
             for rx, tx in enumerate(self._taps_x):
-                sub = self.weight[:, :, ty][:, :, :, tx]  # (C, O, jy, jx)
-                matrix = sub.transpose(1, 0, 2, 3).reshape(self.out_channels, -1).T
-                self._matrices[ry, rx] = np.ascontiguousarray(matrix, dtype=np.float64)
+                if ty.size and tx.size:
+                    sub = self.weight[:, :, ty][:, :, :, tx]  # (C, O, jy, jx) -> K in (jy, jx, C) order
+                    matrix = sub.transpose(2, 3, 0, 1).reshape(-1, self.out_channels)
+                    self._prepared[ry, rx] = self.engine.prepare(matrix)
 
     @property
     def max_abs_weight_sum(self) -> int:
@@ -152,14 +181,23 @@ class ExactConvTranspose2d:
         return (conv_transpose_out_size(height, k, s, p, op),
                 conv_transpose_out_size(width, self.kw, s, p, op))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (B, C, H, W) -> int64 (B, O, H', W')."""
-        batch, channels, height, width = x.shape
-        if channels != self.in_channels:
-            raise ValueError(f"transposed conv expects {self.in_channels} input channels, got {channels}")
-        out_h, out_w = self.out_size(height, width)
+    def __call__(self, x: np.ndarray, out_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """x (B, C, H, W) integers -> int64 (B, O, H', W'); `out_hw` computes (and returns) only the top-left
+        part."""
+        x = _integers(x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"transposed conv expects {self.in_channels} input channels, got {x.shape[1]}")
+        return self.nhwc(x.transpose(0, 2, 3, 1), out_hw).transpose(0, 3, 1, 2)
+
+    def nhwc(self, x: np.ndarray, out_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """The same on channels-last int64 (B, H, W, C) -> (B, H', W', O): the layout h_s runs in."""
+        batch, height, width = x.shape[:3]
+        full_h, full_w = self.out_size(height, width)
+        out_h, out_w = (full_h, full_w) if out_hw is None else (min(full_h, out_hw[0]), min(full_w, out_hw[1]))
+        bound = int(np.abs(x).max(initial=0))
+        planes, coefficients = self.engine.split(x)  # (B, H, W, S, C)
         s = self.stride
-        out = np.zeros((batch, self.out_channels, out_h, out_w), dtype=np.int64)
+        out = np.zeros((batch, out_h, out_w, self.out_channels), dtype=np.int64)
         for py in _phases(out_h, self._taps_y, s, self.padding):
             for px in _phases(out_w, self._taps_x, s, self.padding):
                 if py.count == 0 or px.count == 0 or py.taps.size == 0 or px.taps.size == 0:
@@ -168,11 +206,10 @@ class ExactConvTranspose2d:
                 lo_y, lo_x = max(0, -py.first_in), max(0, -px.first_in)
                 hi_y = max(0, py.first_in + py.count + jy - 1 - height)
                 hi_x = max(0, px.first_in + px.count + jx - 1 - width)
-                padded = np.pad(x, ((0, 0), (0, 0), (lo_y, hi_y), (lo_x, hi_x)))
+                padded = _padded(planes, lo_y, hi_y, lo_x, hi_x)
                 y0, x0 = py.first_in + lo_y, px.first_in + lo_x
-                region = padded[:, :, y0 : y0 + py.count + jy - 1, x0 : x0 + px.count + jx - 1]
-                cols = sliding_window_view(region, (jy, jx), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5)
-                res = _gemm_rows(cols, self._matrices[py.phase, px.phase], batch)
-                res = res.reshape(batch, py.count, px.count, self.out_channels).transpose(0, 3, 1, 2)
-                out[:, :, py.first_out :: s, px.first_out :: s] = res
+                region = padded[:, y0 : y0 + py.count + jy - 1, x0 : x0 + px.count + jx - 1]
+                res = self.engine.product(_im2col(region, jy, jx, 1), self._prepared[py.phase, px.phase],
+                                          coefficients, bound)
+                out[:, py.first_out :: s, px.first_out :: s] = res.reshape(batch, py.count, px.count, self.out_channels)
         return out

@@ -1,7 +1,7 @@
 """Integer hyper-synthesis h_s: the entropy parameters of y, bit-identical on every machine.
 
 The range decoder only works if the decoder uses exactly the CDF row the encoder used for every y symbol.
-A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: DESIGN.md section 1), so
+A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: docs/architecture.md, "Data flow"), so
 after training the float h_s is frozen into fixed point and run here, by edge and cloud alike::
 
     z symbols ──► ẑ = symbols + medians          (act_bits fractional bits)
@@ -13,8 +13,10 @@ Fixed point: weights are integers with `weight_bits` fractional bits, activation
 GEMM input is clamped to |a| <= act_limit (real units); biases carry weight_bits + act_bits fractional bits
 and are added to the exact accumulator, which is then shifted back by weight_bits with round-half-up.
 Exactness: at build time we check  max_abs_weight_sum(layer) * act_limit * 2**act_bits < 2**53  for every
-layer, which bounds every partial sum of every output, in any summation order; so the float64 GEMMs in
-`fixed_point` return exact integers, and results do not depend on batch size, BLAS threads or CPU.
+layer, which bounds sum_k |x_k| |w_k| for every output; that bound is all the GEMM engines of `exact_gemm`
+need (int8 digit planes through ONNX Runtime's MatMulInteger by default, integer-valued float64 BLAS as the
+reference) to return exact integers in any summation order, so results do not depend on the engine, batch
+size, thread count or CPU. Bias, round-shift, ReLU and clamp run on int64.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import fixed_point
+from .exact_gemm import ExactGemm, default_engine
 from .tables import hash_arrays
 
 __all__ = ["FixedLayer", "HyperOutput", "IntegerHyperSynthesis"]
@@ -68,6 +71,43 @@ class FixedLayer:
 
 
 @dataclass(frozen=True)
+class _ThresholdLookup:
+    """#(thresholds < v) for int64 v by table lookup, equal to searchsorted(thresholds, v, 'left') (which
+    costs ~30 ns per element, a millisecond per image at 224x224).
+
+    Buckets of width 2**shift, at most one threshold in each (the width is the largest power of two not above
+    the smallest gap between thresholds): count = thresholds below the bucket + (v > the bucket's threshold).
+    Thresholds are >= 0, so v < 0 counts 0; v above the last threshold counts all."""
+
+    shift: int
+    below: np.ndarray  # per bucket: thresholds < bucket start
+    inside: np.ndarray  # per bucket: its threshold, or the int64 maximum when it has none
+    top: int  # last threshold + 1
+
+    @classmethod
+    def build(cls, thresholds: np.ndarray, max_buckets: int = 1 << 17) -> _ThresholdLookup | None:
+        t = np.asarray(thresholds, dtype=np.int64)
+        if t.size == 0 or t[0] < 0 or (t.size > 1 and np.diff(t).min() < 1):
+            return None
+        gap = int(np.diff(t).min()) if t.size > 1 else int(t[0]) + 1
+        shift = max(gap, 1).bit_length() - 1
+        top = int(t[-1]) + 1
+        buckets = (top >> shift) + 1
+        if buckets > max_buckets:
+            return None  # plain searchsorted for tables this fine-grained
+        starts = np.arange(buckets, dtype=np.int64) << shift
+        below = np.searchsorted(t, starts, side="left").astype(np.int64)
+        inside = np.full(buckets, np.iinfo(np.int64).max, dtype=np.int64)
+        inside[t >> shift] = t
+        return cls(shift, below, inside, top)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        v = np.clip(values, 0, self.top)  # v = top counts every threshold, as any larger v does
+        bucket = v >> self.shift
+        return self.below[bucket] + (v > self.inside[bucket])
+
+
+@dataclass(frozen=True)
 class HyperOutput:
     """Entropy parameters for y: scale_indexes (B, M, h, w) int32 rows of the y CDF table, and means as
     means_fixed (B, M, h, w) int64 with `frac_bits` fractional bits (mean = means_fixed / 2**frac_bits)."""
@@ -97,6 +137,7 @@ class IntegerHyperSynthesis:
         act_limit: int,
         scale_table: np.ndarray,
         scale_bound: float = 0.11,
+        engine: ExactGemm | None = None,
     ) -> None:
         if not (0 <= weight_bits <= _MAX_BITS and 0 <= act_bits <= _MAX_BITS):
             raise ValueError(f"weight_bits and act_bits must lie in 0..{_MAX_BITS}")
@@ -116,7 +157,9 @@ class IntegerHyperSynthesis:
         self.in_channels = gemms[0].in_channels
         self.M = gemms[-1].out_channels // 2
         self.upsampling = math.prod(layer.stride for layer in gemms if layer.kind == "deconv")
-        self._ops = [self._op(layer) for layer in self.layers]
+        self.engine = engine or default_engine()
+        self._ops = [self._op(layer, self.engine) for layer in self.layers]
+        self._biases = [None if layer.bias is None else layer.bias.copy() for layer in self.layers]
         self.accumulator_bound = self._check_exactness()
 
         table = np.asarray(scale_table, dtype=np.float64).ravel()
@@ -129,6 +172,7 @@ class IntegerHyperSynthesis:
         self._thresholds = np.floor(table[:-1] * float(1 << self.act_bits)).astype(np.int64)
         # lower-bounding the scale at scale_bound makes every entry below the bound count
         self._always = int(np.count_nonzero(table[:-1] < self.scale_bound))
+        self._index_lookup = _ThresholdLookup.build(self._thresholds)
 
     # --- construction ---------------------------------------------------------------------------------
 
@@ -154,12 +198,21 @@ class IntegerHyperSynthesis:
         return FixedLayer(layer.kind, weight, bias, int(layer.stride), int(layer.padding), int(layer.output_padding))
 
     @staticmethod
-    def _op(layer: FixedLayer) -> fixed_point.ExactConv2d | fixed_point.ExactConvTranspose2d | None:
+    def _op(
+        layer: FixedLayer, engine: ExactGemm
+    ) -> fixed_point.ExactConv2d | fixed_point.ExactConvTranspose2d | None:
         if layer.kind == "conv":
-            return fixed_point.ExactConv2d(layer.weight, layer.stride, layer.padding)
+            return fixed_point.ExactConv2d(layer.weight, layer.stride, layer.padding, engine)
         if layer.kind == "deconv":
-            return fixed_point.ExactConvTranspose2d(layer.weight, layer.stride, layer.padding, layer.output_padding)
+            return fixed_point.ExactConvTranspose2d(layer.weight, layer.stride, layer.padding, layer.output_padding,
+                                                    engine)
         return None
+
+    def with_engine(self, engine: ExactGemm) -> IntegerHyperSynthesis:
+        """The same h_s computed by another exact GEMM engine (same results; e.g. the float64 reference)."""
+        return IntegerHyperSynthesis(self.layers, weight_bits=self.weight_bits, act_bits=self.act_bits,
+                                     act_limit=self.act_limit, scale_table=self.scale_table,
+                                     scale_bound=self.scale_bound, engine=engine)
 
     def _check_exactness(self) -> int:
         """Prove |every partial sum| < 2**53 (see module docstring); returns the largest bound found."""
@@ -252,27 +305,47 @@ class IntegerHyperSynthesis:
         full_hw = self.output_size(x.shape[2:])
         if out_hw is not None and (out_hw[0] > full_hw[0] or out_hw[1] > full_hw[1] or min(out_hw) < 1):
             raise ValueError(f"crop {out_hw} does not fit h_s output {full_hw}")
-        last = max(i for i, op in enumerate(self._ops) if op is not None)
-        act = x.astype(np.int64)
-        for i, (layer, op) in enumerate(zip(self.layers, self._ops)):
+        sizes = self._sizes(x.shape[2:], out_hw)
+        act = x.astype(np.int64).transpose(0, 2, 3, 1)  # channels-last: bias and GEMM rows line up
+        rounding = 1 << self.weight_bits >> 1  # round half up: floor((acc + bias + 2**(wb-1)) / 2**wb)
+        for layer, op, size, bias in zip(self.layers, self._ops, sizes, self._biases):
             if op is None:  # ReLU
-                act = np.maximum(act, 0)
+                np.maximum(act, 0, out=act)
                 continue
-            inp = np.clip(act, -self._clamp, self._clamp).astype(np.float64)
-            if isinstance(op, fixed_point.ExactConv2d):
-                acc = op(inp, out_hw if i == last and op.stride == 1 else None)  # skip rows the crop drops
-            else:
-                acc = op(inp)
-            acc += layer.bias.reshape(1, -1, 1, 1)
-            act = fixed_point.shift_round(acc, self.weight_bits)
+            act = np.clip(act, -self._clamp, self._clamp, out=act)
+            acc = op.nhwc(act, size)  # only the `size` the rest reads
+            acc += bias + rounding
+            act = np.right_shift(acc, self.weight_bits, out=acc)
         if out_hw is not None:
-            act = act[:, :, : out_hw[0], : out_hw[1]]
-        return np.ascontiguousarray(act)
+            act = act[:, : out_hw[0], : out_hw[1]]
+        return np.ascontiguousarray(act.transpose(0, 3, 1, 2))
+
+    def _sizes(self, z_hw: tuple[int, int], out_hw: tuple[int, int] | None) -> list[tuple[int, int]]:
+        """Per layer, the top-left output part that later layers (and the final crop) read: a conv output o
+        reads inputs up to o * stride + kernel - 1 - padding, so rows past that are never computed."""
+        full = [z_hw]
+        for op in self._ops:
+            full.append(full[-1] if op is None else op.out_size(*full[-1]))
+        need = list(out_hw) if out_hw is not None else list(full[-1])
+        sizes: list[tuple[int, int]] = []
+        for i in range(len(self._ops) - 1, -1, -1):
+            op = self._ops[i]
+            need = [min(n, f) for n, f in zip(need, full[i + 1])]
+            sizes.append((need[0], need[1]))
+            if isinstance(op, fixed_point.ExactConv2d):
+                need = [(need[0] - 1) * op.stride + op.kh - op.padding, (need[1] - 1) * op.stride + op.kw - op.padding]
+            elif op is not None:  # transposed conv: no input cropping
+                need = list(full[i])
+        return sizes[::-1]
 
     def scale_indexes(self, scales_fixed: np.ndarray) -> np.ndarray:
         """compressai's `build_indexes` on scale = scales_fixed / 2**act_bits, in integers only:
         index = number of scale_table[:-1] entries strictly below max(scale, scale_bound)."""
-        idx = np.searchsorted(self._thresholds, np.asarray(scales_fixed, dtype=np.int64), side="left")
+        values = np.asarray(scales_fixed, dtype=np.int64)
+        if self._index_lookup is None:
+            idx = np.searchsorted(self._thresholds, values, side="left")
+        else:
+            idx = self._index_lookup(values)
         return np.maximum(idx, self._always).astype(np.int32)
 
     def forward(self, z_hat_fixed: np.ndarray, out_hw: tuple[int, int] | None = None) -> HyperOutput:

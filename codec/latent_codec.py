@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bitstream import MODEL_ID_BYTES
-from .entropy_coder import EntropyTable
-from .integer_hyper_synthesis import IntegerHyperSynthesis
+from .entropy_coder import DecodePlan, EntropyTable
+from .integer_hyper_synthesis import HyperOutput, IntegerHyperSynthesis
 from .tables import CodecTables
 
 __all__ = ["EncodedLatents", "LatentCodec"]
@@ -63,6 +63,7 @@ class LatentCodec:
         self._z_table = EntropyTable(tables.z_cdf, tables.z_cdf_length, tables.z_offset)
         self._y_table = EntropyTable(tables.y_cdf, tables.y_cdf_length, tables.y_offset)
         self._medians = tables.z_medians.astype(np.float64).reshape(-1, 1, 1)
+        self._z_plans: dict[tuple[int, ...], DecodePlan] = {}
 
     @property
     def M(self) -> int:
@@ -114,17 +115,29 @@ class LatentCodec:
         The first corrupt stream raises; callers that must isolate failures decode one stream at a time.
         """
         latent_shape = self._check_latent_shape(latent_shape)
-        z_shape = (self.N, *self.z_shape(latent_shape))
-        z_indexes = self._channel_indexes(z_shape)
-        z_sym = np.stack([self._z_table.decode(z_payload, z_indexes) for z_payload, _ in payloads]) if payloads else (
-            np.zeros((0, *z_shape), np.int32)
-        )
+        z_sym = self.decode_z(payloads, latent_shape)
         params = self.hyper.forward(self.hyper.fixed_input(z_sym, self.tables.z_medians), latent_shape)
+        return self.decode_y(payloads, params, latent_shape)
+
+    def decode_z(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
+        """z symbols (B, N, hz, wz) int32 of a batch (step one of `decode_batch`)."""
+        z_shape = (self.N, *self.z_shape(latent_shape))
+        plan = self._z_plans.get(z_shape)
+        if plan is None:  # z's coding order depends on its shape only: sort once per shape
+            plan = self._z_plans.setdefault(z_shape, self._z_table.plan(self._channel_indexes(z_shape)))
+        z_sym = np.empty((len(payloads), *z_shape), dtype=np.int32)
+        for b, (z_payload, _) in enumerate(payloads):
+            z_sym[b] = self._z_table.decode_planned(z_payload, plan)
+        return z_sym
+
+    def decode_y(self, payloads: list[tuple[bytes, bytes]], params: HyperOutput,
+                 latent_shape: tuple[int, int]) -> np.ndarray:
+        """ŷ (B, M, h, w) float32 from the y payloads and h_s's output for the batch (step three)."""
         means = params.means
         y_hat = np.empty((len(payloads), self.M, *latent_shape), dtype=np.float32)
         for b, (_, y_payload) in enumerate(payloads):
             y_sym = self._y_table.decode(y_payload, params.scale_indexes[b])
-            y_hat[b] = y_sym + means[b]
+            np.add(y_sym, means[b], out=y_hat[b], casting="unsafe")
         return y_hat
 
     @staticmethod

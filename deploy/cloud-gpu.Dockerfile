@@ -22,12 +22,15 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY vitcodec ./vitcodec
 COPY codec ./codec
+COPY packages ./packages
 COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
-# [gpu] = onnxruntime-gpu. It provides the same `onnxruntime` module as the base dependency onnxruntime, so
-# the CPU build goes first, then the GPU build comes in with its own CUDA/cuDNN wheels.
+COPY demo ./demo
+# [cloud] is the server extra only (no training stack: no compressai, numpy 2.x). [gpu] = onnxruntime-gpu.
+# It provides the same `onnxruntime` module as the base dependency onnxruntime, so the CPU build goes first,
+# then the GPU build comes in with its own CUDA/cuDNN wheels.
 RUN pip install '.[cloud]' \
  && pip uninstall -y onnxruntime \
  && pip install 'onnxruntime-gpu[cuda,cudnn]>=1.19'

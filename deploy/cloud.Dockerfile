@@ -1,6 +1,6 @@
 # vitcodec cloud server, CPU. Build from the repository root:
 #   docker build -f deploy/cloud.Dockerfile -t vitcodec-cloud:0.1.0 .
-# Serves the zoo shipped in models/zoo/ (or a repository mounted at VITCODEC_MODEL_REPO) on 8000 (HTTP) and
+# Serves the zoo shipped in packages/zoo/ (or a repository mounted at VITCODEC_MODEL_REPO) on 8000 (HTTP) and
 # 8001 (gRPC). Every `vitcodec-cloud serve` flag also reads a VITCODEC_* variable (docs/api.md, "Settings").
 FROM python:3.11-slim
 
@@ -20,10 +20,13 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 t
 COPY pyproject.toml README.md ./
 COPY vitcodec ./vitcodec
 COPY codec ./codec
+COPY packages ./packages
 COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
+COPY demo ./demo
+# the server extra only: no training stack (compressai), so numpy resolves to 2.x
 RUN pip install '.[cloud]'
 
 RUN useradd --create-home --uid 10001 vitcodec

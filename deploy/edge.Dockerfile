@@ -2,7 +2,7 @@
 # typer, rich): no torch. Build from the repository root:
 #   docker build -f deploy/edge.Dockerfile -t vitcodec-edge:0.1.0 .
 #   docker run --rm --network host vitcodec-edge:0.1.0 vitcodec-edge send samples --server grpc://127.0.0.1:8001
-# The encoder comes from the zoo installed with the package (models/zoo/, package data).
+# The encoder comes from the zoo installed with the package (packages/zoo/, package data).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,10 +17,12 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY vitcodec ./vitcodec
 COPY codec ./codec
+COPY packages ./packages
 COPY models ./models
 COPY edge ./edge
 COPY cloud ./cloud
 COPY protos ./protos
+COPY demo ./demo
 RUN pip install .
 
 # the demo's sample images (Fashion-MNIST test images and drawings; samples/README.md)

@@ -1,7 +1,8 @@
 """``vitcodec-edge``: the edge device's command line (no torch).
 
-Commands: ``encode`` and ``inspect`` (``edge/commands.py``), ``send`` (encode images and classify them on a
-vitcodec cloud server) and ``reconstruct`` (get the server's reconstruction of one image as PNG).
+Commands: ``encode`` and ``inspect`` (``edge/commands.py``), ``watch`` (the store-and-forward agent,
+``edge/agent/``), ``send`` (encode images and classify them on a vitcodec cloud server) and ``reconstruct``
+(get the server's reconstruction of one image as PNG).
 """
 
 from __future__ import annotations
@@ -14,39 +15,35 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vitcodec.console import abort, stderr_console, table_console
 from vitcodec.edge import commands
+from vitcodec.edge.agent.command import watch
 
 app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode images to bitstreams, send them to "
                   "the cloud for classification or reconstruction.", no_args_is_help=True,
                   add_completion=False)
 
-app.command()(commands.encode)
-app.command()(commands.inspect)
+# `encode` and `inspect` live in edge/commands.py (bitstream files on this device, no server involved).
+app.command("encode")(commands.encode)
+app.command("inspect")(commands.inspect)
+
+# `watch`, the store-and-forward agent, lives in edge/agent/ (docs/edge-agent.md).
+app.command("watch")(watch)
 
 SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
 _SERVER_HELP = "Cloud server: http://HOST:PORT or grpc://HOST:PORT."
 _TOKEN_HELP = "Bearer token, when the server wants one (or set VITCODEC_TOKEN)."
 
 
-def _stderr() -> Console:
-    return Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    _stderr().print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
-
-
-def _is_stream(data: bytes) -> bool:
-    """A vitcodec bitstream (rather than an image file)?"""
-    from vitcodec.codec.bitstream import read_stream_info
+def _is_intact_stream(data: bytes) -> bool:
+    """A whole vitcodec bitstream (sent as is) rather than an image file (encoded first)?"""
+    from vitcodec.codec.bitstream import looks_like_stream, read_stream_info
     from vitcodec.codec.errors import CodecError
 
-    if not data or data[0] >> 4 != 0xB:
+    if not looks_like_stream(data):
         return False
     try:
         read_stream_info(data)
@@ -55,50 +52,37 @@ def _is_stream(data: bytes) -> bool:
     return True
 
 
-def _expand(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SEND_SUFFIXES)
-        elif path.exists():
-            files.append(path)
-        else:
-            _fail(f"{path}: no such file or directory")
-    if not files:
-        _fail("no input images found")
-    return files
-
-
 def _load_streams(files: list[Path], model: Optional[str], progress: Progress | None) -> tuple[list[bytes], list[str]]:
-    """Encode image files with the model's edge encoder; files that already are bitstreams pass through."""
-    streams: list[bytes] = []
-    errors: list[str] = []
-    encoder = None
+    """Encode image files with the model's edge encoder, in batches as ``encode`` does
+    (`commands.encode_batches`); files that already are bitstreams pass through.
+
+    Returns the streams and, per file, an error message ("" when the file is usable).
+    """
+    streams: list[bytes] = [b""] * len(files)
+    errors: list[str] = [""] * len(files)
     task = progress.add_task("encoding", total=len(files)) if progress else None
-    for path in files:
+    images: list[int] = []  # indexes of the files to encode
+    for i, path in enumerate(files):
         data = path.read_bytes()
-        if _is_stream(data):
-            streams.append(data)
-            errors.append("")
+        if _is_intact_stream(data):
+            streams[i] = data
+            if progress is not None and task is not None:
+                progress.advance(task)
         else:
-            if encoder is None:
-                from vitcodec.codec.package import ModelNotFoundError, resolve_model
-                from vitcodec.edge.encoder import EdgeEncoder
-
-                try:
-                    encoder = EdgeEncoder(resolve_model(model))
-                except (ModelNotFoundError, ValueError) as exc:
-                    _fail(str(exc))
-            from vitcodec.edge.preprocess import ImageReadError
-
-            try:
-                streams.append(encoder.encode_image(path).stream)
-                errors.append("")
-            except ImageReadError as exc:
-                streams.append(b"")
-                errors.append(str(exc))
-        if progress is not None and task is not None:
-            progress.advance(task)
+            images.append(i)
+    if images:
+        try:
+            encoder = commands.load_encoder(model, None)
+        except commands.EdgeInputError as exc:
+            abort(str(exc))
+        for item in commands.encode_batches(encoder, [files[i] for i in images]):
+            i = images[item.index]
+            if item.error is not None:
+                errors[i] = item.error
+            else:
+                streams[i] = item.result.stream
+            if progress is not None and task is not None:
+                progress.advance(task)
     return streams, errors
 
 
@@ -127,17 +111,20 @@ def send(
     from vitcodec.edge.client import ClientError, connect
 
     if as_json and as_csv:
-        _fail("choose one of --json and --csv")
-    files = _expand(paths)
+        abort("choose one of --json and --csv")
+    try:
+        files = [source for source, _ in commands.collect_images(paths, SEND_SUFFIXES)]
+    except commands.EdgeInputError as exc:
+        abort(str(exc))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=_stderr(), transient=True)
+                        console=stderr_console(), transient=True)
     rows: list[dict[str, Any]] = [{} for _ in files]
     with progress:
         streams, read_errors = _load_streams(files, model, progress)
         try:
             client = connect(server, token=_token(token), timeout=timeout)
         except ValueError as exc:
-            _fail(str(exc))
+            abort(str(exc))
         todo = [i for i, err in enumerate(read_errors) if not err]
         for i, err in enumerate(read_errors):
             if err:
@@ -167,7 +154,7 @@ def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[st
 
     from vitcodec.edge.agent.uploader import PERMANENT_STATUS
 
-    err = _stderr()
+    err = stderr_console()
     for i in failed:
         err.print(f"[red]failed:[/red] {escape(str(files[i]))}: {escape(str(rows[i]['error']))}", soft_wrap=True)
     spool = [i for i in failed if "status" in rows[i] and rows[i]["status"] not in PERMANENT_STATUS]
@@ -207,7 +194,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: 
         else:
             table.add_row(row["file"], str(row["bytes"]), f"{row['bpp']:.3f}", row["label"],
                           f"{row['confidence']:.3f}", f"{row['latency_ms']:.1f} ms")
-    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get whole paths
+    table_console().print(table)
 
 
 @app.command()
@@ -223,36 +210,24 @@ def reconstruct(
     from vitcodec.edge.client import ClientError, connect
 
     if not file.is_file():
-        _fail(f"{file}: no such file")
+        abort(f"{file}: no such file")
     streams, errors = _load_streams([file], model, None)
     if errors[0]:
-        _fail(errors[0])
+        abort(errors[0])
     try:
         client = connect(server, token=_token(token), timeout=timeout)
     except ValueError as exc:
-        _fail(str(exc))
+        abort(str(exc))
     with client:
         try:
             result = client.reconstruct(streams[0])
         except ClientError as exc:
-            _fail(f"server answered {exc.status} {exc.code}: {exc.message}", 1)
+            abort(f"server answered {exc.status} {exc.code}: {exc.message}", 1)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(result.png)
     h, w = result.image_size
-    _stderr().print(f"wrote {output} ({w}x{h}, {len(streams[0])} bytes in, model {result.model}, "
+    stderr_console().print(f"wrote {output} ({w}x{h}, {len(streams[0])} bytes in, model {result.model}, "
                     f"{result.latency_ms:.1f} ms)")
-
-
-# `encode` and `inspect` live in edge/commands.py (bitstream files on this device, no server involved).
-from vitcodec.edge import commands as _commands  # noqa: E402
-
-app.command("encode")(_commands.encode)
-app.command("inspect")(_commands.inspect)
-
-# `watch`, the store-and-forward agent, lives in edge/agent/ (docs/edge-agent.md).
-from vitcodec.edge.agent.command import watch as _watch  # noqa: E402
-
-app.command("watch")(_watch)
 
 
 def main() -> None:

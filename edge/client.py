@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ from vitcodec.protos import grpc_service_pb2 as v2_pb
 from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
+from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
 __all__ = [
     "ClientError",
@@ -57,44 +58,6 @@ class ClientError(Exception):
     def __init__(self, message: str, status: int = 0, code: str = "UNKNOWN", retryable: bool = False) -> None:
         super().__init__(message)
         self.message, self.status, self.code, self.retryable = message, status, code, retryable
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    index: int
-    label: str
-    probability: float
-
-
-@dataclass
-class ClassifyResult:
-    label: str
-    confidence: float
-    top: list[ClassScore]
-    model: str
-    version: str
-    model_id: str
-    num_bytes: int
-    header_bytes: int
-    bpp: float
-    image_size: tuple[int, int]
-    server_timings_ms: dict[str, float] = field(default_factory=dict)
-    latency_ms: float = 0.0  # measured by the client, network included
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "confidence": self.confidence, "model": self.model, "version": self.version,
-                "model_id": self.model_id, "bytes": self.num_bytes, "header_bytes": self.header_bytes,
-                "bpp": self.bpp, "image_size": list(self.image_size), "latency_ms": self.latency_ms,
-                "top_k": [{"index": s.index, "label": s.label, "probability": s.probability} for s in self.top],
-                "server_timings_ms": self.server_timings_ms}
-
-
-@dataclass
-class ReconstructResult:
-    png: bytes
-    image_size: tuple[int, int]
-    model: str
-    latency_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -141,10 +104,9 @@ class _Base:
 
 def _result_from_json(body: dict[str, Any], latency_ms: float) -> ClassifyResult:
     top = [ClassScore(int(t["index"]), str(t["label"]), float(t["probability"])) for t in body["top_k"]]
-    return ClassifyResult(label=body["label"], confidence=float(body["confidence"]), top=top, model=body["model"],
-                          version=str(body["version"]), model_id=body["model_id"], num_bytes=int(body["bytes"]),
-                          header_bytes=int(body["header_bytes"]), bpp=float(body["bpp"]),
-                          image_size=tuple(body["image_size"]), server_timings_ms=dict(body.get("timings_ms", {})),
+    return ClassifyResult(model=body["model"], version=str(body["version"]), model_id=body["model_id"], top=top,
+                          num_bytes=int(body["bytes"]), header_bytes=int(body["header_bytes"]),
+                          image_size=tuple(body["image_size"]), timings_ms=dict(body.get("timings_ms", {})),
                           latency_ms=latency_ms)
 
 
@@ -220,18 +182,19 @@ class HttpClient(_Base):
                                  params={"model": model} if model else None,
                                  headers={"Content-Type": "application/octet-stream"})
         h, _, w = response.headers.get("x-vitcodec-image-size", "0x0").partition("x")
-        return ReconstructResult(response.content, (int(h), int(w)), response.headers.get("x-vitcodec-model", ""),
-                                 (time.perf_counter() - t0) * 1e3)
+        return ReconstructResult(model=response.headers.get("x-vitcodec-model", ""),
+                                 version=response.headers.get("x-vitcodec-model-version", ""), png=response.content,
+                                 image_size=(int(h), int(w)), num_bytes=len(stream),
+                                 latency_ms=(time.perf_counter() - t0) * 1e3)
 
 
 # -- gRPC ---------------------------------------------------------------------------------------------------
 
 def _result_from_proto(msg: pb.ClassifyResponse, latency_ms: float) -> ClassifyResult:
     top = [ClassScore(int(t.index), t.label, float(t.probability)) for t in msg.top]
-    return ClassifyResult(label=top[0].label, confidence=top[0].probability, top=top, model=msg.model,
-                          version=msg.version, model_id=msg.model_id, num_bytes=msg.num_bytes,
-                          header_bytes=msg.header_bytes, bpp=msg.bpp, image_size=(msg.height, msg.width),
-                          server_timings_ms=dict(msg.timings_ms), latency_ms=latency_ms)
+    return ClassifyResult(model=msg.model, version=msg.version, model_id=msg.model_id, top=top,
+                          num_bytes=msg.num_bytes, header_bytes=msg.header_bytes, image_size=(msg.height, msg.width),
+                          timings_ms=dict(msg.timings_ms), latency_ms=latency_ms)
 
 
 def _grpc_error(exc: grpc.RpcError) -> ClientError:
@@ -333,7 +296,9 @@ class GrpcClient(_Base):
     def reconstruct(self, stream: bytes, model: str | None = None) -> ReconstructResult:
         t0 = time.perf_counter()
         reply = self._unary(self._stub.Reconstruct, pb.ReconstructRequest(stream=bytes(stream), model=model or ""))
-        return ReconstructResult(reply.png, (reply.height, reply.width), reply.model, (time.perf_counter() - t0) * 1e3)
+        return ReconstructResult(model=reply.model, version=reply.version, png=reply.png,
+                                 image_size=(reply.height, reply.width), num_bytes=reply.num_bytes,
+                                 timings_ms=dict(reply.timings_ms), latency_ms=(time.perf_counter() - t0) * 1e3)
 
 
 class _Window:

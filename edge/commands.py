@@ -1,8 +1,8 @@
 """``vitcodec-edge encode`` and ``vitcodec-edge inspect``: images to ``.vcb`` bitstream files, and what a
 bitstream file holds. Registered on the app in ``edge/cli.py``; no torch, as everything under ``edge/``.
 
-The logic (`collect_images`, `plan_outputs`, `encode_files`, `inspect_stream`) is plain Python that returns
-rows; the two commands only print them. Exit codes: 0 all went well; 1 some file could not be encoded or is
+The logic (`collect_images`, `plan_outputs`, `encode_batches`, `encode_files`, `inspect_stream`) is plain
+Python that returns rows; the two commands only print them. Exit codes: 0 all went well; 1 some file could not be encoded or is
 not a usable bitstream (one ``error:`` line each on stderr); 2 nothing was done (bad arguments, missing
 input, unknown model).
 """
@@ -14,12 +14,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from vitcodec.console import abort, error_line, stderr_console, table_console
+from vitcodec.outputs import bits_per_pixel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                             ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".jfif", ".avif", ".heic", ".qoi"})
@@ -34,16 +37,17 @@ class EdgeInputError(ValueError):
 # --- logic --------------------------------------------------------------------------------------------
 
 
-def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
+def collect_images(paths: list[Path], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[tuple[Path, Path]]:
     """Expand files and folders into (image file, path relative to its output folder) pairs.
 
-    Folders are searched recursively for files with a common image suffix, in sorted order, and keep their
-    layout below the output folder; files named explicitly are taken whatever their suffix.
+    Folders are searched recursively for files with one of `suffixes` (by default a common image suffix;
+    ``send`` adds ``.vcb``), in sorted order, and keep their layout below the output folder; files named
+    explicitly are taken whatever their suffix.
     """
     found: list[tuple[Path, Path]] = []
     for path in paths:
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             found += [(p, p.relative_to(path)) for p in images]
         elif path.is_file():
             found.append((path, Path(path.name)))
@@ -104,7 +108,7 @@ class EncodedFile:
     def bpp(self) -> float:
         if not self.image_size:
             return 0.0
-        return 8.0 * self.num_bytes / (self.image_size[0] * self.image_size[1])
+        return bits_per_pixel(self.num_bytes, self.image_size)
 
     def as_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -117,7 +121,7 @@ class EncodedFile:
 
 def load_encoder(model: Optional[str], threads: Optional[int]):
     """The model's `EdgeEncoder`; any failure to find or load it becomes an `EdgeInputError`."""
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     try:
@@ -134,51 +138,75 @@ def load_encoder(model: Optional[str], threads: Optional[int]):
                              f"{exc.__class__.__name__}: {first}") from None
 
 
-def encode_files(encoder, images: list[Path], outputs: list[Path], batch_size: int = DEFAULT_BATCH,
-                 on_done: Callable[[EncodedFile], None] | None = None) -> list[EncodedFile]:
-    """Encode every image and write its stream; unreadable images and failed writes become error rows."""
+@dataclass
+class EncodedImage:
+    """One image through `encode_batches`: its stream (``result``), or why there is none (``error``)."""
+
+    index: int  # position in the list given
+    source_size: Optional[tuple[int, int]] = None  # (H, W) of the file as read
+    result: Any = None  # EncodeResult
+    error: Optional[str] = None  # the reader's message, or "encoding failed (...)"
+    read_ms: float = 0.0  # reading and fitting, per image of its batch
+
+
+def encode_batches(encoder, images: list[Path], batch_size: int = DEFAULT_BATCH) -> Iterator[EncodedImage]:
+    """Read and encode images with one ONNX Runtime call per `batch_size` of them (the call costs more than
+    an image at small sizes), yielding one `EncodedImage` per image in input order, batch by batch. The one
+    batching path of ``encode`` and ``send``, so both write the same bytes for the same files."""
     import numpy as np
 
-    from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
 
-    rows = [EncodedFile(source) for source in images]
     for start in range(0, len(images), max(1, batch_size)):
-        chunk = range(start, min(start + batch_size, len(images)))
-        ready: list[int] = []
+        items = [EncodedImage(i) for i in range(start, min(start + batch_size, len(images)))]
+        ready: list[EncodedImage] = []
         pixels = []
         t0 = time.perf_counter()
-        for i in chunk:
+        for item in items:
             try:
-                image = load_image(images[i])
-                rows[i].source_size = (image.height, image.width)
+                image = load_image(images[item.index])
+                item.source_size = (image.height, image.width)
                 pixels.append(to_pixels(image, encoder.spec))
-                ready.append(i)
+                ready.append(item)
             except ImageReadError as exc:
-                message = str(exc)
-                rows[i].error = message if message.startswith(str(images[i])) else f"{images[i]}: {message}"
-        read_ms = (time.perf_counter() - t0) * 1e3 / max(len(chunk), 1)
+                item.error = str(exc)
+        read_ms = (time.perf_counter() - t0) * 1e3 / max(len(items), 1)
         try:
             results = encoder.encode_pixels(np.stack(pixels)) if pixels else []
         except ValueError as exc:  # latents the codec cannot code (a broken model): report, do not crash
-            for i in ready:
-                rows[i].error = f"{images[i]}: encoding failed ({exc})"
-            results, ready = [], []
-        for i, result in zip(ready, results):
-            row = rows[i]
+            for item in ready:
+                item.error = f"encoding failed ({exc})"
+            results = []
+        for item, result in zip(ready, results):
+            item.result, item.read_ms = result, read_ms
+        yield from items
+
+
+def encode_files(encoder, images: list[Path], outputs: list[Path], batch_size: int = DEFAULT_BATCH,
+                 on_done: Callable[[EncodedFile], None] | None = None) -> list[EncodedFile]:
+    """Encode every image and write its stream; unreadable images and failed writes become error rows."""
+    from vitcodec.codec.bitstream import read_stream_info
+
+    rows = [EncodedFile(source) for source in images]
+    for item in encode_batches(encoder, images, batch_size):
+        i, row = item.index, rows[item.index]
+        row.source_size = item.source_size
+        if item.error is not None:
+            row.error = item.error if item.error.startswith(str(images[i])) else f"{images[i]}: {item.error}"
+        else:
+            result = item.result
             info = read_stream_info(result.stream)
             try:
                 outputs[i].parent.mkdir(parents=True, exist_ok=True)
                 outputs[i].write_bytes(result.stream)
             except OSError as exc:
                 row.error = f"{outputs[i]}: cannot write ({exc.strerror or exc})"
-                continue
-            row.output, row.image_size, row.num_bytes = outputs[i], info.header.image_size, info.total_bytes
-            row.header_bytes, row.z_bytes, row.y_bytes = info.header_bytes, info.z_bytes, info.y_bytes
-            row.encode_ms = read_ms + sum(result.timings_ms.values())
+            else:
+                row.output, row.image_size, row.num_bytes = outputs[i], info.header.image_size, info.total_bytes
+                row.header_bytes, row.z_bytes, row.y_bytes = info.header_bytes, info.z_bytes, info.y_bytes
+                row.encode_ms = item.read_ms + sum(result.timings_ms.values())
         if on_done is not None:
-            for i in chunk:
-                on_done(rows[i])
+            on_done(row)
     return rows
 
 
@@ -190,7 +218,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
     """
     from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.codec.errors import ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
+    from vitcodec.packages import ModelNotFoundError, find_by_model_id
 
     info = read_stream_info(data)
     header = info.header
@@ -202,7 +230,7 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
         raise ModelMismatchError(expected.model_id, header.model_id)
     h, w = header.image_size
     return {
-        "format_version": data[0] & 0x0F,
+        "format_version": info.format_version,
         "model_id": header.model_id.hex(),
         "model": None if owner is None else {"name": owner.name, "version": owner.version, "path": str(owner.path)},
         "quality": header.quality,
@@ -212,37 +240,11 @@ def inspect_stream(data: bytes, *, expected=None) -> dict[str, Any]:
         "z_bytes": info.z_bytes,
         "y_bytes": info.y_bytes,
         "total_bytes": info.total_bytes,
-        "bpp": round(8.0 * info.total_bytes / (h * w), 6),
+        "bpp": round(bits_per_pixel(info.total_bytes, (h, w)), 6),
     }
 
 
-def mismatch_message(exc, expected) -> str:
-    """`ModelMismatchError`, naming the installed model the stream is for when there is one."""
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id
-
-    try:
-        owner = find_by_model_id(exc.actual_id)
-        belongs = f"model {exc.actual_id.hex()} ({owner.name} version {owner.version})"
-    except ModelNotFoundError:
-        belongs = f"model {exc.actual_id.hex()} (not installed)"
-    return f"stream is for {belongs}, not for {expected.name} (model {exc.expected_id.hex()})"
-
-
 # --- printing -----------------------------------------------------------------------------------------
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def error_line(message: str) -> None:
-    """One line on stderr, never wrapped, whatever the terminal width (paths may hold [brackets])."""
-    _stderr().print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-
-
-def _abort(message: str, code: int = 2) -> NoReturn:
-    error_line(message)
-    raise typer.Exit(code)
 
 
 def _size(hw: Optional[tuple[int, int]]) -> str:
@@ -263,7 +265,7 @@ def _print_encode_table(rows: list[EncodedFile], model_name: str, model_id: str)
                 size += f" -> {_size(row.image_size)}"
             table.add_row(escape(str(row.source)), size, str(row.num_bytes), f"{row.bpp:.3f}",
                           escape(str(row.output)))
-    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    console = table_console()
     console.print(table)
     done = [r for r in rows if r.error is None]
     if done:
@@ -300,10 +302,10 @@ def encode(
         encoder = load_encoder(model, threads)
         output.mkdir(parents=True, exist_ok=True)
     except EdgeInputError as exc:
-        _abort(str(exc))
+        abort(str(exc))
     except OSError as exc:
-        _abort(f"{output}: cannot create the output folder ({exc.strerror or exc})")
-    err = _stderr()
+        abort(f"{output}: cannot create the output folder ({exc.strerror or exc})")
+    err = stderr_console()
     show = len(images) > 1 and err.is_terminal and not as_json
     progress = Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=not show)
@@ -338,14 +340,14 @@ def inspect(
     header/z/y/total bytes and bpp. Exit status 1 when a file is missing, damaged, not a vitcodec stream or (with --model) for another model.
     """
     from vitcodec.codec.errors import CodecError, ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, describe_mismatch, resolve_model
 
     expected = None
     if model is not None:
         try:
             expected = resolve_model(model)
         except ModelNotFoundError as exc:
-            _abort(str(exc))
+            abort(str(exc))
     console = Console(highlight=False, soft_wrap=True)
     failed = False
     for file in files:
@@ -359,7 +361,7 @@ def inspect(
         except OSError as exc:
             message = f"cannot read ({exc.strerror or exc})"
         except ModelMismatchError as exc:
-            message = mismatch_message(exc, expected)
+            message = describe_mismatch(expected, exc.actual_id)
         except CodecError as exc:
             message = str(exc)
         else:

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from vitcodec.codec.bitstream import StreamHeader, pack_stream
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import ModelPackage, resolve_model
+from vitcodec.packages import ModelPackage
 from vitcodec.edge.preprocess import load_image, normalise, to_pixels
+from vitcodec.ort_session import create_session
+from vitcodec.outputs import bits_per_pixel
 
 
 @dataclass
@@ -32,19 +33,7 @@ class EncodeResult:
 
     @property
     def bpp(self) -> float:
-        return 8.0 * len(self.stream) / (self.image_size[0] * self.image_size[1])
-
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Small-device defaults: few threads, no spinning, full graph optimisation."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
+        return bits_per_pixel(len(self.stream), self.image_size)
 
 
 class EdgeEncoder:
@@ -57,14 +46,9 @@ class EdgeEncoder:
         self.package = package
         self.spec = package.input_spec
         self.codec = LatentCodec.load(package.file("codec"))
-        self.session = ort.InferenceSession(str(package.file("encoder")), session_options(threads),
-                                            providers=providers or ["CPUExecutionProvider"])
+        self.session = create_session(package.file("encoder"), threads, providers=providers)
         self.model_id = package.model_id
         self.quality = package.quality or 0
-
-    @classmethod
-    def load(cls, spec: str | Path | None = None, threads: int | None = None) -> "EdgeEncoder":
-        return cls(resolve_model(spec), threads)
 
     def encode_pixels(self, pixels: np.ndarray) -> list[EncodeResult]:
         """A batch of uint8 (B, H, W, C) images already at the model size -> one stream each."""

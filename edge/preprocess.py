@@ -1,6 +1,8 @@
-"""Image -> encoder input, in numpy, exactly as the model package's manifest describes.
+"""Image -> model input, in numpy, exactly as the model package's manifest describes: the one definition of
+resize / pad / normalise.
 
-The same function feeds the edge encoder and ``vitcodec eval``, so measured accuracy is what a device gets.
+Training (``vitcodec.models.data``), ``vitcodec eval`` and the edge encoder all call these functions, so a
+network sees at training time exactly the tensor a device sends it (torch-free: the edge has no torch).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from vitcodec.codec.package import InputSpec
+from vitcodec.packages import InputSpec
 
 
 class ImageReadError(ValueError):
@@ -113,13 +115,27 @@ def to_pixels(image: Image.Image | np.ndarray, spec: InputSpec) -> np.ndarray:
     return fit_array(array, spec.size)
 
 
-def normalise(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 (B, H, W, C) -> float32 (B, C, H', W') normalised and zero-padded to the stride."""
+def standardise(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W): ``(pixel / 255 - mean) / std`` (the training input)."""
     x = pixels.astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def pad_to_stride(x: np.ndarray, stride: int) -> np.ndarray:
+    """Zero-pad float (B, C, H, W) bottom/right to a multiple of g_a's stride (what the network does itself)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % spec.stride, (-w) % spec.stride
+    ph, pw = (-h) % stride, (-w) % stride
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)))
     return x
+
+
+def normalise(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 (B, H, W, C) -> float32 (B, C, H', W') normalised and zero-padded to the stride (the encoder input)."""
+    return pad_to_stride(standardise(pixels, spec), spec.stride)
+
+
+def to_batch(images: list[Image.Image | np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Many images (any size, mode or channel count) -> uint8 (B, H, W, C) at the model size."""
+    return np.stack([to_pixels(image, spec) for image in images])

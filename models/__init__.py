@@ -1,5 +1,34 @@
 """vitcodec.models: torch networks, training, evaluation and export.
 
-Kept free of imports on purpose: edge devices locate the bundled zoo (``models/zoo/``) as package data of
-this namespace without torch installed.
+The package-level API follows timm: ``create_model(name, **overrides)`` builds a network from a preset and
+``list_models(pattern)`` lists the presets. Importing this package loads no torch (the names resolve lazily on
+first use), so tools that only list or describe models stay light.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "create_model": "vitcodec.models.registry",
+    "list_models": "vitcodec.models.registry",
+    "get_preset": "vitcodec.models.registry",
+    "JCCConfig": "vitcodec.models.config",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve the public names on first access (PEP 562), keeping ``import vitcodec.models`` cheap."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

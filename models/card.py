@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vitcodec.codec.package import iter_packages, zoo_root
+from vitcodec.packages import iter_packages, zoo_root
 from vitcodec.models.losses import QUALITIES
 
 

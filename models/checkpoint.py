@@ -1,13 +1,21 @@
-"""Checkpoints: weights + config (+ optimiser state while training), and loading by path."""
+"""Checkpoints (weights + config, + optimiser and scheduler state while training) and package weights.
+
+compressai's CDF buffers are sized by the hyperprior itself when a state dict is loaded, so a plain
+``load_state_dict`` loads any of them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vitcodec.models.config import JCCConfig
+from vitcodec.packages import ModelPackage
+
+if TYPE_CHECKING:
+    from vitcodec.models.jcc import JointCompressionClassifier
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, config: JCCConfig, **extra: Any) -> None:
@@ -26,19 +34,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    """Load weights, resizing compressai's CDF buffers first (their size depends on the tables)."""
-    hp = getattr(model, "hyperprior", None)
-    if hp is not None:
-        for module_name in ("entropy_bottleneck", "gaussian_conditional"):
-            module = getattr(hp, module_name)
-            prefix = f"hyperprior.{module_name}."
-            for buf in ("_quantized_cdf", "_offset", "_cdf_length"):
-                key = prefix + buf
-                if key in state and getattr(module, buf).shape != state[key].shape:
-                    getattr(module, buf).resize_(state[key].shape)
-            key = prefix + "scale_table"
-            if key in state and getattr(module, "scale_table", None) is not None:
-                if module.scale_table.shape != state[key].shape:
-                    module.scale_table.resize_(state[key].shape)
-    model.load_state_dict(state, strict=strict)
+def load_package_network(package: ModelPackage, device: str | torch.device = "cpu") -> JointCompressionClassifier:
+    """The whole torch network of a model package, in eval mode on ``device``, for the uncompressed reference
+    (its package carries g_a, which runs in float). Compressing packages are loaded for decoding with
+    `vitcodec.models.latent_networks.load_latent_networks`, which needs no compressai.
+
+    The package holds only the modules its side needs (the cloud's ViT, aggregation and g_s; plus g_a for the
+    uncompressed reference), stored in float16 or float32; they compute in float32.
+    """
+    from vitcodec.models.jcc import JointCompressionClassifier
+
+    net = JointCompressionClassifier(JCCConfig.from_dict(package.manifest["config"]))
+    state = torch.load(package.file("weights"), map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return net.to(device).eval()

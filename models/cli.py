@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from vitcodec.console import abort, error_line
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from vitcodec.models.inference import CloudModel, DecodedStream, Prediction
+    from vitcodec.packages import ModelPackage
 
 app = typer.Typer(
     name="vitcodec",
@@ -25,11 +33,6 @@ err = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Joint image compression and classification with transformers."""
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @app.command("train")
@@ -58,6 +61,10 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    teacher: Optional[Path] = typer.Option(None, help="Pixel CNN checkpoint to distil from (benchmarks/bench_rate_accuracy.py --cache writes one); default: no distillation."),
+    distill: str = typer.Option("soft", help="soft (KL at temperature --distill-tau) | hard (CE against the teacher's argmax, as DeiT); only with --teacher."),
+    distill_alpha: float = typer.Option(0.5, help="The teacher's share of the accuracy term: (1-A)*CE(labels) + A*distillation."),
+    distill_tau: float = typer.Option(1.0, help="Temperature of soft distillation."),
 ) -> None:
     """Train one step of the two-step recipe. Works unchanged under torchrun (DDP)."""
     from vitcodec.models.train import TrainSettings, train
@@ -66,11 +73,12 @@ def train_cmd(
                              alpha=alpha, beta=beta, recon_weight=recon_weight, label_smoothing=label_smoothing,
                              epochs=epochs, max_steps=max_steps, stop_at_step=stop_at_step, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
-                             threads=threads, seed=seed, progress=progress)
+                             threads=threads, seed=seed, progress=progress, teacher=teacher, distill=distill,
+                             distill_alpha=distill_alpha, distill_tau=distill_tau)
     try:
         metrics = train(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        _fail(str(exc))
+        abort(str(exc))
     if metrics:
         console.print_json(json.dumps(metrics))
 
@@ -78,11 +86,11 @@ def train_cmd(
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List network presets and the model zoo with measured test figures."""
-    from vitcodec.codec.package import iter_packages, repository_roots
-    from vitcodec.models.registry import create_model, get_preset, list_presets
+    from vitcodec.packages import iter_packages, repository_roots
+    from vitcodec.models import create_model, get_preset, list_models
 
     presets = []
-    for name in list_presets():
+    for name in list_models():
         c = get_preset(name)
         params = sum(p.numel() for p in create_model(name).parameters())
         presets.append({"name": name, "params_m": round(params / 1e6, 2), "input": [c.in_chans, *c.img_size],
@@ -135,13 +143,13 @@ def eval_cmd(
     """Accuracy, rate and PSNR measured on real bitstreams (edge ONNX encoder -> cloud decoder)."""
     from rich.progress import Progress
 
-    from vitcodec.codec.package import ModelNotFoundError, resolve_model
+    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.models.evaluate import evaluate
 
     try:
         package = resolve_model(model)
     except ModelNotFoundError as exc:
-        _fail(str(exc))
+        abort(str(exc))
     with Progress(console=err, disable=as_json or not err.is_terminal, transient=True) as progress:
         task = progress.add_task(f"eval {package.name}", total=limit)
         report = evaluate(model, data, split, limit, batch_size, device,
@@ -172,7 +180,7 @@ def export_cmd(
     fp32_weights: bool = typer.Option(False, help="Store the cloud weights and the edge encoder in float32 (default: float16 storage, float32 compute; half the size)."),
 ) -> None:
     """Write a model package: manifest, edge encoder.onnx, codec tables with integer h_s, cloud weights."""
-    from vitcodec.models.checkpoint import load_checkpoint, load_model_state
+    from vitcodec.models.checkpoint import load_checkpoint
     from vitcodec.models.config import JCCConfig
     from vitcodec.models.export import export_package
     from vitcodec.models.registry import create_model
@@ -180,9 +188,9 @@ def export_cmd(
     try:
         ckpt = load_checkpoint(model)
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        abort(str(exc))
     net = create_model(JCCConfig.from_dict(ckpt["config"]))
-    load_model_state(net, ckpt["model"])
+    net.load_state_dict(ckpt["model"])
     settings = ckpt.get("settings", {})
     compress = ckpt.get("stage", settings.get("stage")) == "joint"
     q = quality if quality is not None else settings.get("quality")
@@ -206,85 +214,121 @@ def decode_cmd(
     Exit status 1 when the file is missing, damaged, not a vitcodec stream or made for another model, 2 when
     the model cannot be found or loaded; either way one error line, no traceback.
     """
-    import warnings
+    from vitcodec.codec.errors import CodecError
 
-    from PIL import Image
+    data = _read_stream_file(file)
+    package = _stream_package(file, data, model)
+    cloud = _load_cloud_model(package)
+    try:
+        decoded, probs = cloud.classify_streams([data])
+    except CodecError as exc:
+        _stop(f"{file}: {exc}")
+    result = _decode_result(file, package.name, decoded[0], cloud.predictions(probs, top_k)[0])
+    if reconstruct:
+        pixels = cloud.reconstruct_latents(decoded[0].y_hat[None], decoded[0].header.image_size)[0]
+        _write_png(reconstruct, pixels)
+        result["reconstruction"] = str(reconstruct)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_decode_result(result)
 
+
+def _stop(message: str, code: int = 1) -> NoReturn:
+    """One error line (never wrapped at the terminal width) and the exit status."""
+    error_line(message)
+    raise typer.Exit(code)
+
+
+def _read_stream_file(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except IsADirectoryError:
+        _stop(f"{file}: is a folder, not a bitstream file")
+    except FileNotFoundError:
+        _stop(f"{file}: no such file")
+    except OSError as exc:
+        _stop(f"{file}: cannot read ({exc.strerror or exc})")
+
+
+def _stream_package(file: Path, data: bytes, model: str | None) -> "ModelPackage":
+    """The package that decodes this stream: ``--model``, else found by the header's model id.
+
+    The container's integrity is checked first, so that a damaged model id reads as damage, not as an
+    unknown model; a named model must be the one the stream was made for.
+    """
     from vitcodec.codec.bitstream import read_stream_info
-    from vitcodec.codec.errors import CodecError, ModelMismatchError
-    from vitcodec.codec.package import ModelNotFoundError, find_by_model_id, resolve_model
-    from vitcodec.edge.commands import error_line, mismatch_message
-
-    def fail(message: str, code: int = 1) -> NoReturn:
-        error_line(message)  # one line, never wrapped at the terminal width
-        raise typer.Exit(code)
+    from vitcodec.codec.errors import CodecError
+    from vitcodec.packages import ModelNotFoundError, describe_mismatch, find_by_model_id, resolve_model
 
     try:
-        data = file.read_bytes()
-    except IsADirectoryError:
-        fail(f"{file}: is a folder, not a bitstream file")
-    except FileNotFoundError:
-        fail(f"{file}: no such file")
-    except OSError as exc:
-        fail(f"{file}: cannot read ({exc.strerror or exc})")
-    try:  # integrity first, so that a damaged model id reads as damage, not as an unknown model
         header = read_stream_info(data).header
     except CodecError as exc:
-        fail(f"{file}: {exc}")
+        _stop(f"{file}: {exc}")
     try:
         package = resolve_model(model) if model else find_by_model_id(header.model_id)
     except ModelNotFoundError as exc:
         if model:
-            fail(str(exc), 2)
-        fail(f"{file}: {exc}")  # a stream for a model that is not installed here
+            _stop(str(exc), 2)
+        _stop(f"{file}: {exc}; pass --model explicitly")  # a stream for a model not installed here
     if package.compresses and header.model_id != package.model_id:
-        fail(f"{file}: {mismatch_message(ModelMismatchError(package.model_id, header.model_id), package)}")
-    with warnings.catch_warnings():  # imported only now: bad input is refused without loading torch models
-        warnings.simplefilter("ignore", FutureWarning)  # compressai's import-time torch.jit notice
-        from vitcodec.models.inference import CloudModel
+        _stop(f"{file}: {describe_mismatch(package, header.model_id)}")
+    return package
+
+
+def _load_cloud_model(package: "ModelPackage") -> "CloudModel":
+    """torch is imported only now, so bad input is refused without loading models; load errors exit 2."""
+    from vitcodec.models.inference import CloudModel  # no compressai: decode runs on a server install
+    from vitcodec.packages import ModelNotFoundError
+
     try:
-        cloud = CloudModel(package)
+        return CloudModel(package)
     except (ModelNotFoundError, ValueError) as exc:
-        fail(str(exc), 2)
+        _stop(str(exc), 2)
     except Exception as exc:  # noqa: BLE001 - a damaged package (weights file, manifest) is reported, not traced
-        fail(f"model {package.name} ({package.path}) cannot be loaded: {exc.__class__.__name__}: "
-             f"{' '.join(str(exc).split())[:300]}", 2)
+        _stop(f"model {package.name} ({package.path}) cannot be loaded: {exc.__class__.__name__}: "
+              f"{' '.join(str(exc).split())[:300]}", 2)
+
+
+def _write_png(path: Path, pixels: "np.ndarray") -> None:
+    from vitcodec.outputs import encode_png
+
     try:
-        decoded = cloud.decode(data)
-    except CodecError as exc:
-        fail(f"{file}: {exc}")
-    pred = cloud.predictions(cloud.classify_latents(decoded.y_hat[None]), top_k)[0]
-    if reconstruct:
-        pixels = cloud.reconstruct_latents(decoded.y_hat[None], decoded.header.image_size)[0]
-        try:
-            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(reconstruct)
-        except (OSError, ValueError) as exc:
-            fail(f"{reconstruct}: cannot write the reconstruction ({getattr(exc, 'strerror', None) or exc})")
+        path.write_bytes(encode_png(pixels))
+    except OSError as exc:
+        _stop(f"{path}: cannot write the reconstruction ({exc.strerror or exc})")
+
+
+def _decode_result(file: Path, model_name: str, decoded: "DecodedStream", pred: "Prediction") -> dict[str, Any]:
+    from vitcodec.outputs import bits_per_pixel
+
     h, w = decoded.header.image_size
-    result = {"file": str(file), "model": package.name, "bytes": decoded.num_bytes,
-              "bpp": 8 * decoded.num_bytes / (h * w), "image_size": [h, w],
-              "top_k": [{"label": lab, "index": idx, "probability": p}
-                        for lab, idx, p in zip(pred.top_labels, pred.top_indices, pred.top_probs)]}
-    if reconstruct:
-        result["reconstruction"] = str(reconstruct)
-    if as_json:
-        print(json.dumps(result))
-        return
-    console.print(f"{file}: {package.name}, {decoded.num_bytes} bytes ({result['bpp']:.3f} bpp), {h}x{w}",
+    return {"file": str(file), "model": model_name, "bytes": decoded.num_bytes,
+            "bpp": bits_per_pixel(decoded.num_bytes, (h, w)), "image_size": [h, w],
+            "top_k": [{"label": lab, "index": idx, "probability": p}
+                      for lab, idx, p in zip(pred.top_labels, pred.top_indices, pred.top_probs)]}
+
+
+def _print_decode_result(result: dict[str, Any]) -> None:
+    h, w = result["image_size"]
+    console.print(f"{result['file']}: {result['model']}, {result['bytes']} bytes ({result['bpp']:.3f} bpp), {h}x{w}",
                   highlight=False, soft_wrap=True)
     for entry in result["top_k"]:
         console.print(f"  {entry['probability']:7.2%}  {entry['label']}", highlight=False)
-    if reconstruct:
-        console.print(f"reconstruction written to {reconstruct}", highlight=False, soft_wrap=True)
+    if "reconstruction" in result:
+        console.print(f"reconstruction written to {result['reconstruction']}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
-    from vitcodec.models.errors import DataError
+    from vitcodec.models.errors import DataError, TrainingExtraMissing
 
     try:
         app()
     except DataError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except TrainingExtraMissing as exc:  # train, export, models: a server install has no compressai
+        error_line(str(exc))
         sys.exit(2)
 
 

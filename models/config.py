@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from vitcodec.packages import InputSpec
+
 
 @dataclass(frozen=True)
 class JCCConfig:
@@ -40,14 +42,14 @@ class JCCConfig:
         """Total downsampling of g_a: every layer is a stride-2 conv."""
         return 2 ** (len(self.encoder_channels) + 1)
 
-    @property
-    def hyper_stride(self) -> int:
-        """Extra downsampling from y to z (two stride-2 convs in h_a)."""
-        return 4
-
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of y for an image of the given size (inputs are padded up to the stride)."""
         return math.ceil(height / self.stride), math.ceil(width / self.stride)
+
+    def input_spec(self) -> InputSpec:
+        """The preprocessing this network expects, as a model package's manifest records it."""
+        return InputSpec(size=tuple(self.img_size), channels=self.in_chans, mean=tuple(self.mean),
+                         std=tuple(self.std), stride=self.stride)
 
     @property
     def num_tokens(self) -> int:

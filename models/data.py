@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vitcodec.edge.preprocess import ImageReadError, load_image, standardise, to_batch, to_pixels
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.errors import DataError
 
@@ -88,33 +89,15 @@ def synthetic_images(n: int, size: tuple[int, int], channels: int, num_classes: 
     return images, labels.astype(np.int64)
 
 
-def to_model_tensor(images: np.ndarray, config: JCCConfig) -> Tensor:
+def to_model_tensor(images: np.ndarray | list[np.ndarray], config: JCCConfig) -> Tensor:
     """uint8 images [n, h, w(, c)] -> normalised float [n, C, H, W] at the model's input size.
 
-    Smaller images are zero-padded centred (Fashion-MNIST 28 -> 32 for ``jcc-fmnist-32``); other sizes
-    are resized. Channel count is converted (grey <-> RGB) to the model's ``in_chans``.
+    The edge's own preprocessing (`vitcodec.edge.preprocess`) does the work, so training sees exactly the
+    tensor a device sends: smaller images are zero-padded centred, larger ones resized (bilinear), the
+    channel count converted to the model's ``in_chans``.
     """
-    x = torch.from_numpy(np.array(images, copy=True))
-    if x.ndim == 3:
-        x = x[..., None]
-    x = x.permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[1] != config.in_chans:
-        x = x.mean(1, keepdim=True) if config.in_chans == 1 else x[:, :1].expand(-1, config.in_chans, -1, -1)
-    x = fit_to_size(x, config.img_size)
-    mean = torch.tensor(config.mean).view(1, -1, 1, 1)
-    std = torch.tensor(config.std).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-def fit_to_size(x: Tensor, size: tuple[int, int]) -> Tensor:
-    h, w = x.shape[-2:]
-    th, tw = size
-    if (h, w) == (th, tw):
-        return x
-    if h <= th and w <= tw:
-        top, left = (th - h) // 2, (tw - w) // 2
-        return F.pad(x, (left, tw - w - left, top, th - h - top))
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    spec = config.input_spec()
+    return torch.from_numpy(standardise(to_batch(images, spec), spec))
 
 
 class TensorImageDataset(Dataset):
@@ -176,27 +159,24 @@ def load_arrays(spec: str, split: str, config: JCCConfig, limit: int | None = No
 
 
 def _load_imagefolder(root: Path, split: str, config: JCCConfig) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """ROOT/<split>/<class>/*.png (or ROOT/<class>/* when there is no split folder)."""
-    from PIL import Image
-
+    """ROOT/<split>/<class>/*.png (or ROOT/<class>/* when there is no split folder), read and fitted to the
+    model size by the edge's own functions (EXIF orientation, mode conversion, pad or resize)."""
     base = root / split if (root / split).is_dir() else root
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist")
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"image folder {base} has no class sub-folders")
-    mode = "L" if config.in_chans == 1 else "RGB"
+    spec = config.input_spec()
     images, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((base / name).iterdir()):
             if not path.is_file():
                 continue
             try:
-                with Image.open(path) as im:
-                    im = im.convert(mode).resize(config.img_size[::-1], Image.BILINEAR)
-                    images.append(np.asarray(im))
-            except OSError as exc:
-                raise DataError(f"cannot read image {path}: {exc}") from None
+                images.append(to_pixels(load_image(path), spec))
+            except ImageReadError as exc:
+                raise DataError(f"cannot read image {exc}") from None
             labels.append(label)
     if not images:
         raise DataError(f"image folder {base} holds no images")

@@ -4,7 +4,6 @@ cloud path (codec + torch) decodes and classifies it. Rates count every byte of 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -13,12 +12,13 @@ import numpy as np
 import torch
 
 from vitcodec.codec.bitstream import read_stream_info
-from vitcodec.codec.package import ModelPackage, resolve_model
-from vitcodec.edge.preprocess import normalise, to_pixels
-from vitcodec.models.checkpoint import load_model_state
+from vitcodec.edge.preprocess import normalise, to_batch
+from vitcodec.models.checkpoint import load_package_network
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.data import load_arrays
-from vitcodec.models.jcc import JointCompressionClassifier
+from vitcodec.models.inference import to_uint8_images
+from vitcodec.outputs import bits_per_pixel, psnr, top_k_hits
+from vitcodec.packages import ModelPackage, resolve_model
 
 
 @dataclass
@@ -37,17 +37,6 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _psnr(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB on 0..255 (capped at 100 dB for identical images)."""
-    err = ((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2).reshape(len(reference), -1).mean(1)
-    return np.where(err > 0, 10 * np.log10(255.0**2 / np.maximum(err, 1e-12)), 100.0)
-
-
-def _topk(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, probs.shape[1])
-    return (np.argsort(-probs, axis=1, kind="stable")[:, :k] == labels[:, None]).any(1)
 
 
 def evaluate(model: str, data: str = "fashion-mnist", split: str = "test", limit: int | None = None,
@@ -73,29 +62,25 @@ def _evaluate_bitstreams(package: ModelPackage, images: np.ndarray, labels: np.n
     hits1, hits5, psnrs, sizes, headers = [], [], [], [], []
     failures = 0
     for start in range(0, len(images), batch_size):
-        pixels = np.stack([to_pixels(im, package.input_spec) for im in images[start:start + batch_size]])
+        pixels = to_batch(images[start:start + batch_size], package.input_spec)
         encoded = edge.encode_pixels(pixels)
-        decoded = []
-        for result in encoded:
-            d = cloud.decode(result.stream)
+        decoded, probs = cloud.classify_streams([result.stream for result in encoded])
+        for result, d in zip(encoded, decoded):
             failures += int(not np.array_equal(d.y_hat, result.y_hat))
-            decoded.append(d.y_hat)
             info = read_stream_info(result.stream)
             sizes.append(info.total_bytes)
             headers.append(info.header_bytes)
-        y_hat = np.stack(decoded)
-        probs = cloud.classify_latents(y_hat)
         target = labels[start:start + batch_size]
-        hits1.append(_topk(probs, target, 1))
-        hits5.append(_topk(probs, target, 5))
-        recon = cloud.reconstruct_latents(y_hat, pixels.shape[1:3])
-        psnrs.append(_psnr(pixels, recon))
+        hits1.append(top_k_hits(probs, target, 1))
+        hits5.append(top_k_hits(probs, target, 5))
+        recon = cloud.reconstruct_latents(np.stack([d.y_hat for d in decoded]), pixels.shape[1:3])
+        psnrs.append(psnr(pixels, recon))
         if on_batch:
             on_batch(len(target))
-    h, w = package.input_spec.size
     mean_bytes = float(np.mean(sizes))
     return EvalReport(package.name, data, len(labels), float(np.concatenate(hits1).mean()),
-                      float(np.concatenate(hits5).mean()), 8 * mean_bytes / (h * w), mean_bytes,
+                      float(np.concatenate(hits5).mean()), bits_per_pixel(mean_bytes, package.input_spec.size),
+                      mean_bytes,
                       float(np.mean(headers)), float(np.concatenate(psnrs).mean()), failures,
                       time.perf_counter() - t0)
 
@@ -106,30 +91,20 @@ def _evaluate_reference(package: ModelPackage, config: JCCConfig, images: np.nda
                         on_batch: Callable[[int], None] | None) -> EvalReport:
     """The step-one model: float latents, no entropy coding (the accuracy reference)."""
     t0 = time.perf_counter()
-    net = JointCompressionClassifier(config)
-    state = torch.load(package.file("weights"), map_location="cpu", weights_only=True)
-    load_model_state(net, {k: v.float() for k, v in state.items()}, strict=False)
-    net = net.to(device).eval()
+    net = load_package_network(package, device)
     hits1, hits5, psnrs = [], [], []
     for start in range(0, len(images), batch_size):
-        pixels = np.stack([to_pixels(im, package.input_spec) for im in images[start:start + batch_size]])
+        pixels = to_batch(images[start:start + batch_size], package.input_spec)
         x = torch.from_numpy(normalise(pixels, package.input_spec)).to(device)
         out = net(x, compress=False, reconstruct=True)
         probs = torch.softmax(out["logits"].float(), 1).cpu().numpy()
         target = labels[start:start + batch_size]
-        hits1.append(_topk(probs, target, 1))
-        hits5.append(_topk(probs, target, 5))
-        mean = torch.tensor(config.mean).view(1, -1, 1, 1)
-        std = torch.tensor(config.std).view(1, -1, 1, 1)
-        x_hat = out["x_hat"][..., : pixels.shape[1], : pixels.shape[2]].float().cpu()
-        recon = ((x_hat * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        psnrs.append(_psnr(pixels, recon))
+        hits1.append(top_k_hits(probs, target, 1))
+        hits5.append(top_k_hits(probs, target, 5))
+        recon = to_uint8_images(out["x_hat"][..., : pixels.shape[1], : pixels.shape[2]], config)
+        psnrs.append(psnr(pixels, recon))
         if on_batch:
             on_batch(len(target))
     return EvalReport(package.name, data, len(labels), float(np.concatenate(hits1).mean()),
                       float(np.concatenate(hits5).mean()), None, None, None,
                       float(np.concatenate(psnrs).mean()), 0, time.perf_counter() - t0)
-
-
-def format_float(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

@@ -20,11 +20,13 @@ from torch import nn
 
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import MANIFEST, PACKAGE_FORMAT, ModelPackage
+from vitcodec.packages import MANIFEST, PACKAGE_FORMAT, ModelPackage
 from vitcodec.codec.tables import CodecTables
-from vitcodec.models.jcc import EdgeEncoder, JointCompressionClassifier
+from vitcodec.models.jcc import AnalysisTransforms, JointCompressionClassifier
+from vitcodec.models.latent_networks import LatentNetworks
 
 HS_WEIGHT_BITS = 11
+WEIGHT_MAP_KEY = "vitcodec.weight_map"  # classifier.onnx metadata: where each weight comes from
 CLOUD_MODULES = ("vit", "aggregation", "g_s")  # what the cloud needs: no g_a, no float h_s
 
 
@@ -75,7 +77,7 @@ def build_latent_codec(model: JointCompressionClassifier) -> LatentCodec:
 
 def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> bytes:
     """g_a + h_a in ONNX with dynamic batch and spatial axes (inputs arrive already padded to the stride)."""
-    encoder = EdgeEncoder(model).eval().cpu()
+    encoder = AnalysisTransforms(model).eval().cpu()
     c = model.config
     h, w = (-(-s // c.stride) * c.stride for s in c.img_size)
     dummy = torch.zeros(1, c.in_chans, h, w)
@@ -87,6 +89,72 @@ def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> by
         dynamo=False,
     )
     return buffer.getvalue()
+
+
+class _Classifier(nn.Module):
+    """y_hat -> class probabilities, softmax included: what the cloud's ``onnxruntime`` backend runs."""
+
+    def __init__(self, net: LatentNetworks) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net.classify(y_hat).float(), dim=1)
+
+
+def onnx_classifier_bytes(model: LatentNetworks, opset: int = 17) -> bytes:
+    """The ViT classifier in ONNX, dynamic in the batch, at the training latent grid."""
+    c = model.config
+    dummy = torch.zeros(2, c.M, *c.latent_shape(*c.img_size))
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(_Classifier(model).eval().cpu(), (dummy,), buffer, input_names=["y_hat"],
+                          output_names=["probs"], dynamic_axes={"y_hat": {0: "batch"}, "probs": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    return buffer.getvalue()
+
+
+def classifier_graph(model: LatentNetworks) -> bytes:
+    """``onnx_classifier_bytes`` without its weights: each weight tensor becomes an external initializer
+    named in the metadata (``WEIGHT_MAP_KEY``: initializer -> [state-dict key, transposed]), which the server
+    fills from the package's ``weights.pt``. The package so holds its classifier weights once (the file is
+    ~50 kB), and ONNX Runtime computes with exactly the tensors the torch backend uses."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    graph = onnx.load_from_string(onnx_classifier_bytes(model))
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if k.startswith("vit.")}
+    weight_map: dict[str, tuple[str, bool]] = {}
+    for init in graph.graph.initializer:
+        value = numpy_helper.to_array(init)
+        for key, tensor in state.items():
+            for transposed, candidate in ((False, tensor), (True, tensor.T if tensor.ndim == 2 else None)):
+                if candidate is not None and candidate.shape == value.shape and np.array_equal(candidate, value):
+                    weight_map[init.name] = (key, transposed)
+                    break
+            if init.name in weight_map:
+                break
+        if init.name in weight_map:
+            init.ClearField("raw_data")
+            del init.float_data[:]
+            init.data_location = TensorProto.EXTERNAL
+            for field, text in (("location", "weights.pt"), ("offset", "0"), ("length", "0")):
+                entry = init.external_data.add()
+                entry.key, entry.value = field, text
+    onnx.helper.set_model_props(graph, {WEIGHT_MAP_KEY: json.dumps(weight_map)})
+    return graph.SerializeToString()
+
+
+def add_classifier(package: ModelPackage) -> ModelPackage:
+    """Write ``classifier.onnx`` (see `classifier_graph`) into a compressed package, from the cloud weights as
+    stored. The model id (codec tables and encoder) does not change."""
+    from vitcodec.models.latent_networks import load_latent_networks
+
+    (package.path / "classifier.onnx").write_bytes(classifier_graph(load_latent_networks(package)))
+    manifest = dict(package.manifest)
+    manifest["files"] = {**manifest.get("files", {}), "classifier": "classifier.onnx"}
+    (package.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return ModelPackage.open(package.path)
 
 
 def store_weights_as_float16(onnx_bytes: bytes, min_elements: int = 64) -> bytes:
@@ -183,4 +251,5 @@ def export_package(model: JointCompressionClassifier, out: Path, *, name: str, v
         **(extra or {}),
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return ModelPackage.open(target)
+    package = ModelPackage.open(target)
+    return add_classifier(package) if compress else package

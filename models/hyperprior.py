@@ -12,22 +12,28 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-with warnings.catch_warnings():
-    # compressai decorates helpers with torch.jit.script at import time, which torch 2.14 flags as deprecated;
-    # the warning is about compressai's code, not ours, and would print on every CLI command.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-
 from vitcodec.models.encoder import conv, deconv
+from vitcodec.models.errors import TrainingExtraMissing
 
-SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+try:
+    with warnings.catch_warnings():
+        # compressai decorates helpers with torch.jit.script at import time, which torch 2.14 flags as
+        # deprecated; the warning is about compressai's code, not ours, and would print on every CLI command.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+        from compressai.models.google import get_scale_table  # 64 log-spaced scales, 0.11 to 256
+        from compressai.models.utils import update_registered_buffers
+except ImportError as exc:  # the training extra is not installed (a server install): say which extra to add
+    if (exc.name or "").split(".")[0] != "compressai":
+        raise
+    raise TrainingExtraMissing() from exc
 
-
-def scale_table() -> Tensor:
-    """64 log-spaced scales from 0.11 to 256 (compressai's default table)."""
-    import math
-
-    return torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))
+# compressai's integer CDF buffers: their sizes depend on the tables, so they are sized from a state dict
+# before it is loaded (as compressai's CompressionModel.load_state_dict does).
+_CDF_BUFFERS = {
+    "entropy_bottleneck": ("_quantized_cdf", "_offset", "_cdf_length"),
+    "gaussian_conditional": ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"),
+}
 
 
 class HyperAnalysis(nn.Sequential):
@@ -82,9 +88,17 @@ class MeanScaleHyperprior(nn.Module):
 
     def update(self, force: bool = True) -> bool:
         """Fill the integer CDF tables (compressai's explicit update step) before any real coding."""
-        updated = self.gaussian_conditional.update_scale_table(scale_table(), force=force)
+        updated = self.gaussian_conditional.update_scale_table(get_scale_table(), force=force)
         updated |= self.entropy_bottleneck.update(force=force)
         return updated
+
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args, **kwargs) -> None:
+        """Size the CDF buffers from the incoming tensors (compressai's helper), then load as usual."""
+        for name, buffers in _CDF_BUFFERS.items():
+            present = [b for b in buffers if f"{prefix}{name}.{b}" in state_dict]
+            update_registered_buffers(getattr(self, name), f"{prefix}{name}", present, state_dict, policy="resize")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def _round_ste(x: Tensor) -> Tensor:

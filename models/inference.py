@@ -12,10 +12,10 @@ import torch
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import CodecError
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.codec.package import ModelPackage, resolve_model
-from vitcodec.models.checkpoint import load_model_state
+from vitcodec.packages import ModelPackage
+from vitcodec.models.latent_networks import load_latent_networks
 from vitcodec.models.config import JCCConfig
-from vitcodec.models.jcc import JointCompressionClassifier
+from vitcodec.outputs import top_k as top_k_indexes
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,8 @@ class CloudModel:
         self.config = JCCConfig.from_dict(package.manifest["config"])
         self.codec = LatentCodec.load(package.file("codec"))
         self.model_id = package.model_id
-        net = JointCompressionClassifier(self.config)
-        state = torch.load(package.file("weights"), map_location="cpu", weights_only=True)
-        load_model_state(net, {k: v.float() for k, v in state.items()}, strict=False)
-        self.net = net.to(self.device).eval()
+        self.net = load_latent_networks(package, self.device)
         self.labels = package.labels or [str(i) for i in range(self.config.num_classes)]
-
-    @classmethod
-    def load(cls, spec: str | None = None, device: str | torch.device = "cpu") -> "CloudModel":
-        return cls(resolve_model(spec), device)
 
     @property
     def name(self) -> str:
@@ -68,32 +61,40 @@ class CloudModel:
         y_hat = self.codec.decode(z_payload, y_payload, header.latent_shape)
         return DecodedStream(header, y_hat, len(stream))
 
+    def decode_payloads(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
+        """ŷ (B, M, h, w) of streams already parsed and checked (the server does that once, at routing): one
+        h_s pass for the batch. The first bad payload raises, without saying which (see cloud/decoding.py)."""
+        return self.codec.decode_batch(payloads, tuple(latent_shape))
+
     @torch.inference_mode()
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of decoded latents (B, M, h, w): no pixel decoder runs."""
         x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
         return torch.softmax(self.net.classify(x).float(), dim=1).cpu().numpy()
 
+    def classify_streams(self, streams: list[bytes]) -> tuple[list[DecodedStream], np.ndarray]:
+        """The classify path: each stream entropy-decoded to y_hat, then one ViT batch -> probabilities (B, C).
+
+        ``vitcodec decode`` and ``vitcodec eval`` call this; the server runs the same two steps with a batch
+        queue between them. Raises CodecError subclasses for a bad stream.
+        """
+        decoded = [self.decode(s) for s in streams]
+        return decoded, self.classify_latents(np.stack([d.y_hat for d in decoded]))
+
     def predictions(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        k = max(1, min(top_k, probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        order = top_k_indexes(probs, top_k)
         return [Prediction(row.tolist(), [self.labels[i] for i in row], [float(p[i]) for i in row], p)
                 for row, p in zip(order, probs)]
-
-    def classify(self, streams: list[bytes], top_k: int = 5) -> list[Prediction]:
-        decoded = [self.decode(s) for s in streams]
-        return self.predictions(self.classify_latents(np.stack([d.y_hat for d in decoded])), top_k)
 
     @torch.inference_mode()
     def reconstruct_latents(self, y_hat: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """uint8 images (B, H, W, C) from decoded latents, via feature aggregation and g_s."""
         x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
-        x_hat = self.net.reconstruct(x, tuple(image_size)).float().cpu()
-        mean = torch.tensor(self.config.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.std).view(1, -1, 1, 1)
-        pixels = ((x_hat * std + mean).clamp(0, 1) * 255.0).round().to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).numpy()
+        return to_uint8_images(self.net.reconstruct(x, tuple(image_size)), self.config)
 
-    def reconstruct(self, stream: bytes) -> np.ndarray:
-        decoded = self.decode(stream)
-        return self.reconstruct_latents(decoded.y_hat[None], decoded.header.image_size)[0]
+def to_uint8_images(x_hat: torch.Tensor, config: JCCConfig) -> np.ndarray:
+    """Normalised network output (B, C, H, W) -> uint8 images (B, H, W, C): undo ``standardise``, round."""
+    mean = torch.tensor(config.mean).view(1, -1, 1, 1)
+    std = torch.tensor(config.std).view(1, -1, 1, 1)
+    pixels = ((x_hat.float().cpu() * std + mean).clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()

@@ -18,28 +18,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitcodec.models.config import JCCConfig
-from vitcodec.models.decoder import FeatureAggregation, SynthesisTransform
 from vitcodec.models.encoder import AnalysisTransform
 from vitcodec.models.hyperprior import MeanScaleHyperprior
-from vitcodec.models.vit import LatentViT
+from vitcodec.models.latent_networks import LatentNetworks
 
 
-class JointCompressionClassifier(nn.Module):
-    def __init__(self, config: JCCConfig) -> None:
-        super().__init__()
-        if config.embed_dim % (config.fusion_blocks + 1):
-            raise ValueError("embed_dim must be divisible by fusion_blocks + 1")
-        if config.fusion_blocks > config.depth:
-            raise ValueError("fusion_blocks cannot exceed depth")
-        self.config = config
+class JointCompressionClassifier(LatentNetworks):
+    """The whole network: g_a and the hyperprior (training, export) on top of the cloud's `LatentNetworks`
+    (ViT, aggregation, g_s), whose state-dict keys it keeps."""
+
+    def _add_encoder_side(self, config: JCCConfig) -> None:
         c = config
         self.g_a = AnalysisTransform(c.in_chans, c.encoder_channels, c.M, c.kernel_size)
         self.hyperprior = MeanScaleHyperprior(c.M, c.N)
-        self.vit = LatentViT(c.M, c.latent_shape(*c.img_size), c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
-                             c.num_classes, c.drop_path_rate)
-        self.aggregation = FeatureAggregation(c.M, c.embed_dim, c.fusion_blocks)
-        self.g_s = SynthesisTransform(c.embed_dim, c.decoder_channels or c.encoder_channels, c.in_chans,
-                                      c.kernel_size)
 
     # -- geometry -------------------------------------------------------------------------------
     def pad(self, x: Tensor) -> Tensor:
@@ -49,22 +40,9 @@ class JointCompressionClassifier(nn.Module):
         ph, pw = (-h) % s, (-w) % s
         return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
-    # -- the pieces ------------------------------------------------------------------------------
+    # -- the pieces (classify and reconstruct come from LatentNetworks) ---------------------------------
     def encode_latent(self, x: Tensor) -> Tensor:
         return self.g_a(self.pad(x))
-
-    def classify(self, y_hat: Tensor) -> Tensor:
-        """Logits straight from decoded latents: the cloud's default path, no pixel decoder."""
-        return self.vit(y_hat)
-
-    def reconstruct(self, y_hat: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """Pixels on demand: aggregate y_hat with the early blocks, decode, crop to the original size."""
-        early = self.vit.forward_early(y_hat, self.config.fusion_blocks)
-        return self._decode_pixels(y_hat, early, image_size)
-
-    def _decode_pixels(self, y_hat: Tensor, early: list[Tensor], image_size: tuple[int, int]) -> Tensor:
-        x_hat = self.g_s(self.aggregation(y_hat, early))
-        return x_hat[..., : image_size[0], : image_size[1]]
 
     # -- training forward --------------------------------------------------------------------------
     def forward(self, x: Tensor, compress: bool = True, reconstruct: bool = True) -> dict[str, Tensor]:
@@ -96,8 +74,9 @@ class JointCompressionClassifier(nn.Module):
         return self.hyperprior.update(force=force)
 
 
-class EdgeEncoder(nn.Module):
-    """What the edge runs in ONNX Runtime: g_a and h_a in float; rounding and coding happen in codec/."""
+class AnalysisTransforms(nn.Module):
+    """g_a and h_a in float: the network exported to ``encoder.onnx`` for the edge runtime
+    (`vitcodec.edge.encoder.EdgeEncoder`); rounding and coding happen in codec/."""
 
     def __init__(self, model: JointCompressionClassifier) -> None:
         super().__init__()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import fnmatch
+from typing import TYPE_CHECKING, Any
 
 from vitcodec.models.config import JCCConfig
+
+if TYPE_CHECKING:
+    from vitcodec.models.jcc import JointCompressionClassifier
 
 FASHION_MNIST_LABELS = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -54,21 +58,23 @@ register_preset(JCCConfig(
 ))
 
 
-def list_presets() -> list[str]:
-    return sorted(_PRESETS)
+def list_models(pattern: str | None = None) -> list[str]:
+    """Preset names, sorted; ``pattern`` filters them with shell wildcards (``"jcc-fmnist-*"``), as in timm."""
+    names = sorted(_PRESETS)
+    return names if pattern is None else fnmatch.filter(names, pattern)
 
 
 def get_preset(name: str) -> JCCConfig:
     try:
         return _PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}") from None
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(list_models())}") from None
 
 
-def create_model(name: str | JCCConfig, **overrides: Any):
-    """Build a network from a preset name (or a config) with optional overrides."""
+def create_model(name: str | JCCConfig, **overrides: Any) -> "JointCompressionClassifier":
+    """Build a network from a preset name (or a config); overrides replace config fields, and those given as
+    None are ignored (timm's habit, so CLI options left unset change nothing)."""
     from vitcodec.models.jcc import JointCompressionClassifier
 
     config = name if isinstance(name, JCCConfig) else get_preset(name)
     return JointCompressionClassifier(config.with_overrides(**overrides))
-

@@ -1,30 +1,35 @@
 """Two-step training (Bai et al.): ``pretrain`` without compression, then ``joint`` with the
 rate–distortion–accuracy loss. Runs alone or under torchrun (DDP), on CPU or GPU.
+
+Either step may distil from a pixel CNN (`vitcodec.models.pixel_cnn`, ``--teacher``): the teacher sees the
+very batch the student sees (after augmentation), with the JCC's normalisation undone, since it normalises
+its own input.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from vitcodec.models.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from vitcodec.models.checkpoint import load_checkpoint, save_checkpoint
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.data import build_dataset
 from vitcodec.models.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from vitcodec.models.jcc import JointCompressionClassifier
-from vitcodec.models.losses import JointLoss, LossWeights, quality_weights
+from vitcodec.models.losses import DISTILL_MODES, JointLoss, LossWeights, quality_weights
 from vitcodec.models.registry import create_model, get_preset
 
 STAGES = ("pretrain", "joint")
+_CODEC_MODULES = ("g_a.", "hyperprior.")  # step two's new modules, at --codec-lr
 
 
 @dataclass
@@ -57,14 +62,21 @@ class TrainSettings:
     threads: int | None = None
     log_every: int = 20
     progress: bool = True
+    teacher: Path | None = None  # a pixel CNN checkpoint to distil from; None = no distillation
+    distill: str = "soft"  # soft | hard (only with a teacher)
+    distill_alpha: float = 0.5  # the teacher's share of the accuracy term
+    distill_tau: float = 1.0  # soft distillation's temperature
 
     def loss_weights(self) -> LossWeights:
+        kd = ({"distill": self.distill, "distill_alpha": self.distill_alpha, "distill_tau": self.distill_tau}
+              if self.teacher is not None else {})
         if self.stage == "pretrain":
-            return LossWeights(alpha=1.0, beta=self.recon_weight, rate=0.0, label_smoothing=self.label_smoothing)
+            return LossWeights(alpha=1.0, beta=self.recon_weight, rate=0.0, label_smoothing=self.label_smoothing,
+                               **kd)
         alpha, beta = quality_weights(self.quality) if self.quality else (1.0, 0.0)
         return LossWeights(alpha=self.alpha if self.alpha is not None else alpha,
                            beta=self.beta if self.beta is not None else beta, rate=1.0,
-                           label_smoothing=self.label_smoothing)
+                           label_smoothing=self.label_smoothing, **kd)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,6 +95,28 @@ def _check(settings: TrainSettings) -> None:
             raise ValueError("stage joint needs --quality 1|2|3, or both --alpha and --beta")
     if settings.max_steps is None and settings.epochs <= 0:
         raise ValueError("give a positive --epochs or --max-steps")
+    if settings.teacher is not None:
+        if settings.distill not in DISTILL_MODES:
+            raise ValueError(f"--distill must be one of {', '.join(DISTILL_MODES)}, got {settings.distill!r}")
+        if not 0.0 <= settings.distill_alpha <= 1.0:
+            raise ValueError(f"--distill-alpha must lie in [0, 1], got {settings.distill_alpha}")
+        if settings.distill_tau <= 0:
+            raise ValueError(f"--distill-tau must be positive, got {settings.distill_tau}")
+
+
+def load_teacher(path: Path, config: JCCConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen pixel CNN, checked against the student's input (same size, channels and classes)."""
+    from vitcodec.models.pixel_cnn import load_pixel_cnn
+
+    teacher = load_pixel_cnn(path, device)
+    t = teacher.config
+    if (tuple(t.img_size), t.in_chans, t.num_classes) != (tuple(config.img_size), config.in_chans, config.num_classes):
+        raise ValueError(f"teacher {path} takes {t.in_chans}x{t.img_size[0]}x{t.img_size[1]} images into "
+                         f"{t.num_classes} classes; the student {config.in_chans}x{config.img_size[0]}x"
+                         f"{config.img_size[1]} into {config.num_classes}")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def build_model(settings: TrainSettings, device: torch.device) -> tuple[JointCompressionClassifier, dict[str, Any] | None]:
@@ -92,18 +126,57 @@ def build_model(settings: TrainSettings, device: torch.device) -> tuple[JointCom
         ckpt = load_checkpoint(settings.init)
         config = JCCConfig.from_dict(ckpt["config"])
         model = create_model(config)
-        load_model_state(model, ckpt["model"], strict=False)
+        model.load_state_dict(ckpt["model"], strict=False)
         init_state = ckpt
     else:
         model = create_model(get_preset(settings.preset))
     return model.to(device), init_state
 
 
-def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def lr_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup to each group's peak rate, then cosine decay to zero at ``total_steps`` (torch's own
+    schedulers; their state travels in the checkpoint so a resumed run continues the same curve)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps <= 0:
+        return cosine
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0,
+                      total_iters=max(1, warmup_steps - 1))
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+@dataclass
+class _Stage:
+    """One training stage's moving parts, built by `_prepare` and advanced by `_run_epoch`."""
+
+    settings: TrainSettings
+    model: JointCompressionClassifier
+    forward: torch.nn.Module  # the model, wrapped for DDP / torch.compile where they apply
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    optimizer: torch.optim.Optimizer
+    aux_optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: JointLoss
+    device: torch.device
+    dist: DistInfo
+    total_steps: int  # the schedule's length
+    last_step: int  # where this run stops (--stop-at-step may end it early)
+    teacher: torch.nn.Module | None = None  # the frozen pixel CNN, when distilling
+    step: int = 0
+    epoch: int = 0
+    seen: int = 0
+    t0: float = field(default_factory=time.time)
+
+    @property
+    def compress(self) -> bool:
+        return self.settings.stage == "joint"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.settings.out)
 
 
 def train(settings: TrainSettings) -> dict[str, Any]:
@@ -123,126 +196,186 @@ def train(settings: TrainSettings) -> dict[str, Any]:
 
 
 def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -> dict[str, Any]:
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
+    stage = _prepare(settings, device, dist_info)
+    if dist_info.is_main:
+        (stage.out / "settings.json").write_text(json.dumps(_jsonable(asdict(settings)), indent=2))
+    progress = _progress(settings.progress and dist_info.is_main)
+    task = progress.add_task(f"{settings.stage} {stage.model.config.name}", total=stage.total_steps,
+                             completed=stage.step)
+    metrics: dict[str, Any] = {}
+    stage.forward.train()
+    with progress:
+        while stage.step < stage.last_step:
+            shown = _run_epoch(stage, lambda text: progress.update(task, completed=stage.step, description=text))
+            metrics = shown or metrics
+            stage.epoch += 1
+            if dist_info.is_main:
+                _save(stage)
+    if dist_info.is_main:
+        _save(stage)
+        save_checkpoint(stage.out / "final.pt", stage.model, stage.model.config, stage=settings.stage,
+                        step=stage.step, settings=_jsonable(asdict(settings)), wall_s=time.time() - stage.t0)
+        metrics["wall_s"] = time.time() - stage.t0
+    return metrics
+
+
+def _prepare(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -> _Stage:
+    """Model, data, optimisers and schedule; resumed from ``out/last.pt`` when it exists."""
+    Path(settings.out).mkdir(parents=True, exist_ok=True)
     model, _ = build_model(settings, device)
-    config = model.config
-    compress = settings.stage == "joint"
+    loader, sampler = _data_loader(settings, model.config, device, dist_info)
+    total_steps = settings.max_steps or max(1, int(round(settings.epochs * max(1, len(loader)))))
+    optimizer, aux_optimizer = _optimizers(model, settings)
+    stage = _Stage(settings, model, model, loader, sampler, optimizer, aux_optimizer,
+                   lr_schedule(optimizer, settings.warmup_steps, total_steps),
+                   JointLoss(settings.loss_weights(), model.config.mean, model.config.std).to(device),
+                   device, dist_info, total_steps, min(total_steps, settings.stop_at_step or total_steps))
+    if settings.teacher is not None:
+        stage.teacher = load_teacher(settings.teacher, model.config, device)
+    _resume(stage)
+    stage.forward = _wrap(model, settings, device, dist_info)
+    return stage
+
+
+def _data_loader(settings: TrainSettings, config: JCCConfig, device: torch.device,
+                 dist_info: DistInfo) -> tuple[DataLoader, DistributedSampler | None]:
     dataset = build_dataset(settings.data, "train", config, augment=True, limit=settings.limit, seed=settings.seed)
     sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True,
                                  seed=settings.seed) if dist_info.enabled else None
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(dataset) >= settings.batch_size * dist_info.world_size,
                         pin_memory=device.type == "cuda")
-    steps_per_epoch = max(1, len(loader))
-    total_steps = settings.max_steps or max(1, int(round(settings.epochs * steps_per_epoch)))
-    last_step = min(total_steps, settings.stop_at_step or total_steps)
+    return loader, sampler
 
+
+def _optimizers(model: JointCompressionClassifier,
+                settings: TrainSettings) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """AdamW for the networks (g_a and the hyperprior at ``codec_lr``), Adam for the entropy bottleneck's
+    quantiles (compressai's auxiliary loss)."""
     named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    codec_params = [p for n, p in named if n.startswith(("g_a.", "hyperprior."))]
-    other_params = [p for n, p in named if not n.startswith(("g_a.", "hyperprior."))]
-    main_params = codec_params + other_params
-    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-    codec_lr = settings.codec_lr or settings.lr
-    optimizer = torch.optim.AdamW([{"params": codec_params, "base_lr": codec_lr},
-                                   {"params": other_params, "base_lr": settings.lr}],
-                                  lr=settings.lr, weight_decay=settings.weight_decay)
-    aux_optimizer = torch.optim.Adam(aux_params, lr=settings.aux_lr)
-    criterion = JointLoss(settings.loss_weights(), config.mean, config.std).to(device)
+    codec = [p for n, p in named if n.startswith(_CODEC_MODULES)]
+    other = [p for n, p in named if not n.startswith(_CODEC_MODULES)]
+    optimizer = torch.optim.AdamW([{"params": codec, "lr": settings.codec_lr or settings.lr},
+                                   {"params": other, "lr": settings.lr}], weight_decay=settings.weight_decay)
+    quantiles = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    return optimizer, torch.optim.Adam(quantiles, lr=settings.aux_lr)
 
-    step, start_epoch = 0, 0
-    resume_path = out / "last.pt"
-    if resume_path.exists():
-        ckpt = load_checkpoint(resume_path, map_location=device)
-        load_model_state(model, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-        step, start_epoch = ckpt["step"], ckpt["epoch"]
 
+def _resume(stage: _Stage) -> None:
+    path = stage.out / "last.pt"
+    if not path.exists():
+        return
+    ckpt = load_checkpoint(path, map_location=stage.device)
+    stage.model.load_state_dict(ckpt["model"])
+    stage.optimizer.load_state_dict(ckpt["optimizer"])
+    stage.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+    stage.step, stage.epoch = ckpt["step"], ckpt["epoch"]
+    if "scheduler" in ckpt and ckpt.get("total_steps") == stage.total_steps:
+        stage.scheduler.load_state_dict(ckpt["scheduler"])
+    else:  # an older checkpoint, or a run lengthened on resume: the current schedule, replayed to this step
+        stage.scheduler = _replayed_schedule(stage)
+
+
+def _replayed_schedule(stage: _Stage) -> torch.optim.lr_scheduler.LRScheduler:
+    settings = stage.settings
+    for group, peak in zip(stage.optimizer.param_groups, (settings.codec_lr or settings.lr, settings.lr)):
+        group["lr"] = group["initial_lr"] = peak
+    scheduler = lr_schedule(stage.optimizer, settings.warmup_steps, stage.total_steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": intended
+        for _ in range(stage.step):
+            scheduler.step()
+    return scheduler
+
+
+def _wrap(model: JointCompressionClassifier, settings: TrainSettings, device: torch.device,
+          dist_info: DistInfo) -> torch.nn.Module:
+    """DDP across processes, torch.compile on CUDA."""
     net: torch.nn.Module = model
     if dist_info.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=not compress)
-    forward = net
+                                      find_unused_parameters=settings.stage != "joint")
     if settings.compile and device.type == "cuda":
-        forward = torch.compile(net)
-    use_amp = settings.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+        net = torch.compile(net)
+    return net
 
-    log_path = out / "log.jsonl"
-    if dist_info.is_main:
-        (out / "settings.json").write_text(json.dumps(_jsonable(asdict(settings)), indent=2))
-    progress = _progress(settings.progress and dist_info.is_main)
-    task = progress.add_task(f"{settings.stage} {config.name}", total=total_steps, completed=step)
+
+def _run_epoch(stage: _Stage, show: Callable[[str], None]) -> dict[str, Any]:
+    """One pass over the loader (or up to ``last_step``); returns the last metrics logged."""
+    if stage.sampler is not None:
+        stage.sampler.set_epoch(stage.epoch)
+    running: dict[str, float] = {}
     metrics: dict[str, Any] = {}
-    t0, seen = time.time(), 0
-    net.train()
-    with progress:
-        epoch = start_epoch
-        while step < last_step:
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            running: dict[str, float] = {}
-            n_batches = 0
-            for x, target in loader:
-                if step >= last_step:
-                    break
-                x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                lr = _lr_at(step, total_steps, settings.lr, settings.warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["base_lr"] / settings.lr
-                with autocast():
-                    output = forward(x, compress=compress, reconstruct=True)
-                terms = criterion(output, x, target)
-                loss = terms["loss"]
-                if compress:
-                    loss = loss + model.aux_loss()  # gradients reach only the quantiles (own optimiser)
-                optimizer.zero_grad(set_to_none=True)
-                aux_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(main_params, settings.grad_clip)
-                optimizer.step()
-                if compress:
-                    aux_optimizer.step()
-                step += 1
-                seen += x.shape[0] * dist_info.world_size
-                with torch.no_grad():
-                    terms["acc"] = (output["logits"].argmax(1) == target).float().mean()
-                for k, v in terms.items():
-                    running[k] = running.get(k, 0.0) + float(all_reduce_mean(v.detach(), dist_info))
-                n_batches += 1
-                progress.update(task, completed=step,
-                                description=f"{settings.stage} ep{epoch} loss {running['loss'] / n_batches:.3f} "
-                                            f"acc {running['acc'] / n_batches:.3f}")
-                if dist_info.is_main and (step % settings.log_every == 0 or step == last_step):
-                    metrics = {"step": step, "epoch": epoch, "lr": lr,
-                               **{k: v / n_batches for k, v in running.items()},
-                               "images_per_s": seen / max(1e-9, time.time() - t0)}
-                    if compress:
-                        metrics["aux"] = float(model.aux_loss().detach())
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(metrics) + "\n")
-            epoch += 1
-            if dist_info.is_main:
-                _save(out / "last.pt", model, optimizer, aux_optimizer, step, epoch, settings, compress)
-    if dist_info.is_main:
-        _save(out / "last.pt", model, optimizer, aux_optimizer, step, epoch, settings, compress)
-        final = out / "final.pt"
-        save_checkpoint(final, model, config, stage=settings.stage, step=step,
-                        settings=_jsonable(asdict(settings)), wall_s=time.time() - t0)
-        metrics["wall_s"] = time.time() - t0
+    n_batches = 0
+    for x, target in stage.loader:
+        if stage.step >= stage.last_step:
+            break
+        lr = stage.optimizer.param_groups[-1]["lr"]  # the rate of --lr's group at this step
+        terms = _train_step(stage, x.to(stage.device, non_blocking=True), target.to(stage.device, non_blocking=True))
+        for k, v in terms.items():
+            running[k] = running.get(k, 0.0) + float(all_reduce_mean(v, stage.dist))
+        n_batches += 1
+        show(f"{stage.settings.stage} ep{stage.epoch} loss {running['loss'] / n_batches:.3f} "
+             f"acc {running['acc'] / n_batches:.3f}")
+        if stage.dist.is_main and (stage.step % stage.settings.log_every == 0 or stage.step == stage.last_step):
+            metrics = _log(stage, lr, {k: v / n_batches for k, v in running.items()})
     return metrics
 
 
-def _save(path: Path, model: JointCompressionClassifier, optimizer: torch.optim.Optimizer,
-          aux_optimizer: torch.optim.Optimizer, step: int, epoch: int, settings: TrainSettings,
-          compress: bool) -> None:
-    if compress:
-        model.update(force=True)  # CDF tables travel with the weights
-    save_checkpoint(path, model, model.config, optimizer=optimizer.state_dict(),
-                    aux_optimizer=aux_optimizer.state_dict(), step=step, epoch=epoch,
-                    stage=settings.stage, settings=_jsonable(asdict(settings)))
+def _train_step(stage: _Stage, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Forward, loss, backward, clip, optimiser and schedule steps; returns the detached loss terms."""
+    use_amp = stage.settings.amp and stage.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+        output = stage.forward(x, compress=stage.compress, reconstruct=True)
+    terms = stage.criterion(output, x, target, _teacher_logits(stage, x))
+    loss = terms["loss"]
+    if stage.compress:
+        loss = loss + stage.model.aux_loss()  # gradients reach only the quantiles (own optimiser)
+    stage.optimizer.zero_grad(set_to_none=True)
+    stage.aux_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if stage.settings.grad_clip:
+        params = [p for group in stage.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, stage.settings.grad_clip)
+    stage.optimizer.step()
+    if stage.compress:
+        stage.aux_optimizer.step()
+    stage.scheduler.step()
+    stage.step += 1
+    stage.seen += x.shape[0] * stage.dist.world_size
+    with torch.no_grad():
+        terms["acc"] = (output["logits"].argmax(1) == target).float().mean()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+@torch.no_grad()
+def _teacher_logits(stage: _Stage, x: torch.Tensor) -> torch.Tensor | None:
+    """The teacher's logits on the student's batch: normalised tensors back to [0, 1] pixels first."""
+    if stage.teacher is None:
+        return None
+    return stage.teacher(x * stage.criterion.std + stage.criterion.mean).float()
+
+
+def _log(stage: _Stage, lr: float, means: dict[str, float]) -> dict[str, Any]:
+    """Append one line to ``out/log.jsonl`` and return it."""
+    metrics = {"step": stage.step, "epoch": stage.epoch, "lr": lr, **means,
+               "images_per_s": stage.seen / max(1e-9, time.time() - stage.t0)}
+    if stage.compress:
+        metrics["aux"] = float(stage.model.aux_loss().detach())
+    with (stage.out / "log.jsonl").open("a") as fh:
+        fh.write(json.dumps(metrics) + "\n")
+    return metrics
+
+
+def _save(stage: _Stage) -> None:
+    """``out/last.pt``: everything a resumed run needs (weights with their CDF tables, optimisers, schedule)."""
+    if stage.compress:
+        stage.model.update(force=True)  # CDF tables travel with the weights
+    save_checkpoint(stage.out / "last.pt", stage.model, stage.model.config,
+                    optimizer=stage.optimizer.state_dict(), aux_optimizer=stage.aux_optimizer.state_dict(),
+                    scheduler=stage.scheduler.state_dict(), total_steps=stage.total_steps, step=stage.step,
+                    epoch=stage.epoch,
+                    stage=stage.settings.stage, settings=_jsonable(asdict(stage.settings)))
 
 
 def _progress(enabled: bool):

@@ -67,10 +67,6 @@ class LatentViT(nn.Module):
     def forward(self, y_hat: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(y_hat))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.norm.normalized_shape[0], num_classes) if num_classes > 0 else nn.Identity()
-
-
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)

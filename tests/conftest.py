@@ -21,7 +21,7 @@ EXPORTED_MODELS = ("fmnist-q1", "fmnist-q2")  # two are enough for routing and m
 
 
 def _zoo_repository() -> Path | None:
-    from vitcodec.codec.package import ModelNotFoundError, ModelPackage, zoo_root
+    from vitcodec.packages import ModelNotFoundError, ModelPackage, zoo_root
 
     root = zoo_root()
     for name in ZOO_MODELS:
@@ -54,7 +54,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def package(model_repo: Path):
     """The default model's package (fmnist-q2)."""
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     return resolve_model("fmnist-q2", roots=[model_repo])
 
@@ -62,7 +62,7 @@ def package(model_repo: Path):
 @pytest.fixture(scope="session")
 def other_package(model_repo: Path):
     """A second model (fmnist-q1) whose streams the default model must refuse."""
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     return resolve_model("fmnist-q1", roots=[model_repo])
 
@@ -108,7 +108,7 @@ def start_server(model_repo: Path) -> Iterator[Callable[..., Any]]:
     started: list[BackgroundServer] = []
 
     def start(repository: Any = None, wait_ready: bool = True, **overrides: Any) -> BackgroundServer:
-        values = dict(model_repo=[model_repo], host="127.0.0.1", http_port=0, grpc_port=0, decode_workers=2,
+        values = dict(model_repo=[model_repo], host="127.0.0.1", http_port=0, grpc_port=0, png_workers=2,
                       max_queue_delay_ms=10.0, max_batch_size=16, graceful_timeout_s=10.0, log_level="warning")
         values.update(overrides)
         server = BackgroundServer(Settings(_env_file=None, **values), repository, wait_ready=wait_ready)

@@ -30,10 +30,12 @@ def test_connect_picks_transport(cloud_server):
         connect("ftp://example:1")
 
 
-def test_classify_and_many(client, edge_streams, other_streams):
+def test_classify_and_many(client, edge_streams, other_streams, package):
     assert client.live() and client.ready()
     single = client.classify(edge_streams[0], top_k=3)
     assert single.model == "fmnist-q2" and len(single.top) == 3 and single.latency_ms > 0
+    assert single.model_id == package.model_id.hex()  # the server's result type, hex id, over either transport
+    assert {"decode", "inference", "total"} <= set(single.timings_ms)
     assert single.num_bytes == len(edge_streams[0]) and single.image_size == (28, 28)
     streams = list(edge_streams[:12]) + [edge_streams[0][:-1], other_streams[0]]
     results = dict(client.classify_many(streams, concurrency=4))
@@ -46,7 +48,7 @@ def test_classify_and_many(client, edge_streams, other_streams):
 
 def test_reconstruct(client, edge_streams):
     result = client.reconstruct(edge_streams[3])
-    assert result.image_size == (28, 28)
+    assert result.image_size == (28, 28) and (result.model, result.version) == ("fmnist-q2", "1")
     assert Image.open(io.BytesIO(result.png)).size == (28, 28)
 
 
@@ -135,3 +137,55 @@ def test_edge_never_imports_torch():
     code = ("import sys; import vitcodec.edge.client, vitcodec.edge.cli, vitcodec.edge.encoder; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_cli_send_encodes_in_batches_the_bytes_encode_writes(cloud_server, package, fmnist_images, tmp_path,
+                                                             monkeypatch):
+    """`send` encodes through encode's batching: one ONNX Runtime call for the batch, the same bytes as
+    `encode` for the same files (one file that is not an image fails alone), and every file is answered over
+    either transport."""
+    from vitcodec.edge.cli import _load_streams
+    from vitcodec.edge.encoder import EdgeEncoder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = []
+    for i in range(11):
+        images.append(folder / f"img{i:02d}.png")
+        Image.fromarray(fmnist_images[0][i, :, :, 0]).save(images[-1])
+    broken = folder / "img05b.png"  # sorted between the others: the batch around it still encodes
+    broken.write_bytes(b"not an image")
+    runner = CliRunner()
+    out = tmp_path / "streams"
+    result = runner.invoke(app, ["encode", *map(str, images), "-o", str(out), "--model", str(package.path)])
+    assert result.exit_code == 0, result.output
+    written = {p.stem: p.read_bytes() for p in out.glob("*.vcb")}
+    assert len(written) == len(images)
+
+    files = sorted([*images, broken])
+    batches: list[int] = []  # images per encoder call, recorded around the real one
+    real_encode = EdgeEncoder.encode_pixels
+    monkeypatch.setattr(EdgeEncoder, "encode_pixels",
+                        lambda self, pixels: batches.append(len(pixels)) or real_encode(self, pixels))
+    streams, errors = _load_streams(files, str(package.path), None)
+    monkeypatch.undo()
+    assert batches == [len(images)]  # one call for all readable images (fewer than a batch)
+    for path, stream, error in zip(files, streams, errors):
+        if path == broken:
+            assert stream == b"" and "not a readable image" in error
+        else:
+            assert error == "" and stream == written[path.stem], path  # byte-identical to encode's file
+
+    for server in (cloud_server.http_url, cloud_server.grpc_url):
+        result = runner.invoke(app, ["send", str(folder), str(out), "--server", server, "--model",
+                                     str(package.path), "--json", "--concurrency", "3"])
+        assert result.exit_code == 1, result.output  # the broken file
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert len(rows) == 2 * len(images) + 1
+        by_file = {r["file"]: r for r in rows}
+        assert "not a readable image" in by_file[str(broken)]["error"]
+        for image in images:  # the image, encoded by send, and encode's .vcb of it, sent as is
+            sent, stored = by_file[str(image)], by_file[str(out / f"{image.stem}.vcb")]
+            assert "error" not in sent and "error" not in stored, (sent, stored)
+            assert sent["bytes"] == stored["bytes"] == len(written[image.stem])
+            assert sent["label"] == stored["label"]

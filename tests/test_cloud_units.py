@@ -49,7 +49,9 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("VITCODEC_HTTP_PORT", "9000")
     monkeypatch.setenv("VITCODEC_AUTH_TOKEN", "t0k")
     monkeypatch.setenv("VITCODEC_MAX_QUEUE_DELAY_MS", "0.5")
+    monkeypatch.setenv("VITCODEC_MAX_STREAMS_PER_REQUEST", "7")
     s = Settings(_env_file=None)
+    assert (s.max_streams_per_request, s.max_queue_size) == (7, 4096)  # two limits, set apart
     assert s.model_repo == [tmp_path / "a", tmp_path / "b"]
     assert s.models == ["fmnist-q1", "fmnist-q3"]
     assert (s.http_port, s.grpc_port, s.max_queue_delay_ms) == (9000, 8001, 0.5)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # no conftest: share the table builders between codec tests
-from test_codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch  # noqa: E402
+from test_codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch
 
-from vitcodec.codec import entropy_coder  # noqa: E402
-from vitcodec.codec.entropy_coder import EntropyTable, decode_with_indexes, encode_with_indexes  # noqa: E402
-from vitcodec.codec.errors import CorruptPayloadError  # noqa: E402
+from vitcodec.codec import entropy_coder
+from vitcodec.codec.entropy_coder import EntropyTable
+from vitcodec.codec.errors import CorruptPayloadError
 
 ans = pytest.importorskip("compressai.ans")
 
@@ -67,8 +64,9 @@ def test_same_symbols_as_compressai_coder_and_similar_size(tables):
     symbols, indexes = gaussian_symbols(rng, tables, 20000, max_index=40)
     symbols[::997] += 3000  # escapes in both coders
     theirs, their_decoded = compressai_roundtrip(symbols, indexes, tables.y_cdf, tables.y_cdf_length, tables.y_offset)
-    ours = encode_with_indexes(symbols, indexes, tables.y_cdf, tables.y_cdf_length, tables.y_offset)
-    our_decoded = decode_with_indexes(ours, indexes, tables.y_cdf, tables.y_cdf_length, tables.y_offset)
+    table = EntropyTable(tables.y_cdf, tables.y_cdf_length, tables.y_offset)
+    ours = table.encode(symbols, indexes)
+    our_decoded = table.decode(ours, indexes)
     assert np.array_equal(their_decoded, symbols) and np.array_equal(our_decoded, symbols)
     assert abs(len(ours) - len(theirs)) <= 0.02 * len(theirs) + 8, (len(ours), len(theirs))
 
@@ -81,8 +79,8 @@ def test_z_channels_like_entropy_bottleneck(tables):
     symbols = np.rint(rng.normal(0, 4, shape)).astype(np.int32)
     symbols[0, 0, 0] = 999  # beyond the table
     _, their_decoded = compressai_roundtrip(symbols, indexes, tables.z_cdf, tables.z_cdf_length, tables.z_offset)
-    data = encode_with_indexes(symbols, indexes, tables.z_cdf, tables.z_cdf_length, tables.z_offset)
-    ours = decode_with_indexes(data, indexes, tables.z_cdf, tables.z_cdf_length, tables.z_offset)
+    table = EntropyTable(tables.z_cdf, tables.z_cdf_length, tables.z_offset)
+    ours = table.decode(table.encode(symbols, indexes), indexes)
     assert np.array_equal(ours, symbols) and np.array_equal(their_decoded.reshape(shape), symbols)
 
 

@@ -7,13 +7,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # no conftest: share the builders between codec tests
-from test_codec_fixtures import (  # noqa: E402
+from test_codec_fixtures import (
     entropy_bottleneck,
     export_tables,
     float_hs,
@@ -24,8 +22,8 @@ from test_codec_fixtures import (  # noqa: E402
     torch,
 )
 
-from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d  # noqa: E402
-from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis  # noqa: E402
+from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
+from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 
 N, M = 8, 12
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # no conftest: share the builders between codec tests
-from test_codec_fixtures import (  # noqa: E402
+from test_codec_fixtures import (
     entropy_bottleneck,
     export_tables,
     float_hs,
@@ -17,10 +14,10 @@ from test_codec_fixtures import (  # noqa: E402
     integer_hs,
 )
 
-from vitcodec.codec.bitstream import StreamHeader, header_size, pack_stream, unpack_stream  # noqa: E402
-from vitcodec.codec.errors import CodecError, CorruptPayloadError  # noqa: E402
-from vitcodec.codec.latent_codec import LatentCodec  # noqa: E402
-from vitcodec.codec.tables import CodecTables  # noqa: E402
+from vitcodec.codec.bitstream import StreamHeader, header_size, pack_stream, unpack_stream
+from vitcodec.codec.errors import CodecError, CorruptPayloadError
+from vitcodec.codec.latent_codec import LatentCodec
+from vitcodec.codec.tables import CodecTables
 
 N, M = 8, 12
 

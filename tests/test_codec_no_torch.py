@@ -17,6 +17,12 @@ def test_codec_never_imports_torch():
         import vitcodec.codec.latent_codec, vitcodec.codec.tables
         heavy = sorted(m for m in ("torch", "compressai", "timm", "torchvision", "onnx") if m in sys.modules)
         assert not heavy, heavy
+        ours = sorted(m for m in sys.modules if m.startswith("vitcodec.") and not m.startswith("vitcodec.codec"))
+        assert not ours, ours  # codec depends on nothing else of ours
+        import vitcodec.packages
+        vitcodec.packages.resolve_model()
+        heavy = sorted(m for m in ("torch", "compressai", "timm", "torchvision", "onnx") if m in sys.modules)
+        assert not heavy, heavy
         print("ok")
         """
     )

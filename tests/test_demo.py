@@ -1,4 +1,4 @@
-"""`make demo` (cloud/demo.py) and its samples: the real script against a real server subprocess on free ports
+"""`make demo` (demo/) and its samples: the real script against a real server subprocess on free ports
 with a short sample set; the server is stopped on success, on Ctrl-C, SIGTERM, and when the demo is killed."""
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitcodec.cloud import demo
+from vitcodec.cloud import process
+from vitcodec.demo import commands as demo_cmds
+from vitcodec.demo import report as demo_report
+from vitcodec.demo import run as demo_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -30,7 +33,7 @@ def _env(model_repo: Path) -> dict[str, str]:
 
 
 def _demo_argv(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vitcodec.cloud.demo", "--http-port", "0", "--grpc-port", "0", "--out", str(out),
+    return [sys.executable, "-m", "vitcodec.demo", "--http-port", "0", "--grpc-port", "0", "--out", str(out),
             *extra]
 
 
@@ -61,7 +64,7 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 # ---- the samples --------------------------------------------------------------------------------------
 
 def test_samples_ship_with_labels():
-    samples = demo.read_samples(SAMPLES)
+    samples = demo_report.read_samples(SAMPLES)
     labelled = [s for s in samples if s.labelled]
     assert len(labelled) == 16 and len(samples) - len(labelled) == 4
     from vitcodec.models.registry import FASHION_MNIST_LABELS
@@ -104,54 +107,56 @@ def test_pick_indexes_covers_classes_first():
 # ---- the demo's pieces --------------------------------------------------------------------------------
 
 def test_read_samples_limits_and_errors(tmp_path):
-    assert [s.name for s in demo.read_samples(SAMPLES, 3)] == [s.name for s in demo.read_samples(SAMPLES)[:3]]
-    with pytest.raises(demo.DemoError) as err:
-        demo.read_samples(tmp_path)
-    assert err.value.code == demo.EXIT_SETUP
+    first_three = [s.name for s in demo_report.read_samples(SAMPLES)[:3]]
+    assert [s.name for s in demo_report.read_samples(SAMPLES, 3)] == first_three
+    with pytest.raises(demo_report.DemoError) as err:
+        demo_report.read_samples(tmp_path)
+    assert err.value.code == demo_report.EXIT_SETUP
     (tmp_path / "labels.csv").write_text("file,label\nmissing.png,Bag\n")
-    with pytest.raises(demo.DemoError, match="missing"):
-        demo.read_samples(tmp_path)
+    with pytest.raises(demo_report.DemoError, match="missing"):
+        demo_report.read_samples(tmp_path)
 
 
 def test_commands():
-    commands = demo.demo_commands("h", 1, 2, "m", ["a.png", "b.png"], "samples/a.png", "out")
+    commands = demo_cmds.demo_commands("h", 1, 2, "m", ["a.png", "b.png"], "samples/a.png", "out")
     assert commands["serve"] == ["vitcodec-cloud", "serve", "--model", "m", "--http-port", "1", "--grpc-port", "2"]
     assert commands["send_grpc"] == ["vitcodec-edge", "send", "a.png", "b.png", "--server", "grpc://h:2", "--model",
                                      "m", "--json"]
     assert commands["send_rest"][5] == "http://h:1"
     assert commands["reconstruct"][-2:] == ["--output", "out/a-reconstructed.png"]
-    resolved = demo.executable(commands["serve"])
+    resolved = process.executable(commands["serve"])
     assert Path(resolved[0]).name in ("vitcodec-cloud", Path(sys.executable).name) and "serve" in resolved
 
 
 def test_summary_counts_accuracy_bytes_and_agreement():
-    samples = [demo.Sample("s/a.png", "Bag"), demo.Sample("s/b.png", "Coat"), demo.Sample("s/c.png", "n/a")]
+    Sample = demo_report.Sample
+    samples = [Sample("s/a.png", "Bag"), Sample("s/b.png", "Coat"), Sample("s/c.png", "n/a")]
     grpc = [{"file": "s/a.png", "label": "Bag", "bytes": 30, "bpp": 0.3, "confidence": 0.9, "latency_ms": 5.0},
             {"file": "s/b.png", "label": "Bag", "bytes": 40, "bpp": 0.4, "confidence": 0.5, "latency_ms": 7.0},
             {"file": "s/c.png", "label": "Bag", "bytes": 50, "bpp": 0.5, "confidence": 0.5, "latency_ms": 9.0}]
     rest = [dict(grpc[0]), {"file": "s/b.png", "error": "boom", "status": 500}, dict(grpc[2], label="Coat")]
     sizes = {"a.png": (300, 400), "b.png": (350, 450), "c.png": (1000, 900)}
-    s = demo.summarise(samples, {"gRPC": grpc, "REST": rest}, sizes)
+    s = demo_report.summarise(samples, {"gRPC": grpc, "REST": rest}, sizes)
     assert (s.images, s.labelled) == (3, 2)
     assert s.correct == {"gRPC": 1, "REST": 1} and s.errors == {"gRPC": 0, "REST": 1}
     assert (s.agree, s.compared) == (1, 2)  # b failed over REST; c disagrees
     assert (s.stream_bytes, s.png_bytes, s.jpeg_bytes) == (70, 650, 850)
     assert (s.other_images, s.other_stream_bytes, s.other_png_bytes) == (1, 50, 1000)
     assert s.median_latency_ms == {"gRPC": 7.0, "REST": 7.0}
-    text = "\n".join(demo.summary_lines(s))
+    text = "\n".join(demo_report.summary_lines(s))
     assert "1/2 = 50.0 %" in text and "failed images: REST 1" in text and "9.3x the bitstreams" in text
-    table = demo.results_table(samples, {"gRPC": grpc, "REST": rest})
+    table = demo_report.results_table(samples, {"gRPC": grpc, "REST": rest})
     assert table.row_count == 3
 
 
 def test_sizes_and_psnr(tmp_path):
-    sample = demo.read_samples(SAMPLES)[0].path
-    png, jpeg = demo.encoded_sizes(sample)
+    sample = demo_report.read_samples(SAMPLES)[0].path
+    png, jpeg = demo_report.encoded_sizes(sample)
     assert 0 < png < 2000 and 0 < jpeg < 2000
-    assert demo.psnr(sample, sample) == float("inf")
+    assert demo_report.psnr(sample, sample) == float("inf")
     noisy = np.asarray(Image.open(sample), np.int16) + 4
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(tmp_path / "n.png")
-    assert 30 < demo.psnr(sample, tmp_path / "n.png") < 40
+    assert 30 < demo_report.psnr(sample, tmp_path / "n.png") < 40
 
 
 def test_choose_port_falls_back_when_taken():
@@ -159,19 +164,19 @@ def test_choose_port_falls_back_when_taken():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert not demo.port_free(port)
-        assert demo.choose_port(port) != port
-    assert demo.choose_port(0) > 0
+        assert not process.port_free(port)
+        assert process.choose_port(port) != port
+    assert process.choose_port(0) > 0
 
 
 def test_parse_json_lines_skips_noise():
-    assert demo.parse_json_lines('warning\n{"a": 1}\n\n{"b": 2}\n') == [{"a": 1}, {"b": 2}]
+    assert demo_run.parse_json_lines('warning\n{"a": 1}\n\n{"b": 2}\n') == [{"a": 1}, {"b": 2}]
 
 
 def test_unknown_model_is_a_setup_error_without_a_server(tmp_path):
     proc = subprocess.run(_demo_argv(tmp_path / "out", "--model", "no-such-model"), cwd=ROOT, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == demo.EXIT_SETUP, proc.stdout + proc.stderr
+    assert proc.returncode == demo_report.EXIT_SETUP, proc.stdout + proc.stderr
     assert "unknown model 'no-such-model'" in proc.stdout and "VITCODEC_MODEL_REPO" in proc.stdout
     assert not (tmp_path / "out" / "server.log").exists()
 
@@ -189,7 +194,7 @@ def test_demo_end_to_end(model_repo, tmp_path):
     assert proc.returncode == 0, output
     report = json.loads((out / "results.json").read_text())
     names = [s["path"] for s in report["samples"]]
-    assert names == [f"samples/{s.name}" for s in demo.read_samples(SAMPLES, 3)]
+    assert names == [f"samples/{s.name}" for s in demo_report.read_samples(SAMPLES, 3)]
     for transport in ("gRPC", "REST"):
         rows = report["results"][transport]
         assert [r["file"] for r in rows] == names
@@ -237,7 +242,7 @@ def _start_demo(model_repo: Path, out: Path) -> tuple[subprocess.Popen[str], int
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, demo.EXIT_INTERRUPTED, "serving"),
+@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, demo_report.EXIT_INTERRUPTED, "serving"),
                                              (signal.SIGTERM, 128 + signal.SIGTERM, "starting")])
 def test_interrupt_stops_the_server(model_repo, tmp_path, sig, code, when):
     """Ctrl-C (SIGINT to the demo only: the server has its own session) once the server listens and loads
@@ -290,7 +295,7 @@ def test_server_that_cannot_load_the_model_fails_the_demo(package, tmp_path):
     proc = subprocess.run(_demo_argv(tmp_path / "out", "--samples", "1", "--ready-timeout", "100"), cwd=ROOT,
                           env=_env(tmp_path / "repo"), capture_output=True, text=True, timeout=110)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == demo.EXIT_FAILED, output
+    assert proc.returncode == demo_report.EXIT_FAILED, output
     assert "could not load fmnist-q2" in output and "stopped" in output
     pid = int(re.search(r"pid (\d+), log", output).group(1))
     assert not _alive(pid)

@@ -1,6 +1,6 @@
 """docker-compose.yml, deploy/*.Dockerfile and deploy/k8s/, checked statically (no Docker engine or cluster
 here): they parse; every service, port, command, entry point, flag and copied path exists in the project; and
-the commands are exactly the ones `make demo` runs natively (cloud/demo.py builds both)."""
+the commands are exactly the ones `make demo` runs natively (demo/ builds both)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from vitcodec.cloud import demo
-from vitcodec.codec.package import DEFAULT_MODEL
+from vitcodec.demo import commands as demo_cmds
+from vitcodec.demo import report as demo_report
+from vitcodec.demo import run as demo_run
+from vitcodec.packages import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -26,7 +28,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILES = {"cloud": DEPLOY / "cloud.Dockerfile", "cloud-gpu": DEPLOY / "cloud-gpu.Dockerfile",
                "edge": DEPLOY / "edge.Dockerfile"}
 GPU_FLAGS = ["--device", "cuda", "--backend", "onnxruntime"]
-HTTP_PORT, GRPC_PORT = demo.DEFAULT_HTTP_PORT, demo.DEFAULT_GRPC_PORT
+HTTP_PORT, GRPC_PORT = demo_cmds.DEFAULT_HTTP_PORT, demo_cmds.DEFAULT_GRPC_PORT
 WORKDIR = "/app"
 
 
@@ -93,12 +95,12 @@ def sh_commands(command: list[str]) -> list[list[str]]:
 
 
 def first_sample() -> str:
-    return f"samples/{demo.read_samples(ROOT / 'samples')[0].name}"
+    return f"samples/{demo_report.read_samples(ROOT / 'samples')[0].name}"
 
 
 def expected_commands(host: str) -> dict[str, list[str]]:
     """What `make demo` runs with the default ports and every sample, with `host` for the server."""
-    return demo.demo_commands(host, HTTP_PORT, GRPC_PORT, DEFAULT_MODEL, ["samples"], first_sample())
+    return demo_cmds.demo_commands(host, HTTP_PORT, GRPC_PORT, DEFAULT_MODEL, ["samples"], first_sample())
 
 
 def click_command(program: str) -> Any:
@@ -167,10 +169,10 @@ def test_compose_commands_are_the_demos():
 
 def test_demo_runs_these_commands_by_default():
     """With no --samples, the demo sends the whole folder and reconstructs the first sample: the commands above."""
-    args = demo.build_parser().parse_args([])
+    args = demo_run.build_parser().parse_args([])
     assert (args.model, args.http_port, args.grpc_port, Path(args.out)) == (DEFAULT_MODEL, HTTP_PORT, GRPC_PORT,
-                                                                           demo.OUT_DIR)
-    assert demo.SAMPLES_DIR == Path("samples")
+                                                                           demo_cmds.OUT_DIR)
+    assert demo_report.SAMPLES_DIR == Path("samples")
 
 
 @pytest.mark.parametrize("name", ["cloud", "edge", "cloud-gpu", "edge-gpu"])
@@ -330,6 +332,30 @@ def test_cloud_images_pin_pyprojects_torch():
     assert "pip uninstall -y onnxruntime" in gpu  # one `onnxruntime` module, the GPU build's
 
 
+def test_cloud_images_install_no_training_stack():
+    """The server images install `.[cloud]` only, and that extra (resolved through any extra it names) holds no
+    compressai; `make install` gives developers both sides in one command."""
+    extras = pyproject()["project"]["optional-dependencies"]
+
+    def resolved(extra: str) -> set[str]:
+        names = set()
+        for dep in extras[extra]:
+            name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower()
+            if name == "vitcodec":
+                for inner in re.search(r"\[(.*)\]", dep).group(1).split(","):
+                    names |= resolved(inner.strip())
+            else:
+                names.add(name)
+        return names
+
+    assert "compressai" not in resolved("cloud")
+    assert {"compressai", "torch", "timm"} <= resolved("train")
+    for name in ("cloud", "cloud-gpu"):
+        installs = " ".join(_pip_installs(name))
+        assert "compressai" not in installs and "train" not in installs, (name, installs)
+    assert "pip install -q -e '.[cloud,train,dev]'" in (ROOT / "Makefile").read_text()
+
+
 def test_dockerignore_keeps_the_context_small():
     ignored = dockerignore()
     for entry in (".venv", ".git", "runs", "demo-out"):
@@ -419,9 +445,9 @@ def test_every_vitcodec_variable_is_a_setting():
 def test_makefile_demo_runs_the_demo_module():
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^demo:.*\n\t(.+)$", makefile, re.M)
-    assert recipe and "-m vitcodec.cloud.demo" in recipe.group(1)
+    assert recipe and "-m vitcodec.demo" in recipe.group(1)
 
 
 def test_demo_module_imports_without_torch():
-    code = "import sys, vitcodec.cloud.demo; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, vitcodec.demo.run; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

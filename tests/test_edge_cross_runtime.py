@@ -1,23 +1,20 @@
 """Edge (ONNX Runtime encoder + codec) -> cloud (`CloudModel.decode`: torch side, numpy codec) gives the edge's
 latents bit for bit: decode_failures = 0 over many real images, for the Fashion-MNIST preset and the paper's
 224x224 preset on colour photos, with scale indexes spread over most of the 64-level table (random weights made
-realistic by `edge_fixtures.make_realistic`; trained zoo models when the repository has them)."""
+realistic by `workloads.make_realistic`; trained zoo models when the repository has them)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from edge_fixtures import export_realistic, fashion_mnist_test, photo_crops, scale_levels  # noqa: E402
+from workloads import export_realistic, fashion_mnist_test, photo_crops, scale_levels
 
-from vitcodec.codec.bitstream import read_stream_info  # noqa: E402
-from vitcodec.edge.encoder import EdgeEncoder  # noqa: E402
+from vitcodec.codec.bitstream import read_stream_info
+from vitcodec.edge.encoder import EdgeEncoder
 
 FMNIST_IMAGES = 300
 REPOSITORY_IMAGES = 100  # `vitcodec eval` checks the zoo models on all 10k

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitcodec.codec.package import InputSpec
+from vitcodec.packages import InputSpec
 from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
 
 GREY = InputSpec((28, 28), 1, (0.5,), (0.5,), 4)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from edge_fixtures import build_edge_venv, directory_bytes  # noqa: E402
+from workloads import build_edge_venv, directory_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "compressai", "timm", "onnx", "fastapi", "uvicorn")
@@ -68,7 +66,7 @@ def test_encode_in_the_edge_venv_decodes_in_the_cloud(edge_venv, package, fmnist
         import sys
         import numpy as np
         import vitcodec.edge.cli, vitcodec.edge.commands, vitcodec.edge.client
-        from vitcodec.codec.package import resolve_model
+        from vitcodec.packages import resolve_model
         from vitcodec.edge.encoder import EdgeEncoder
         result = EdgeEncoder(resolve_model({str(package.path)!r}), threads=1).encode_image({str(png)!r})
         np.save({str(tmp_path / "y_hat.npy")!r}, result.y_hat)

@@ -63,3 +63,30 @@ def test_synthetic_is_deterministic() -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(DataError, match="imagefolder"):
         build_dataset("mnist", "train", get_preset("jcc-fmnist-28"))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(37, 53), (11, 9)])  # resized down / centre-padded up to the model size
+def test_training_input_equals_edge_input_for_odd_sizes(tmp_path: Path, channels: int, size: tuple[int, int]) -> None:
+    """No train/serve skew: an image folder of odd-size colour and grey files gives the trainer exactly the
+    tensor the edge encoder feeds ONNX Runtime (after the network's own zero-padding to the stride)."""
+    from vitcodec.edge.preprocess import load_image, normalise, to_pixels
+    from vitcodec.models.registry import create_model
+
+    rng = np.random.default_rng(channels)
+    files = []
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i, mode in enumerate(("RGB", "L")):
+            pixels = rng.integers(0, 256, (*size, 3) if mode == "RGB" else size, dtype=np.uint8)
+            path = tmp_path / label / f"{i}.png"
+            Image.fromarray(pixels, mode).save(path)
+            files.append(path)
+    overrides = {} if channels == 1 else {"in_chans": 3, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+    config = get_preset("jcc-fmnist-28-s8").with_overrides(**overrides)
+    train_x = build_dataset(f"imagefolder:{tmp_path}", "train", config).images
+    spec = config.input_spec()
+    edge_x = normalise(np.stack([to_pixels(load_image(p), spec) for p in files]), spec)
+    net = create_model(config)
+    assert train_x.shape == (4, channels, 28, 28) and edge_x.shape == (4, channels, 32, 32)
+    assert np.array_equal(net.pad(train_x).numpy(), edge_x)

@@ -49,3 +49,28 @@ def test_float16_storage_changes_latents_only_by_weight_rounding(encoders) -> No
         # float16 rounds each weight by at most 2^-11 relative; a few layers deep that stays well under 1 %
         assert float(np.abs(reference - rounded).max()) <= 0.01 * scale
         assert not np.array_equal(reference, rounded)  # the weights really were rounded
+
+
+def test_packages_carry_the_classifier_graph_the_onnxruntime_backend_loads(tmp_path) -> None:
+    """`export_package` writes classifier.onnx (a weightless graph; the weights come from weights.pt); the
+    server's onnxruntime backend loads it without exporting anything and matches the torch backend."""
+    import torch
+
+    from vitcodec.cloud.backends import make_loader
+    from vitcodec.models.export import export_package
+    from vitcodec.models.inference import CloudModel
+    from vitcodec.packages import ModelNotFoundError
+
+    torch.manual_seed(1)
+    package = export_package(create_model("jcc-fmnist-28-s8"), tmp_path, name="tiny")
+    graph = package.file("classifier")
+    assert graph.stat().st_size < 100_000  # the ~0.8 M ViT weights are not duplicated in it
+    model_id = package.model_id
+    served = make_loader("onnxruntime", "cpu")(package)
+    torch_model = CloudModel(package)
+    y_hat = np.random.default_rng(0).normal(0, 2, (3, 128, 4, 4)).astype(np.float32)
+    assert np.allclose(served.classify_latents(y_hat), torch_model.classify_latents(y_hat), atol=1e-6)
+    assert package.model_id == model_id and model_id  # the id covers codec + encoder, not the classifier
+    graph.unlink()
+    with pytest.raises(ModelNotFoundError, match="classifier"):
+        make_loader("onnxruntime", "cpu")(package)

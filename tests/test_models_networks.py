@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitcodec.models.registry import create_model, get_preset, list_presets
+from vitcodec.models.registry import create_model, get_preset, list_models
 
 
-@pytest.mark.parametrize("name", list_presets())
+@pytest.mark.parametrize("name", list_models())
 def test_preset_shapes_and_classification_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     config = get_preset(name)
     small = name.startswith("jcc-deit")  # the 224 presets: shrink depth so the test stays fast

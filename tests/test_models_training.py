@@ -69,3 +69,22 @@ def test_two_process_gloo_ddp(tmp_path: Path) -> None:
     log = _log(tmp_path)
     assert log[-1]["step"] == 4
     assert (tmp_path / "final.pt").exists()
+
+
+@pytest.mark.parametrize("first_steps", [3, 6])  # resumed with the same schedule / a lengthened one
+def test_resumed_learning_rates_follow_warmup_then_cosine(tmp_path: Path, first_steps: int) -> None:
+    """The rates logged across a resume are those of one uninterrupted warmup + cosine schedule of the final
+    length: scheduler state is saved in last.pt, and a run lengthened on resume replays the new schedule."""
+    import math
+
+    total, warmup, lr = 6, 2, 1e-3
+    settings = TrainSettings(out=tmp_path, stage="pretrain", preset="jcc-fmnist-28", data="synthetic", limit=64,
+                             batch_size=16, max_steps=first_steps, stop_at_step=3, lr=lr, warmup_steps=warmup,
+                             progress=False, log_every=1)
+    train(settings)
+    settings.max_steps, settings.stop_at_step = total, None
+    train(settings)
+    logged = [r["lr"] for r in _log(tmp_path)]
+    expected = [lr * (s + 1) / warmup if s < warmup else
+                lr * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))) for s in range(total)]
+    assert logged == pytest.approx(expected, rel=1e-9, abs=1e-15)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vitcodec.codec.package import iter_packages, resolve_model, zoo_root
+from vitcodec.packages import iter_packages, resolve_model, zoo_root
 from vitcodec.models.evaluate import evaluate
 
 ZOO = {p.name: p for p in iter_packages(zoo_root())}
@@ -20,7 +20,7 @@ TOP1_FLOOR = {"fmnist-uncompressed": 0.87, "fmnist-q1": 0.83, "fmnist-q2": 0.83,
 def test_zoo_is_complete_and_small() -> None:
     assert EXPECTED <= set(ZOO), f"zoo holds {sorted(ZOO)}"
     total = sum(f.stat().st_size for f in zoo_root().rglob("*") if f.is_file())
-    assert total <= 20_000_000, f"zoo weighs {total / 1e6:.2f} MB (DESIGN.md: 20 MB in all)"
+    assert total <= 20_000_000, f"zoo weighs {total / 1e6:.2f} MB (docs/architecture.md targets: 20 MB in all)"
 
 
 def test_default_model_is_q2() -> None:
@@ -52,14 +52,14 @@ def _card_metrics(name: str) -> dict:
 
 
 def test_q1_operating_point_meets_design_target() -> None:
-    """DESIGN.md §5: q1 within 4 points of the uncompressed model at <= 30 bytes per image, header included."""
+    """The zoo's q1 operating point (docs/models.md): within 4 points of the uncompressed model at <= 30 bytes per image, header included."""
     q1, reference = _card_metrics("fmnist-q1"), _card_metrics("fmnist-uncompressed")
     assert q1["bytes_per_image"] <= 30
     assert reference["top1"] - q1["top1"] <= 0.04
 
 
 def test_q3_operating_point_meets_design_target() -> None:
-    """DESIGN.md §5: q3 within 1 point of the uncompressed model."""
+    """The zoo's q3 operating point (docs/models.md): within 1 point of the uncompressed model."""
     q3, reference = _card_metrics("fmnist-q3"), _card_metrics("fmnist-uncompressed")
     assert reference["top1"] - q3["top1"] <= 0.01
 

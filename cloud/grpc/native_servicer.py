@@ -10,16 +10,16 @@ import grpc
 
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
+from vitcodec.results import ClassifyResult
 
 from ..dataplane import DEFAULT_TOP_K, DataPlane
 from ..errors import describe
-from ..types import ClassifyResult
 from .common import concurrent_stream, unary
 
 
 def classify_to_proto(result: ClassifyResult, request_id: str = "", index: int = 0) -> pb.ClassifyResponse:
     msg = pb.ClassifyResponse(
-        id=request_id, index=index, model=result.model, version=result.version, model_id=result.model_id.hex(),
+        id=request_id, index=index, model=result.model, version=result.version, model_id=result.model_id,
         num_bytes=result.num_bytes, header_bytes=result.header_bytes, bpp=result.bpp,
         height=result.image_size[0], width=result.image_size[1])
     for score in result.top:

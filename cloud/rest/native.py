@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from vitcodec.results import ClassifyResult
+
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST
-from ..types import ClassifyResult
 from .deps import get_plane, get_settings, read_body, require_auth
 from .schemas import ClassifyResponse, ErrorBody, ModelInfo, ModelsResponse
 
@@ -34,7 +35,7 @@ _MODEL_QUERY = Query(None, description="Refuse the stream unless it was encoded 
 def classify_body(result: ClassifyResult) -> dict[str, Any]:
     top = [{"index": c.index, "label": c.label, "probability": c.probability} for c in result.top]
     return {
-        "model": result.model, "version": result.version, "model_id": result.model_id.hex(),
+        "model": result.model, "version": result.version, "model_id": result.model_id,
         "label": top[0]["label"], "confidence": top[0]["probability"], "top_k": top,
         "bytes": result.num_bytes, "header_bytes": result.header_bytes, "bpp": result.bpp,
         "image_size": list(result.image_size), "timings_ms": result.timings_ms,

@@ -1,4 +1,4 @@
-"""Builders shared by the edge tests and benchmarks/bench_edge.py: test images, and model packages whose entropy
+"""Workloads shared by the benchmarks and the edge tests: test images, and model packages whose entropy
 parameters look like a trained model's although the weights are random.
 
 Why: with random initialisation g_a's output is tiny (std ~0.05), every z rounds to the same symbol and the
@@ -12,7 +12,8 @@ show a desynchronised range decoder, so `make_realistic` rescales it in place (b
   over most of the table (0.2 .. 60), and its mean channels remapped to y's channel means.
 
 Weights stay small enough for the integer h_s's exactness bound (sum |w| < 2**11 per output).
-Not a test module (no ``test_`` prefix); import it after putting this folder on ``sys.path``.
+It lives with the benchmarks, which run as scripts from this folder (so Python finds it next to them); pytest
+finds it through the ``pythonpath`` setting in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def fashion_mnist_test(n: int) -> np.ndarray | None:
 def _input(model, pixels: np.ndarray):
     import torch
 
-    from vitcodec.codec.package import InputSpec
+    from vitcodec.packages import InputSpec
     from vitcodec.edge.preprocess import normalise
 
     c = model.config

@@ -1,0 +1,259 @@
+"""The live server under a stock load generator: Triton's ``perf_analyzer`` over the KServe v2 endpoints
+(HTTP with binary tensors, and gRPC) at several concurrencies, against the raw batched decode + classify loop
+measured in the same run.
+
+    python benchmarks/perf_analyzer.py                       # fmnist-q2, concurrency 1 8 32, HTTP and gRPC
+    python benchmarks/perf_analyzer.py --concurrency 8 --protocols grpc --window-ms 4000
+    python benchmarks/perf_analyzer.py --server-arg=--backend --server-arg=onnxruntime
+
+What it sets up when missing (nothing is installed into the project's venv):
+- ``perf_analyzer``: beside this interpreter, on PATH, or from the tritonclient wheel installed into a venv of
+  its own (benchmarks/.cache/perf_analyzer-venv) with ``nvidia-cuda-runtime-cu12``, whose ``libcudart.so.12``
+  the binary links against even on a CPU-only machine (it goes on LD_LIBRARY_PATH);
+- the Debian package ``libb64-0d`` (apt-get, only when running as root).
+
+Inputs are real: a few Fashion-MNIST test images (or the bundled samples/) encoded by the edge encoder into
+``fmnist-q2`` streams, handed to perf_analyzer as base64 BYTES (``--input-data`` JSON
+``{"data": [{"BITSTREAM": {"b64": ...}}]}``, shape ``BITSTREAM:1``; the base64 holds the tensor's raw content,
+which for BYTES is a 4-byte little-endian length before the stream).
+The server runs in its own process (``vitcodec-cloud serve``, cloud/process.py). The raw loop is the same
+model, in this process, with the server stopped: batches of ``--batch`` streams, one `decode_payloads` (h_s
+once per batch) and one `classify_latents` each. The last column is the server's inferences/s over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from vitcodec.cloud.process import ServerProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+PA_VENV = CACHE / "perf_analyzer-venv"
+CUDART_GLOB = "lib/python3*/site-packages/nvidia/cuda_runtime/lib"
+
+
+# -- perf_analyzer and what it needs ---------------------------------------------------------------------------
+
+def _run_quiet(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{result.stdout[-2000:]}")
+
+
+def find_perf_analyzer() -> Path:
+    """perf_analyzer beside this interpreter, on PATH, or in (a fresh) benchmarks/.cache venv."""
+    for candidate in (Path(sys.executable).parent / "perf_analyzer", PA_VENV / "bin" / "perf_analyzer"):
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("perf_analyzer")
+    if found:
+        return Path(found)
+    print(f"installing perf_analyzer (tritonclient wheel) into {PA_VENV} ...", flush=True)
+    venv.create(PA_VENV, with_pip=True)
+    _run_quiet([str(PA_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "tritonclient[all]",
+                "nvidia-cuda-runtime-cu12"], "pip install tritonclient")
+    return PA_VENV / "bin" / "perf_analyzer"
+
+
+def _has_libb64() -> bool:
+    out = subprocess.run(["ldconfig", "-p"], stdout=subprocess.PIPE, text=True).stdout
+    return "libb64.so.0d" in out
+
+
+def perf_analyzer_env() -> dict[str, str]:
+    """Environment with libcudart.so.12 on LD_LIBRARY_PATH (installed when no venv we know has it)."""
+    if not _has_libb64():
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+            print("installing libb64-0d (apt) ...", flush=True)
+            _run_quiet(["apt-get", "install", "-y", "-q", "libb64-0d"], "apt-get install libb64-0d")
+        else:
+            print("warning: libb64-0d is not installed and this is not root; perf_analyzer may not start",
+                  file=sys.stderr)
+    roots = [PA_VENV, Path(sys.prefix), Path("/tmp/patools")]
+    dirs = [d for root in roots for d in glob.glob(str(root / CUDART_GLOB)) if glob.glob(f"{d}/libcudart.so.12*")]
+    if not dirs:
+        if not (PA_VENV / "bin" / "python").is_file():
+            venv.create(PA_VENV, with_pip=True)
+        print(f"installing nvidia-cuda-runtime-cu12 into {PA_VENV} ...", flush=True)
+        _run_quiet([str(PA_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "nvidia-cuda-runtime-cu12"],
+                   "pip install nvidia-cuda-runtime-cu12")
+        dirs = glob.glob(str(PA_VENV / CUDART_GLOB))
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*dirs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    return env
+
+
+# -- inputs, the raw loop, the server --------------------------------------------------------------------------
+
+def real_streams(package, n: int) -> list[bytes]:
+    """n edge-encoded streams of real images: Fashion-MNIST test images, else the bundled samples/."""
+    from vitcodec.edge.encoder import EdgeEncoder
+
+    spec = package.input_spec
+    images = None
+    if tuple(spec.size) == (28, 28) and spec.channels == 1:
+        try:
+            from vitcodec.models.data import load_fashion_mnist
+
+            images = load_fashion_mnist("test")[0][:n, :, :, None]
+        except Exception:  # noqa: BLE001 - no dataset here: use the samples
+            images = None
+    encoder = EdgeEncoder(package)
+    if images is not None:
+        return [r.stream for r in encoder.encode_pixels(images)]
+    samples = sorted((HERE.parent / "samples").glob("fmnist-*.png"))
+    return [encoder.encode_image(p).stream for p in samples][:n]
+
+
+def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: int, backend: str) -> float:
+    """Images/s of the plain batched loop: parse, decode_payloads (one h_s pass per batch), classify_latents."""
+    from vitcodec.cloud.backends import make_loader
+    from vitcodec.codec.bitstream import unpack_stream
+
+    model = make_loader(backend, device)(package)
+    work = (streams * (-(-256 // len(streams))))[:max(256, len(streams))]
+
+    def run() -> None:
+        for i in range(0, len(work), batch):
+            parsed = [unpack_stream(s) for s in work[i:i + batch]]
+            y_hat = model.decode_payloads([(z, y) for _, z, y in parsed], parsed[0][0].latent_shape)
+            model.classify_latents(y_hat)
+
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return len(work) / statistics.median(times)
+
+
+def start_server(package, args) -> tuple[ServerProcess, int, int]:
+    http_port, grpc_port = free_port(), free_port()
+    while grpc_port == http_port:
+        grpc_port = free_port()
+    argv = ["vitcodec-cloud", "serve", "--model-repo", str(package.path.parent.parent), "--model", package.name,
+            "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+            "--device", args.device, "--max-batch-size", str(args.batch), "--log-level", "warning",
+            *args.server_arg]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
+    server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix="vitcodec-pa-")) / "server.log",
+                           f"http://127.0.0.1:{http_port}", env=env)
+    server.start()
+    try:
+        server.wait_ready(300.0, model=package.name)
+    except BaseException:
+        server.stop(30.0)
+        raise
+    return server, http_port, grpc_port
+
+
+# -- perf_analyzer runs ------------------------------------------------------------------------------------------
+
+def run_perf_analyzer(binary: Path, env: dict[str, str], model: str, protocol: str, port: int, concurrency: int,
+                      data_file: Path, window_ms: int, timeout_s: float) -> dict[str, float]:
+    """One perf_analyzer measurement; inferences/s and p50/p99 (ms) from its CSV report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.csv"
+        argv = [str(binary), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol,
+                "--concurrency-range", f"{concurrency}:{concurrency}", "--input-data", str(data_file),
+                "--shape", "BITSTREAM:1", "--measurement-interval", str(window_ms), "--stability-percentage", "50",
+                "--max-trials", "8", "-v", "-f", str(report)]
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                timeout=timeout_s)
+        if result.returncode == 0 and report.is_file():
+            row = list(csv.DictReader(report.open()))[-1]
+            return {"rate": float(row["Inferences/Second"]), "p50": float(row["p50 latency"]) / 1e3,
+                    "p99": float(row["p99 latency"]) / 1e3, "stable": True}
+    # On a shared, busy machine the windows may never agree within the stability band: report the last
+    # window's throughput (latency percentiles are only printed for a stable measurement).
+    passes = re.findall(r"Pass \[\d+\] throughput: ([0-9.]+) infer/sec\. Avg latency: (\d+) usec", result.stdout)
+    if not passes:
+        raise RuntimeError(f"perf_analyzer ({protocol}, concurrency {concurrency}) failed:\n{result.stdout[-3000:]}")
+    rate, avg_us = passes[-1]
+    return {"rate": float(rate), "p50": float(avg_us) / 1e3, "p99": float("nan"), "stable": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="fmnist-q2", help="model package name or path (default fmnist-q2)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    parser.add_argument("--streams", type=int, default=16, help="distinct real streams perf_analyzer cycles through")
+    parser.add_argument("--batch", type=int, default=32, help="server max batch size and the raw loop's batch")
+    parser.add_argument("--window-ms", type=int, default=3000, help="perf_analyzer measurement window")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                        help="the raw loop's backend (pass the same to the server with --server-arg)")
+    parser.add_argument("--repeats", type=int, default=5, help="raw-loop runs (median)")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra argument for vitcodec-cloud serve (repeat; e.g. --server-arg=--threads=2)")
+    args = parser.parse_args(argv)
+
+    from vitcodec.packages import resolve_model
+
+    binary = find_perf_analyzer()
+    env = perf_analyzer_env()
+    package = resolve_model(args.model)
+    streams = real_streams(package, args.streams)
+    workdir = Path(tempfile.mkdtemp(prefix="vitcodec-pa-"))
+    data_file = workdir / "input.json"
+    # "b64" is the tensor's raw content: for BYTES that is each element's 4-byte little-endian length + bytes
+    data_file.write_text(json.dumps({"data": [
+        {"BITSTREAM": {"b64": base64.b64encode(struct.pack("<I", len(s)) + s).decode()}} for s in streams]}))
+
+    rows = []
+    server, http_port, grpc_port = start_server(package, args)
+    try:
+        for protocol in args.protocols:
+            port = http_port if protocol == "http" else grpc_port
+            for concurrency in args.concurrency:
+                print(f"perf_analyzer {protocol} concurrency {concurrency} ...", file=sys.stderr, flush=True)
+                rows.append((protocol, concurrency, run_perf_analyzer(
+                    binary, env, package.name, protocol, port, concurrency, data_file, args.window_ms,
+                    timeout_s=max(120.0, 12 * args.window_ms / 1e3))))
+    finally:
+        server.stop(60.0)
+    raw = raw_loop(package, streams, args.batch, args.device, args.repeats, args.backend)
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"# perf_analyzer against the live server — {package.name}, KServe v2 infer\n")
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} CPUs · device {args.device} · "
+          f"server batch {args.batch} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "
+          f"window {args.window_ms} ms · server args {' '.join(args.server_arg) or '(defaults)'}\n")
+    print(f"raw batched loop ({args.backend}, batch {args.batch}, parse + decode_payloads + classify_latents): "
+          f"**{raw:.0f} images/s**\n")
+    print("| protocol | concurrency | inferences/s | p50 ms | p99 ms | vs raw loop |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for protocol, concurrency, r in rows:
+        print(f"| {'HTTP (binary)' if protocol == 'http' else 'gRPC'} | {concurrency} | {r['rate']:.0f} | "
+              f"{r['p50']:.1f}{'' if r['stable'] else ' (avg, unstable)'} | {r['p99']:.1f} | {r['rate'] / raw:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""``python -m vitcodec.demo``."""
+
+from vitcodec.demo.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""vitcodec.packages: the model-package format and where packages are found (torch-free).
+
+A package is what ``vitcodec export`` writes and what the edge encoder and the cloud server load; the zoo
+shipped with the distribution lives here as package data (``packages/zoo/<name>/<version>/``).
+"""
+
+from .discovery import (
+    DEFAULT_MODEL,
+    describe_mismatch,
+    find_by_model_id,
+    iter_packages,
+    repository_roots,
+    resolve_model,
+    zoo_root,
+)
+from .package import MANIFEST, PACKAGE_FORMAT, InputSpec, ModelNotFoundError, ModelPackage
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MANIFEST",
+    "PACKAGE_FORMAT",
+    "describe_mismatch",
+    "InputSpec",
+    "ModelNotFoundError",
+    "ModelPackage",
+    "find_by_model_id",
+    "iter_packages",
+    "repository_roots",
+    "resolve_model",
+    "zoo_root",
+]

@@ -1,0 +1,199 @@
+"""The layering rules of docs/architecture.md, checked by reading the imports of every module.
+
+Each top-level folder is one layer (mapped into ``vitcodec.*`` by pyproject.toml). A layer may import only the
+layers the table allows, and the torch-free layers may not import the training stack at all, not even lazily
+inside a function. The server must not reach compressai through any chain of our own imports (the training
+stack stays out of a serving install). The checker is tested on a small synthetic tree first, so a rule that
+could never fire would fail here too.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING_STACK = frozenset({"torch", "torchvision", "timm", "compressai"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    may_import: frozenset[str]  # layers of ours, itself included
+    forbidden: frozenset[str] = frozenset()  # third-party top-level packages never imported, even lazily
+    never_reaches: frozenset[str] = frozenset()  # third-party packages no chain of our imports may lead to
+
+
+def _layer(*may_import: str, forbidden: Iterable[str] = (), never_reaches: Iterable[str] = ()) -> Layer:
+    return Layer(frozenset(may_import) | {"vitcodec"}, frozenset(forbidden), frozenset(never_reaches))
+
+
+# The table of docs/architecture.md ("Who may import whom"). Every layer may also import the root package
+# `vitcodec` (vitcodec/: results, console, outputs, ort_session), which itself imports nothing else of ours.
+RULES: dict[str, Layer] = {
+    "vitcodec": _layer(forbidden=TRAINING_STACK),
+    "vitcodec.codec": _layer("vitcodec.codec", forbidden=TRAINING_STACK),
+    "vitcodec.packages": _layer("vitcodec.packages", forbidden=TRAINING_STACK),
+    "vitcodec.protos": _layer("vitcodec.protos", forbidden=TRAINING_STACK),
+    "vitcodec.edge": _layer("vitcodec.edge", "vitcodec.codec", "vitcodec.packages", "vitcodec.protos",
+                            forbidden=TRAINING_STACK),
+    "vitcodec.models": _layer("vitcodec.models", "vitcodec.codec", "vitcodec.packages", "vitcodec.edge"),
+    "vitcodec.cloud": _layer("vitcodec.cloud", "vitcodec.codec", "vitcodec.packages", "vitcodec.models",
+                             "vitcodec.protos", never_reaches={"compressai"}),
+    "vitcodec.demo": _layer("vitcodec.demo", "vitcodec.packages", "vitcodec.cloud", forbidden=TRAINING_STACK),
+}
+
+
+# --- reading the tree ---------------------------------------------------------------------------------
+
+
+def package_dirs(root: Path) -> dict[str, Path]:
+    """Import name -> folder, from pyproject's setuptools package-dir."""
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    mapping = config["tool"]["setuptools"]["package-dir"]
+    return {name: root / folder for name, folder in mapping.items()}
+
+
+def iter_modules(dirs: dict[str, Path]) -> Iterator[tuple[str, Path]]:
+    """(module name, file) for every .py file of every mapped package (sub-packages by their own mapping)."""
+    folders = {folder.resolve(): name for name, folder in dirs.items()}
+    for name, folder in dirs.items():
+        for path in sorted(folder.glob("*.py")):
+            module = name if path.stem == "__init__" else f"{name}.{path.stem}"
+            yield module, path
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+            if sub.resolve() not in folders:  # an unmapped sub-package would not be installed
+                raise AssertionError(f"{sub} is a package folder missing from pyproject's package-dir")
+
+
+def imports_of(module: str, path: Path) -> set[str]:
+    """Every module name `path` imports, at top level or inside functions, relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.stem == "__init__"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".")
+                base = parts if is_package else parts[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            found.add(stem)
+            found.update(f"{stem}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return found
+
+
+def layer_of(module: str) -> str | None:
+    """The longest rule prefix of `module` ("vitcodec.cloud.rest.app" -> "vitcodec.cloud")."""
+    best = None
+    for name in RULES:
+        if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+def violations(root: Path) -> list[str]:
+    modules = dict(iter_modules(package_dirs(root)))
+    graph = {module: imports_of(module, path) for module, path in modules.items()}
+    found = []
+    for module, imported in sorted(graph.items()):
+        layer = layer_of(module)
+        if layer is None:
+            found.append(f"{module}: in no layer of the rules table")
+            continue
+        rule = RULES[layer]
+        for name in sorted(imported):
+            top = name.split(".")[0]
+            if top == "vitcodec":
+                target = layer_of(name)
+                if target is not None and target not in rule.may_import:
+                    found.append(f"{module} imports {name}: {layer} may not import {target}")
+            elif top in rule.forbidden:
+                found.append(f"{module} imports {name}: {layer} never imports {top}")
+        for package in sorted(rule.never_reaches):
+            chain = _chain_to(module, package, graph)
+            if chain:
+                found.append(f"{module} reaches {package}: {' -> '.join(chain)}")
+    return found
+
+
+def _chain_to(start: str, package: str, graph: dict[str, set[str]]) -> list[str] | None:
+    """A chain of our imports from `start` to a module that imports `package`, or None (breadth first)."""
+    parents: dict[str, str | None] = {start: None}
+    queue = [start]
+    while queue:
+        module = queue.pop(0)
+        for name in graph.get(module, ()):
+            if name.split(".")[0] == package:
+                chain, node = [name], module
+                while node is not None:
+                    chain.append(node)
+                    node = parents[node]
+                return chain[::-1]
+            if name in graph and name not in parents:
+                parents[name] = module
+                queue.append(name)
+    return None
+
+
+# --- the tests ----------------------------------------------------------------------------------------
+
+
+def test_every_module_follows_the_import_rules() -> None:
+    assert violations(ROOT) == []
+
+
+def test_every_mapped_package_has_a_rule() -> None:
+    for name in package_dirs(ROOT):
+        assert layer_of(name) is not None, f"{name} is mapped in pyproject.toml but has no layer rule"
+
+
+def _fake_tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    dirs = {"vitcodec": "vitcodec", "vitcodec.codec": "codec", "vitcodec.edge": "edge",
+            "vitcodec.cloud": "cloud", "vitcodec.models": "models"}
+    lines = ", ".join(f'"{k}" = "{v}"' for k, v in dirs.items())
+    (tmp_path / "pyproject.toml").write_text(f"[tool.setuptools]\npackage-dir = {{ {lines} }}\n")
+    for folder in dirs.values():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    for rel, text in files.items():
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"codec/bad.py": "from vitcodec.models import jcc\n"}, "vitcodec.codec may not import vitcodec.models"),
+        ({"codec/bad.py": "from ..edge import cli\n"}, "vitcodec.codec may not import vitcodec.edge"),
+        ({"edge/bad.py": "def f():\n    import torch\n"}, "vitcodec.edge never imports torch"),
+        ({"codec/bad.py": "import compressai.ans\n"}, "vitcodec.codec never imports compressai"),
+        ({"models/train.py": "import compressai\n", "models/net.py": "from . import train\n",
+          "cloud/server.py": "def load():\n    from vitcodec.models import net\n"},
+         "vitcodec.cloud.server reaches compressai: vitcodec.cloud.server -> vitcodec.models.net -> "
+         "vitcodec.models.train -> compressai"),
+    ],
+)
+def test_the_checker_catches_a_broken_rule(tmp_path: Path, files: dict[str, str], expected: str) -> None:
+    found = violations(_fake_tree(tmp_path, files))
+    assert any(expected in line for line in found), found
+
+
+def test_the_checker_passes_a_clean_tree(tmp_path: Path) -> None:
+    clean = {"edge/ok.py": "import numpy\nfrom vitcodec.codec import bitstream\nfrom . import ok\n",
+             "models/ok.py": "import torch\nfrom vitcodec.edge import ok\n"}
+    assert violations(_fake_tree(tmp_path, clean)) == []
+
+
+if __name__ == "__main__":  # a quick listing while reorganising
+    print("\n".join(violations(ROOT)) or "no violations")
+    sys.exit(0)
