@@ -49,10 +49,10 @@ def watch(
 
     Runs until SIGINT/SIGTERM (finishes uploads in flight; the rest stays in the outbox for the next start).
     """
+    from vitcodec.console import error_line
     from vitcodec.edge.agent.runner import Agent, AgentConfig, AgentSetupError, install_signal_handlers
     from vitcodec.edge.agent.status import Reporter
     from vitcodec.edge.agent.uploader import Backoff
-    from vitcodec.edge.commands import error_line
 
     config = AgentConfig(
         watch=list(folders or []), server=server, outbox=outbox, results=results, model=model,

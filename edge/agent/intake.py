@@ -21,13 +21,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import numpy as np
-
+from vitcodec.codec.bitstream import looks_like_stream
 from vitcodec.edge.agent.outbox import SourceKey
+from vitcodec.edge.commands import IMAGE_SUFFIXES, STREAM_SUFFIX, encode_batches
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-                            ".pbm", ".pnm", ".tga", ".jfif", ".qoi"})
-STREAM_SUFFIX = ".vcb"
 WRITING_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 
@@ -116,43 +113,33 @@ class Unreadable:
     message: str
 
 
-def looks_like_stream(data: bytes) -> bool:
-    """Starts with the vitcodec magic nibble (docs/bitstream.md); the server checks the rest."""
-    return bool(data) and data[0] >> 4 == 0xB
-
-
 def encode_batch(encoder, batch: list[Candidate]) -> list[Encoded | Unreadable]:
-    """Images through one ONNX Runtime call; ``.vcb`` files pass through. Never raises for a bad file."""
-    from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
-
+    """Images through one ONNX Runtime call (`encode_batches`, the batching path of ``encode`` and ``send``,
+    so the agent sends the same bytes for the same file); ``.vcb`` files pass through. Never raises for a
+    bad file."""
     out: list[Encoded | Unreadable | None] = [None] * len(batch)
-    pixels, slots = [], []
+    slots = []
     for i, cand in enumerate(batch):
-        if cand.path.suffix.lower() == STREAM_SUFFIX:
-            try:
-                data = cand.path.read_bytes()
-            except OSError as exc:
-                out[i] = Unreadable(cand, f"{cand.path}: cannot read ({exc.strerror or exc})")
-                continue
-            # a damaged stream still goes to the server, whose refusal (400, with its reason) lands in rejected/
-            out[i] = Encoded(cand, data) if looks_like_stream(data) else Unreadable(
-                cand, f"{cand.path}: not a vitcodec bitstream")
+        if cand.path.suffix.lower() != STREAM_SUFFIX:
+            slots.append(i)
             continue
         try:
-            pixels.append(to_pixels(load_image(cand.path), encoder.spec))
-            slots.append(i)
-        except ImageReadError as exc:
-            message = str(exc)
-            out[i] = Unreadable(cand, message if message.startswith(str(cand.path)) else f"{cand.path}: {message}")
-    if pixels:
-        try:
-            results = encoder.encode_pixels(np.stack(pixels))
-        except ValueError as exc:  # latents the codec cannot code (a broken model): report, do not crash
-            for i in slots:
-                out[i] = Unreadable(batch[i], f"{batch[i].path}: encoding failed ({exc})")
-        else:
-            for i, result in zip(slots, results):
-                out[i] = Encoded(batch[i], result.stream)
+            data = cand.path.read_bytes()
+        except OSError as exc:
+            out[i] = Unreadable(cand, f"{cand.path}: cannot read ({exc.strerror or exc})")
+            continue
+        # a damaged stream still goes to the server, whose refusal (400, with its reason) lands in rejected/
+        out[i] = Encoded(cand, data) if looks_like_stream(data) else Unreadable(
+            cand, f"{cand.path}: not a vitcodec bitstream")
+    if slots:
+        for item in encode_batches(encoder, [batch[i].path for i in slots], batch_size=len(slots)):
+            cand = batch[slots[item.index]]
+            if item.error is None:
+                out[slots[item.index]] = Encoded(cand, item.result.stream)
+            else:
+                message = item.error
+                out[slots[item.index]] = Unreadable(
+                    cand, message if message.startswith(str(cand.path)) else f"{cand.path}: {message}")
     return [o for o in out if o is not None]
 
 
