@@ -26,9 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from agent_processes import ServerProcess, child_env, count_lines, sample_images, wait_for, write_pngs
 
 
 def scan_ms(folder: Path, repeats: int) -> float:
@@ -54,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for each end-to-end run")
     args = parser.parse_args(argv)
 
-    from agent_processes import ServerProcess, child_env, count_lines, sample_images, wait_for, write_pngs
-
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
 
     repo = resolve_model("fmnist-q2").path.parent.parent
     work = Path(tempfile.mkdtemp(prefix="vitcodec-bench-agent-"))

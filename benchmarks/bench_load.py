@@ -20,12 +20,10 @@ import platform
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import HttpConnection, ServerProcess, _images  # noqa: E402
+from bench_server import HttpConnection, _images, start_server
 
 
 async def sustained(transport: str, port: int, streams: list[bytes], clients: int, duration: float,
@@ -120,21 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from vitcodec.codec.package import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.packages import resolve_model
 
     package = resolve_model(args.model)
     streams = [r.stream for r in EdgeEncoder(package).encode_pixels(_images(package, args.streams))]
-    server = ServerProcess(package, args, 2, "torch")
+    server, ports = start_server(package, args, "torch")
     rows = []
     try:
-        server.wait_ready()
         for transport in args.transports:
-            port = server.http_port if transport == "rest" else server.grpc_port
-            rows.append((transport, asyncio.run(sustained(transport, port, streams, args.clients, args.duration,
-                                                          args.timeout))))
+            rows.append((transport, asyncio.run(sustained(transport, ports[transport], streams, args.clients,
+                                                          args.duration, args.timeout))))
     finally:
-        server.stop()
+        server.stop(60.0)
 
     print(f"# sustained load — {package.name}, {args.clients} clients, {args.duration:.0f} s per transport\n")
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.node()} · {os.cpu_count()} CPUs · "

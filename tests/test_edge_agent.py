@@ -14,17 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from agent_processes import (AgentProcess, child_env, count_lines, free_port, read_results,  # noqa: E402
-                             wait_for)
-from conftest import AUTH_TOKEN  # noqa: E402
+from agent_processes import AgentProcess, child_env, count_lines, free_port, read_results, wait_for
+from conftest import AUTH_TOKEN
 
-from vitcodec.edge.agent.intake import Candidate, StabilityTracker  # noqa: E402
-from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey, entry_id  # noqa: E402
-from vitcodec.edge.agent.results import ResultsLog  # noqa: E402
-from vitcodec.edge.agent.uploader import Backoff  # noqa: E402
+from vitcodec.edge.agent.intake import Candidate, StabilityTracker
+from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey, entry_id
+from vitcodec.edge.agent.results import ResultsLog
+from vitcodec.edge.agent.uploader import Backoff
 
 FAST = ["--poll", "0.1", "--settle", "0.1", "--timeout", "3", "--max-backoff", "0.5", "--json",
         "--status-interval", "1"]
@@ -226,7 +223,7 @@ def _run_log(agent: AgentProcess, run: int) -> str:
 
 
 def _stream_of(model_repo: Path, image: Path) -> bytes:
-    from vitcodec.codec.package import resolve_model
+    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
 
     return EdgeEncoder(resolve_model("fmnist-q2", roots=[model_repo])).encode_image(image).stream

@@ -6,15 +6,13 @@ file, none is missing, the outbox is empty. Every wait has a deadline.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from agent_processes import (AgentProcess, ChaosProxy, ServerProcess, assert_exactly_once,  # noqa: E402
-                             count_lines, sample_images, wait_for, write_pngs)
+from agent_processes import (AgentProcess, ChaosProxy, ServerProcess, assert_exactly_once, count_lines,
+                             sample_images, wait_for, write_pngs)
 
 pytestmark = pytest.mark.slow
 

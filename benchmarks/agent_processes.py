@@ -1,7 +1,7 @@
-"""Real processes for the edge agent's tests: a `vitcodec-cloud serve` subprocess that can be killed and brought
-back on the same ports, a `vitcodec-edge watch` subprocess, and a TCP proxy of the tests' own that drops and
-stalls connections. Every wait is bounded in time. Not a test module; import it after putting this folder on
-``sys.path``.
+"""Real processes for the edge agent's tests and benchmarks: a `vitcodec-cloud serve` subprocess that can be
+killed and brought back on the same ports, a `vitcodec-edge watch` subprocess, and a TCP proxy of the tests'
+own that drops and stalls connections. Every wait is bounded in time. Not a test module: the chaos tests
+import it by name (pytest's pythonpath), bench_agent.py from its own folder.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from vitcodec.cloud import process
+from vitcodec.cloud.process import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["AgentProcess", "ChaosProxy", "ServerProcess", "assert_exactly_once", "child_env", "count_lines",
+           "free_port", "read_results", "sample_images", "wait_for", "write_pngs"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1,
@@ -45,12 +45,16 @@ def child_env(model_repo: Path) -> dict[str, str]:
 
 
 class ServerProcess:
-    """`vitcodec-cloud serve` in its own process on fixed random ports (so it can come back on the same ones)."""
+    """`vitcodec-cloud serve` (cloud/process.py's child process) on ports chosen once, so that after a kill -9
+    it comes back on the same ones; each start logs to its own file."""
 
     def __init__(self, model_repo: Path, log_dir: Path, model: str = "fmnist-q2") -> None:
         self.model_repo, self.log_dir, self.model = model_repo, log_dir, model
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        while self.grpc_port == self.http_port:
+            self.grpc_port = free_port()
+        self.server: process.ServerProcess | None = None
         self.starts = 0
 
     @property
@@ -61,43 +65,39 @@ class ServerProcess:
     def grpc_url(self) -> str:
         return f"grpc://127.0.0.1:{self.grpc_port}"
 
+    def _log_path(self) -> Path:
+        return self.log_dir / f"server-{self.starts}.log"
+
     def start(self, timeout: float = 120.0) -> "ServerProcess":
-        import httpx
-
         self.starts += 1
-        log = open(self.log_dir / f"server-{self.starts}.log", "wb")
-        cmd = [sys.executable, "-m", "vitcodec.cloud.cli", "serve", "--model-repo", str(self.model_repo),
-               "--model", self.model, "--host", "127.0.0.1", "--http-port", str(self.http_port),
-               "--grpc-port", str(self.grpc_port), "--log-level", "warning", "--max-queue-delay-ms", "5"]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(self.model_repo))
-        log.close()
-
-        def ready() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
-            try:
-                return httpx.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout, "the server to be ready", 0.2, self.log_tail)
+        argv = ["vitcodec-cloud", "serve", "--model-repo", str(self.model_repo), "--model", self.model, "--host",
+                "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--log-level",
+                "warning", "--max-queue-delay-ms", "5"]
+        self.server = process.ServerProcess(argv, self._log_path(), self.http_url, env=child_env(self.model_repo))
+        self.server.start()
+        try:
+            self.server.wait_ready(timeout, model=self.model)
+        except BaseException:
+            self.server.stop(30.0)
+            raise
         return self
 
     def kill(self) -> None:
         """kill -9: no drain, no goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
+        if self.server is None or self.server.proc is None:
+            return
+        if self.server.proc.poll() is None:
+            os.killpg(self.server.pid, signal.SIGKILL)  # the server runs in its own session
+            self.server.proc.wait(30)
+        self.server.stop(0.0)  # reaped already: only closes the log
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM (graceful drain), SIGKILL after 40 s."""
+        if self.server is not None:
+            self.server.stop(40.0)
 
     def log_tail(self) -> str:
-        path = self.log_dir / f"server-{self.starts}.log"
+        path = self._log_path()
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
@@ -153,7 +153,7 @@ def count_lines(path: Path) -> int:
 
 def sample_images(n: int) -> np.ndarray:
     """n Fashion-MNIST test images (uint8, (n, 28, 28)); random ones without the Debian package."""
-    from edge_fixtures import fashion_mnist_test
+    from workloads import fashion_mnist_test
 
     images = fashion_mnist_test(n)
     if images is None:
