@@ -14,7 +14,8 @@ def zoo_table() -> str:
         t = pkg.manifest.get("training", {})
         alpha, beta = QUALITIES.get(pkg.quality, (None, None))
         alpha, beta = t.get("alpha") or alpha, t.get("beta") or beta
-        q = f"q{pkg.quality} (α {alpha}, β {beta})" if pkg.quality else "— (step one)"
+        distilled = f"; {t['distill']} KD {t['distill_alpha']}" if t.get("teacher") else ""
+        q = f"q{pkg.quality} (α {alpha}, β {beta}{distilled})" if pkg.quality else f"— (step one{distilled})"
 
         def f(key: str, fmt: str) -> str:
             value = m.get(key)

@@ -194,8 +194,12 @@ def export_cmd(
     settings = ckpt.get("settings", {})
     compress = ckpt.get("stage", settings.get("stage")) == "joint"
     q = quality if quality is not None else settings.get("quality")
-    extra = {"training": {k: settings.get(k) for k in ("stage", "data", "epochs", "quality", "alpha", "beta", "lr",
-                                                       "batch_size")} | {"wall_s": ckpt.get("wall_s")}}
+    training = {k: settings.get(k) for k in ("stage", "data", "epochs", "quality", "alpha", "beta", "lr",
+                                             "batch_size")} | {"wall_s": ckpt.get("wall_s")}
+    if settings.get("teacher"):  # the card says which models were distilled, and how
+        training |= {"teacher": Path(settings["teacher"]).name, "distill": settings.get("distill"),
+                     "distill_alpha": settings.get("distill_alpha"), "distill_tau": settings.get("distill_tau")}
+    extra = {"training": training}
     package = export_package(net, out, name=name, version=version, quality=q, compress=compress,
                              half_weights=not fp32_weights, extra=extra)
     console.print(f"wrote {package.path} (model id {package.model_id.hex() or '-'})")

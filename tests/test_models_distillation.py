@@ -136,5 +136,11 @@ def test_cli_passes_the_distillation_flags(tmp_path: Path) -> None:
     assert (settings["teacher"], settings["distill"], settings["distill_alpha"], settings["distill_tau"]) == \
         (str(teacher), "hard", 0.7, 3.0)
     assert "kd" in _log(tmp_path / "run")[0]
+    exported = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "run" / "final.pt"),
+                                        "--out", str(tmp_path / "zoo"), "--name", "distilled"])
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "zoo" / "distilled" / "1" / "manifest.json").read_text())
+    assert {k: manifest["training"][k] for k in ("teacher", "distill", "distill_alpha", "distill_tau")} == \
+        {"teacher": "teacher.pt", "distill": "hard", "distill_alpha": 0.7, "distill_tau": 3.0}
     bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), "--teacher", str(tmp_path / "none.pt")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output
