@@ -1,7 +1,8 @@
 """``vitcodec-edge``: the edge device's command line (no torch).
 
-Commands: ``encode`` and ``inspect`` (``edge/commands.py``), ``send`` (encode images and classify them on a
-vitcodec cloud server) and ``reconstruct`` (get the server's reconstruction of one image as PNG).
+Commands: ``encode`` and ``inspect`` (``edge/commands.py``), ``watch`` (the store-and-forward agent,
+``edge/agent/``), ``send`` (encode images and classify them on a vitcodec cloud server) and ``reconstruct``
+(get the server's reconstruction of one image as PNG).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from vitcodec.console import abort, stderr_console, table_console
 from vitcodec.edge import commands
+from vitcodec.edge.agent.command import watch
 
 app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode images to bitstreams, send them to "
                   "the cloud for classification or reconstruction.", no_args_is_help=True,
@@ -27,6 +29,9 @@ app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode image
 # `encode` and `inspect` live in edge/commands.py (bitstream files on this device, no server involved).
 app.command("encode")(commands.encode)
 app.command("inspect")(commands.inspect)
+
+# `watch`, the store-and-forward agent, lives in edge/agent/ (docs/edge-agent.md).
+app.command("watch")(watch)
 
 SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
 _SERVER_HELP = "Cloud server: http://HOST:PORT or grpc://HOST:PORT."
@@ -96,8 +101,13 @@ def send(
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes to report per image (JSON output)."),
     token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+    outbox: Optional[Path] = typer.Option(None, "--outbox", help="Spool images that failed for a transient "
+                                          "reason (server unreachable, timeouts, 5xx) into this outbox; "
+                                          "`vitcodec-edge watch --outbox DIR` sends them later."),
 ) -> None:
-    """Encode images on this device and classify them on the cloud server (bounded concurrency, retries)."""
+    """Encode images on this device and classify them on the cloud server (bounded concurrency, retries).
+
+    Exit status 1 when any image failed (each failed file is listed on stderr), 2 on bad arguments."""
     from vitcodec.edge.client import ClientError, connect
 
     if as_json and as_csv:
@@ -131,8 +141,33 @@ def send(
                     rows[i] = {"file": str(files[i]), **outcome.as_dict()}
                 progress.advance(task)
     _print_rows(rows, as_json, as_csv, top_k)
-    if any("error" in row for row in rows):
+    failed = [i for i, row in enumerate(rows) if "error" in row]
+    if failed:
+        _report_failures(files, streams, rows, failed, outbox, model)
         raise typer.Exit(1)
+
+
+def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[str, Any]], failed: list[int],
+                     outbox: Optional[Path], model: Optional[str]) -> None:
+    """One stderr line per failed file; with an outbox, spool those a later `watch` can still deliver."""
+    from rich.markup import escape
+
+    from vitcodec.edge.agent.uploader import PERMANENT_STATUS
+
+    err = stderr_console()
+    for i in failed:
+        err.print(f"[red]failed:[/red] {escape(str(files[i]))}: {escape(str(rows[i]['error']))}", soft_wrap=True)
+    spool = [i for i in failed if "status" in rows[i] and rows[i]["status"] not in PERMANENT_STATUS]
+    message = f"{len(failed)} of {len(rows)} images failed"
+    if outbox is not None and spool:
+        from vitcodec.edge.agent.outbox import spool_files
+
+        try:
+            spool_files(outbox, [files[i] for i in spool], [streams[i] for i in spool], model)
+            message += f"; {len(spool)} spooled to {outbox} (send them with: vitcodec-edge watch --outbox {outbox} --server URL --results FILE)"
+        except OSError as exc:
+            message += f"; cannot spool to {outbox} ({exc.strerror or exc})"
+    err.print(escape(message), soft_wrap=True)
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: int) -> None:

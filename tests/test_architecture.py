@@ -157,6 +157,20 @@ def test_every_mapped_package_has_a_rule() -> None:
         assert layer_of(name) is not None, f"{name} is mapped in pyproject.toml but has no layer rule"
 
 
+def test_the_edge_agent_is_edge_and_only_the_cli_imports_it() -> None:
+    """edge/agent/ follows the edge's rules (no torch, on the device); of the rest of edge/ only the CLI uses
+    it, and the agent never imports the CLI back (docs/architecture.md)."""
+    modules = dict(iter_modules(package_dirs(ROOT)))
+    agent = sorted(m for m in modules if m.startswith("vitcodec.edge.agent."))
+    assert "vitcodec.edge.agent.runner" in agent and all(layer_of(m) == "vitcodec.edge" for m in agent)
+    users = sorted(m for m, path in modules.items()
+                   if m.startswith("vitcodec.edge.") and not m.startswith("vitcodec.edge.agent")
+                   and any(name.startswith("vitcodec.edge.agent") for name in imports_of(m, path)))
+    assert users == ["vitcodec.edge.cli"]
+    for module in agent:
+        assert "vitcodec.edge.cli" not in imports_of(module, modules[module]), module
+
+
 def _fake_tree(tmp_path: Path, files: dict[str, str]) -> Path:
     dirs = {"vitcodec": "vitcodec", "vitcodec.codec": "codec", "vitcodec.edge": "edge",
             "vitcodec.cloud": "cloud", "vitcodec.models": "models"}

@@ -39,3 +39,38 @@ def test_bench_hs_zoo_decoding_checks_engines_and_splits_the_time() -> None:
                                              "one stream at a time, int8 engine"}
     assert set(figures["breakdown_ms_per_stream"]) == {"z range decoding", "h_s", "y range decoding + ŷ"}
     assert all(v > 0 for v in figures["ms_per_stream"].values())
+
+
+def _table_rows(out: str, first_cells: tuple[str, ...]) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] in first_cells:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_bench_load_counts_every_request_against_a_real_server(capsys) -> None:
+    """A short load on both transports through a real `vitcodec-cloud serve`: sent = answered, none lost."""
+    assert _load("bench_load").main(["--clients", "4", "--duration", "1", "--streams", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out, ("grpc", "rest"))
+    assert set(rows) == {"grpc", "rest"}
+    for cells in rows.values():
+        sent, answered, lost = int(cells[3]), int(cells[4]), int(cells[5])
+        assert sent == answered > 0 and lost == 0
+        p50, p99 = float(cells[7]), float(cells[9])
+        assert 0 < p50 <= p99
+    assert "no request lost" in out
+
+
+def test_bench_agent_runs_send_and_watch_on_the_same_images(capsys) -> None:
+    """Scan cost, then the same few images through `send` and through `watch` against one real server."""
+    assert _load("bench_agent").main(["--n", "16", "--repeats", "2", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "| one intake scan of 16 files |" in out
+    for row in ("| `send` (one shot, nothing durable), images/s |",
+                "| `watch` (outbox + fsynced results), images/s, from process start |", "| watch / send |"):
+        assert row in out, row
+    ratio = next(line for line in out.splitlines() if line.startswith("| watch / send |"))
+    assert float(ratio.split("|")[2].strip().rstrip("x")) > 0

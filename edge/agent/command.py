@@ -1,0 +1,73 @@
+"""``vitcodec-edge watch``: the typer command in front of `runner.Agent` (registered in ``edge/cli.py``).
+
+Exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 when it cannot start (bad arguments, missing folder,
+unknown model, unusable outbox or results file), 130 on a second signal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitcodec.edge.agent.intake import SourcePolicy
+
+
+def watch(
+    folders: Optional[list[Path]] = typer.Argument(None, help="Folders to watch (recursively) for images and .vcb "
+                                                   "files; none: only drain the outbox."),
+    server: str = typer.Option(..., "--server", "-s", help="Cloud server: http://HOST:PORT or grpc://HOST:PORT."),
+    outbox: Path = typer.Option(..., "--outbox", help="Spool folder (pending/, rejected/); created if missing."),
+    results: Path = typer.Option(..., "--results", help="JSON-lines file the answers are appended to."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
+    source: SourcePolicy = typer.Option(SourcePolicy.keep, "--source", help="What to do with a source file once "
+                                        "its stream is in the outbox: keep, move (to --done-dir) or delete."),
+    done_dir: Optional[Path] = typer.Option(None, "--done-dir", help="Where --source move puts sources "
+                                            "(default OUTBOX/done)."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=256, help="Uploads in flight."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder call."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="ONNX Runtime intra-op threads."),
+    max_pending: int = typer.Option(10_000, "--max-pending", min=0, help="Outbox entry limit (0: none); intake "
+                                    "pauses at the limit."),
+    max_outbox_mb: float = typer.Option(256.0, "--max-outbox-mb", min=0, help="Outbox size limit in MiB (0: none)."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds per upload before it is retried."),
+    max_backoff: float = typer.Option(30.0, "--max-backoff", min=0.01, help="Longest pause between retries (s)."),
+    poll: float = typer.Option(0.5, "--poll", min=0.01, help="Seconds between folder scans."),
+    settle: float = typer.Option(1.0, "--settle", min=0.0, help="A file must be unchanged for two scans and "
+                                 "this many seconds old before it is read (files still being written)."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Classes recorded per image."),
+    token: Optional[str] = typer.Option(None, "--token", help="Bearer token (or set VITCODEC_TOKEN)."),
+    as_json: bool = typer.Option(False, "--json", help="Structured logs: one JSON object per line on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log every image sent."),
+    status_interval: float = typer.Option(10.0, "--status-interval", min=0.0, help="Seconds between status "
+                                          "lines when stderr is not a terminal (0: never)."),
+) -> None:
+    """Store-and-forward agent: encode new images from FOLDERS into an on-disk outbox and upload them,
+    surviving server outages, network trouble and restarts; each answer is appended once to --results.
+
+    Runs until SIGINT/SIGTERM (finishes uploads in flight; the rest stays in the outbox for the next start).
+    """
+    from vitcodec.console import error_line
+    from vitcodec.edge.agent.runner import Agent, AgentConfig, AgentSetupError, install_signal_handlers
+    from vitcodec.edge.agent.status import Reporter
+    from vitcodec.edge.agent.uploader import Backoff
+
+    config = AgentConfig(
+        watch=list(folders or []), server=server, outbox=outbox, results=results, model=model,
+        token=token or os.environ.get("VITCODEC_TOKEN") or None, timeout_s=timeout, concurrency=concurrency,
+        batch_size=batch_size, poll_s=poll, settle_s=settle, source_policy=source, done_dir=done_dir,
+        max_pending=max_pending, max_outbox_bytes=int(max_outbox_mb * 2**20),
+        backoff=Backoff(min(0.5, max_backoff), max_backoff), top_k=top_k, threads=threads)
+    reporter = Reporter(as_json=as_json, status_interval_s=status_interval, verbose=verbose)
+    try:
+        agent = Agent(config, reporter)
+    except AgentSetupError as exc:
+        if as_json:
+            reporter.event("setup_error", str(exc), "error")
+        else:
+            error_line(str(exc))
+        raise typer.Exit(2) from None
+    install_signal_handlers(agent)
+    raise typer.Exit(agent.run())
