@@ -6,7 +6,8 @@ live server in its own process.
 
 Paths: REST v2 JSON (base64 BYTES in, JSON out), REST v2 binary (binary-data extension both ways), REST native
 (``POST /v1/classify``), gRPC v2 (unary ``ModelInfer``), gRPC native (unary ``Classify``) and gRPC native
-stream (one ``ClassifyStream`` kept open, one request in flight).
+stream (one ``ClassifyStream`` kept open, one request in flight). Also, unless ``--stream-window 0``: the
+throughput of one ``ClassifyStream`` with ``--stream-window`` requests in flight (the edge's batch upload).
 
 For each path: the median latency seen by the client, and the **server's CPU time per request** (user + system
 of every server thread, from /proc/<pid>/stat, over the measured requests). CPU time is what a transport costs
@@ -160,6 +161,35 @@ async def measure(clients: Clients, path: str, pid: int, streams: list[bytes], n
     return statistics.median(latencies) * 1e3, cpu / n * 1e3
 
 
+async def measure_stream_window(clients: Clients, pid: int, streams: list[bytes], n: int,
+                               window: int) -> tuple[float, float]:
+    """(images/s, server CPU ms per image) of one ClassifyStream carrying `n` requests, `window` in flight."""
+    import grpc
+
+    pb = clients.pb
+
+    async def run(count: int) -> None:
+        call = clients.native.ClassifyStream()
+        sent = received = 0
+        while received < count:
+            while sent < count and sent - received < window:
+                await call.write(pb.ClassifyRequest(stream=streams[sent % len(streams)], id=str(sent)))
+                sent += 1
+            response = await call.read()
+            if response.HasField("error"):
+                raise RuntimeError(f"ClassifyStream: {response.error.message}")
+            received += 1
+        await call.done_writing()
+        while await call.read() is not grpc.aio.EOF:
+            pass
+
+    await run(min(2 * window, n))  # warm-up
+    cpu0, t0 = process_cpu_s(pid), time.perf_counter()
+    await run(n)
+    wall, cpu = time.perf_counter() - t0, process_cpu_s(pid) - cpu0
+    return n / wall, cpu / n * 1e3
+
+
 def model_cpu_ms(package, streams: list[bytes], threads: int, n: int) -> float:
     """CPU ms per stream of the model alone, one stream at a time (the server's work at concurrency 1)."""
     from vitcodec.cloud.backends import make_loader
@@ -184,11 +214,13 @@ def model_cpu_ms(package, streams: list[bytes], threads: int, n: int) -> float:
 
 
 async def run_all(package, args, variants: list[Variant], streams: list[bytes]) -> dict:
-    servers = []
+    servers: list = []
+    started: list = []
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        for variant in variants:
-            server, http_port, grpc_port = await asyncio.to_thread(start_server, package, args, variant)
+        for variant in variants:  # every server before any gRPC client: forking beside a live gRPC can abort
+            started.append((variant, *await asyncio.to_thread(start_server, package, args, variant)))
+        for variant, server, http_port, grpc_port in started:
             servers.append((variant, server, Clients(package.name, http_port, grpc_port)))
         for round_ in range(args.rounds):
             paths = args.paths if round_ % 2 == 0 else args.paths[::-1]
@@ -198,12 +230,17 @@ async def run_all(package, args, variants: list[Variant], streams: list[bytes]) 
                     print(f"round {round_ + 1}/{args.rounds} {variant.label}: {path} ...", file=sys.stderr, flush=True)
                     results.setdefault((variant.label, path), []).append(
                         await measure(clients, path, server.pid, streams, args.n))
+            if args.stream_window:
+                for variant, server, clients in (servers if round_ % 2 == 0 else servers[::-1]):
+                    print(f"round {round_ + 1}/{args.rounds} {variant.label}: ClassifyStream, {args.stream_window} "
+                          f"in flight ...", file=sys.stderr, flush=True)
+                    results.setdefault((variant.label, "window"), []).append(await measure_stream_window(
+                        clients, server.pid, streams, args.stream_n, args.stream_window))
     finally:
-        for _, server, clients in servers:
-            try:
-                await clients.close()
-            finally:
-                await asyncio.to_thread(server.stop, 60.0)
+        for _, _, clients in servers:
+            await clients.close()
+        for _, server, _, _ in started:
+            await asyncio.to_thread(server.stop, 60.0)
     return results
 
 
@@ -216,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=16, help="distinct real streams cycled through")
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads of the server and the model reference (0: library default)")
+    parser.add_argument("--stream-window", type=int, default=64,
+                        help="also: throughput of one ClassifyStream with this many requests in flight (0: skip)")
+    parser.add_argument("--stream-n", type=int, default=2000, help="requests of that stream per round")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SPEC",
                         help="a server configuration to compare (server_variants.py); repeat")
     parser.add_argument("--baseline-ref", metavar="REF", help="add a variant running git commit REF's server code")
@@ -262,6 +302,14 @@ def main(argv: list[str] | None = None) -> int:
             if multi:
                 cells = [variant.label, *cells, f"{cpu_ms / base_cpu:.2f}x"]
             print("| " + " | ".join(cells) + " |")
+    if args.stream_window:
+        print(f"\nOne native ClassifyStream, {args.stream_window} requests in flight, {args.stream_n} per round:\n")
+        print(f"{'| variant ' if multi else ''}| images/s | server CPU ms / image |")
+        print("|" + ("---|" if multi else "") + "---:|---:|")
+        for variant in variants:
+            rows = results[(variant.label, "window")]
+            cells = [f"{statistics.median(r for r, _ in rows):.0f}", f"{statistics.median(c for _, c in rows):.2f}"]
+            print("| " + " | ".join([variant.label, *cells] if multi else cells) + " |")
     return 0
 
 
