@@ -7,7 +7,9 @@ A variant is a label, extra ``VITCODEC_*``-style environment and extra ``vitcode
 ``--baseline-ref REF`` adds a variant that runs the server code of git commit REF instead of the working tree:
 the commit's folders are exported (``git archive``) into a temporary ``vitcodec`` package laid out as
 pyproject.toml's ``package-dir`` maps them, and that tree goes first on the server's PYTHONPATH, where Python
-finds it before the editable install. Same interpreter and libraries; only the project's code differs.
+finds it before the editable install. Same interpreter and libraries; only the project's code differs. (The
+server runs as the ``vitcodec-cloud`` console script, whose sys.path starts with the venv's bin/, not with the
+working directory, where the checkout's own ``vitcodec/`` folder would come first.)
 Also: `process_cpu_s`, a server's CPU time (what a transport costs on a shared machine). Standard library only.
 """
 
