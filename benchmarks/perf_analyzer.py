@@ -5,6 +5,12 @@ measured in the same run.
     python benchmarks/perf_analyzer.py                       # fmnist-q2, concurrency 1 8 32, HTTP and gRPC
     python benchmarks/perf_analyzer.py --concurrency 8 --protocols grpc --window-ms 4000
     python benchmarks/perf_analyzer.py --server-arg=--backend --server-arg=onnxruntime
+    python benchmarks/perf_analyzer.py --baseline-ref main --variant 'tree=' --rounds 3     # A/B: code
+    python benchmarks/perf_analyzer.py --variant 'asyncio=--event-loop asyncio' --variant 'uvloop=--event-loop uvloop'
+
+A/B on a shared machine: every ``--variant`` (and ``--baseline-ref``: that commit's server code, see
+server_variants.py) runs as its own server, all started at once; each measurement goes to each variant in turn,
+the order alternating between ``--rounds``, and the table gives medians and the ratio to the first variant.
 
 What it sets up when missing (nothing is installed into the project's venv):
 - ``perf_analyzer``: beside this interpreter, on PATH, or from the tritonclient wheel installed into a venv of
@@ -28,6 +34,7 @@ import base64
 import csv
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -38,12 +45,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import venv
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s
 from vitcodec.cloud.process import ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -125,12 +134,17 @@ def real_streams(package, n: int) -> list[bytes]:
     return [encoder.encode_image(p).stream for p in samples][:n]
 
 
-def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: int, backend: str) -> float:
+def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: int, backend: str,
+             threads: int = 0) -> float:
     """Images/s of the plain batched loop: parse, decode_payloads (one h_s pass per batch), classify_latents."""
     from vitcodec.cloud.backends import make_loader
     from vitcodec.codec.bitstream import unpack_stream
 
-    model = make_loader(backend, device)(package)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    model = make_loader(backend, device, threads)(package)
     work = (streams * (-(-256 // len(streams))))[:max(256, len(streams))]
 
     def run() -> None:
@@ -148,15 +162,17 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: in
     return len(work) / statistics.median(times)
 
 
-def start_server(package, args) -> tuple[ServerProcess, int, int]:
+def start_server(package, args, variant: Variant | None = None) -> tuple[ServerProcess, int, int]:
     http_port, grpc_port = free_port(), free_port()
     while grpc_port == http_port:
         grpc_port = free_port()
+    variant = variant or Variant("server")
     argv = ["vitcodec-cloud", "serve", "--model-repo", str(package.path.parent.parent), "--model", package.name,
             "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
             "--device", args.device, "--max-batch-size", str(args.batch), "--log-level", "warning",
-            *args.server_arg]
+            *(["--threads", str(args.threads)] if args.threads else []), *args.server_arg, *variant.args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
+    env.update(variant.env)
     server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix="vitcodec-pa-")) / "server.log",
                            f"http://127.0.0.1:{http_port}", env=env)
     server.start()
@@ -166,6 +182,14 @@ def start_server(package, args) -> tuple[ServerProcess, int, int]:
         server.stop(30.0)
         raise
     return server, http_port, grpc_port
+
+
+def streams_classified(http_port: int) -> float:
+    """The server's count of classified streams (``vitcodec_streams_total``, kind classify) from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vitcodec_streams_total{") and 'kind="classify"' in line)
 
 
 # -- perf_analyzer runs ------------------------------------------------------------------------------------------
@@ -206,9 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                         help="the raw loop's backend (pass the same to the server with --server-arg)")
     parser.add_argument("--repeats", type=int, default=5, help="raw-loop runs (median)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads of the server and the raw loop (0: the library's default)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for vitcodec-cloud serve (repeat; e.g. --server-arg=--threads=2)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SPEC",
+                        help="a server configuration to compare: NAME=VALUE tokens are environment, the rest "
+                             "server arguments (repeat; all run at once, measured in turn)")
+    parser.add_argument("--baseline-ref", metavar="REF",
+                        help="add a variant running the server code of git commit REF (first in the table)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every variant this many times, alternating their order; medians reported")
     args = parser.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variant]
+    if args.baseline_ref:
+        variants.insert(0, baseline_variant(args.baseline_ref))
+    if not variants:
+        variants = [Variant("server")]
 
     from vitcodec.packages import resolve_model
 
@@ -222,19 +260,30 @@ def main(argv: list[str] | None = None) -> int:
     data_file.write_text(json.dumps({"data": [
         {"BITSTREAM": {"b64": base64.b64encode(struct.pack("<I", len(s)) + s).decode()}} for s in streams]}))
 
-    rows = []
-    server, http_port, grpc_port = start_server(package, args)
+    servers = []
     try:
-        for protocol in args.protocols:
-            port = http_port if protocol == "http" else grpc_port
-            for concurrency in args.concurrency:
-                print(f"perf_analyzer {protocol} concurrency {concurrency} ...", file=sys.stderr, flush=True)
-                rows.append((protocol, concurrency, run_perf_analyzer(
-                    binary, env, package.name, protocol, port, concurrency, data_file, args.window_ms,
-                    timeout_s=max(120.0, 12 * args.window_ms / 1e3))))
+        for variant in variants:
+            servers.append((variant, *start_server(package, args, variant)))
+        runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+        for round_ in range(args.rounds):
+            for protocol in args.protocols:
+                for concurrency in args.concurrency:
+                    order = servers if round_ % 2 == 0 else servers[::-1]  # ABBA: drift hits both alike
+                    for variant, server, http_port, grpc_port in order:
+                        port = http_port if protocol == "http" else grpc_port
+                        print(f"round {round_ + 1}/{args.rounds} {variant.label}: perf_analyzer {protocol} "
+                              f"concurrency {concurrency} ...", file=sys.stderr, flush=True)
+                        count0, cpu0 = streams_classified(http_port), process_cpu_s(server.pid)
+                        result = run_perf_analyzer(binary, env, package.name, protocol, port, concurrency, data_file,
+                                                   args.window_ms, timeout_s=max(120.0, 12 * args.window_ms / 1e3))
+                        # server CPU per inference over the whole run (warm-up and every window included)
+                        count = streams_classified(http_port) - count0
+                        result["cpu_ms"] = (process_cpu_s(server.pid) - cpu0) / max(count, 1) * 1e3
+                        runs.setdefault((variant.label, protocol, concurrency), []).append(result)
     finally:
-        server.stop(60.0)
-    raw = raw_loop(package, streams, args.batch, args.device, args.repeats, args.backend)
+        for _, server, _, _ in servers:
+            server.stop(60.0)
+    raw = raw_loop(package, streams, args.batch, args.device, args.repeats, args.backend, args.threads)
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -243,15 +292,39 @@ def main(argv: list[str] | None = None) -> int:
         pass
     print(f"# perf_analyzer against the live server — {package.name}, KServe v2 infer\n")
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} CPUs · device {args.device} · "
-          f"server batch {args.batch} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "
+          f"server batch {args.batch} · threads {args.threads or 'default'} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "
           f"window {args.window_ms} ms · server args {' '.join(args.server_arg) or '(defaults)'}\n")
     print(f"raw batched loop ({args.backend}, batch {args.batch}, parse + decode_payloads + classify_latents): "
           f"**{raw:.0f} images/s**\n")
-    print("| protocol | concurrency | inferences/s | p50 ms | p99 ms | vs raw loop |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for protocol, concurrency, r in rows:
-        print(f"| {'HTTP (binary)' if protocol == 'http' else 'gRPC'} | {concurrency} | {r['rate']:.0f} | "
-              f"{r['p50']:.1f}{'' if r['stable'] else ' (avg, unstable)'} | {r['p99']:.1f} | {r['rate'] / raw:.2f}x |")
+    first = variants[0].label
+    if len(variants) > 1:
+        print(f"{args.rounds} round(s), every variant's servers up at once and measured in turn (order alternating); "
+              f"medians over rounds. Variants:\n")
+        for variant in variants:
+            print(f"- **{variant.label}**: {variant.describe()}")
+        print()
+    head = "| variant " if len(variants) > 1 else ""
+    ratio = f" | vs {first} " if len(variants) > 1 else ""
+    print(f"{head}| protocol | concurrency | inferences/s | p50 ms | p99 ms | server CPU ms / inference "
+          f"| vs raw loop {ratio}|")
+    print("|" + "---|" * (1 if len(variants) > 1 else 0) + "---|---:|---:|---:|---:|---:|---:|"
+          + ("---:|" if len(variants) > 1 else ""))
+    for protocol in args.protocols:
+        for concurrency in args.concurrency:
+            base_rate = statistics.median(r["rate"] for r in runs[(first, protocol, concurrency)])
+            for variant in variants:
+                results = runs[(variant.label, protocol, concurrency)]
+                rate = statistics.median(r["rate"] for r in results)
+                p50 = statistics.median(r["p50"] for r in results)
+                finite = [r["p99"] for r in results if not math.isnan(r["p99"])]
+                p99 = statistics.median(finite) if finite else float("nan")
+                stable = all(r["stable"] for r in results)
+                cells = [f"{'HTTP (binary)' if protocol == 'http' else 'gRPC'}", str(concurrency), f"{rate:.0f}",
+                         f"{p50:.1f}{'' if stable else ' (avg, unstable)'}", f"{p99:.1f}",
+                         f"{statistics.median(r['cpu_ms'] for r in results):.2f}", f"{rate / raw:.2f}x"]
+                if len(variants) > 1:
+                    cells = [variant.label, *cells, f"{rate / base_rate:.2f}x"]
+                print("| " + " | ".join(cells) + " |")
     return 0
 
 

@@ -8,7 +8,6 @@ given on the command line wins.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -45,13 +44,17 @@ def serve(
                                                    "event loop)."),
     auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="VITCODEC_AUTH_TOKEN", show_envvar=False,
                                              help="Require 'Authorization: Bearer <token>' (or VITCODEC_AUTH_TOKEN)."),
+    event_loop: Optional[str] = typer.Option(None, "--event-loop",
+                                             help="auto (uvloop when installed), asyncio or uvloop."),
+    http_parser: Optional[str] = typer.Option(None, "--http-parser",
+                                              help="auto (httptools when installed), h11 or httptools."),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning, error."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
     """Serve every model of the repository over HTTP and gRPC until SIGTERM/SIGINT (then drain gracefully)."""
     from pydantic import ValidationError
 
-    from vitcodec.cloud.server import CloudServer
+    from vitcodec.cloud.server import CloudServer, run_event_loop
     from vitcodec.cloud.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -59,7 +62,7 @@ def serve(
         "grpc_port": grpc_port, "device": device, "backend": backend, "torch_threads": torch_threads,
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms, "max_body_bytes": max_body_bytes,
-        "png_workers": png_workers, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
+        "png_workers": png_workers, "event_loop": event_loop, "http_parser": http_parser, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
     }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -74,7 +77,7 @@ def serve(
         typer.echo(f"error: no compressing model packages found in {roots}", err=True)
         raise typer.Exit(2)
     try:
-        asyncio.run(server.serve())
+        run_event_loop(server.serve(), settings.event_loop)
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -47,11 +49,20 @@ class Metrics:
         self.model_ready = Gauge("vitcodec_model_ready", "1 when the model version is loaded and serving.",
                                  ("model", "version"), registry=r)
 
+        # (protocol, endpoint, code) -> its request counter and latency histogram: `labels()` takes a lock and
+        # builds a key on every call, and this runs once per request
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
     def observe_request(self, protocol: str, endpoint: str, code: str, seconds: float, failed: bool) -> None:
-        self.requests.labels(protocol, endpoint, code).inc()
+        key = (protocol, endpoint, code)
+        series = self._request_series.get(key)
+        if series is None:
+            series = (self.requests.labels(protocol, endpoint, code), self.latency.labels(protocol, endpoint))
+            self._request_series[key] = series
+        series[0].inc()
         if failed:
             self.errors.labels(protocol, endpoint, code).inc()
-        self.latency.labels(protocol, endpoint).observe(seconds)
+        series[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -34,6 +35,31 @@ from .rest import create_app
 from .settings import Settings
 
 log = logging.getLogger("vitcodec.cloud.server")
+
+
+def resolve_event_loop(choice: str) -> str:
+    """'auto' -> 'uvloop' when it is installed, else 'asyncio'; an explicit 'uvloop' must be installed."""
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        raise RuntimeError("event loop 'uvloop' was asked for but uvloop is not installed (pip install uvloop)")
+    return "uvloop" if choice == "uvloop" or (choice == "auto" and installed) else "asyncio"
+
+
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    if resolve_event_loop(choice) == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run_event_loop(main: Coroutine[Any, Any, Any], choice: str) -> Any:
+    """`asyncio.run` on the chosen loop (uvloop's C loop costs less per callback than asyncio's)."""
+    if resolve_event_loop(choice) == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -110,7 +136,7 @@ class CloudServer:
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=s.log_level.lower(),
                                 access_log=s.access_log, timeout_graceful_shutdown=s.graceful_timeout_s,
-                                server_header=False)
+                                server_header=False, http=s.http_parser)
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="vitcodec-http")
         while not self._http.started:
@@ -218,7 +244,12 @@ class BackgroundServer:
         failure: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            try:
+                loop = new_event_loop(self.server.settings.event_loop)
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                return
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:

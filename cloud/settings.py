@@ -52,6 +52,12 @@ class Settings(BaseSettings):
                     "compute thread). 0 encodes on the event loop.")
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads of torch (and ONNX Runtime); 0 leaves the library default.")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="Event loop of both transports: uvloop (auto: when installed; the cloud extra installs "
+                            "it) cuts per-request loop overhead; asyncio is the standard library's.")
+    http_parser: Literal["auto", "h11", "httptools"] = Field(
+        "auto", description="uvicorn's HTTP/1.1 implementation: httptools (auto: when installed; the cloud extra "
+                            "installs it) parses in C; h11 is pure Python.")
     graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")
     log_level: str = Field("info", description="Python logging level for the server's loggers.")
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn's access log).")

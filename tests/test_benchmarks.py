@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -74,3 +75,34 @@ def test_bench_agent_runs_send_and_watch_on_the_same_images(capsys) -> None:
         assert row in out, row
     ratio = next(line for line in out.splitlines() if line.startswith("| watch / send |"))
     assert float(ratio.split("|")[2].strip().rstrip("x")) > 0
+
+
+def test_server_variants_parse_and_export_a_commit(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    variants = importlib.import_module("server_variants")  # a dataclass module: imported by name (pythonpath)
+    v = variants.parse_variant("uv=VITCODEC_EVENT_LOOP=uvloop --threads 1 --http-parser=h11")
+    assert (v.label, v.env, v.args) == ("uv", {"VITCODEC_EVENT_LOOP": "uvloop"}, ["--threads", "1", "--http-parser=h11"])
+    assert variants.parse_variant("plain=").describe() == "(defaults)"
+    with pytest.raises(ValueError, match="LABEL=SPEC"):
+        variants.parse_variant("no-label")
+    root = variants.export_ref("HEAD", tmp_path / "tree")
+    assert (root / "vitcodec" / "cloud" / "rest" / "app.py").is_file()
+    assert (root / "vitcodec" / "codec" / "bitstream.py").is_file()
+    found = subprocess.run([sys.executable, "-c", "import vitcodec.cloud.rest.app as m; print(m.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path, capture_output=True, text=True,
+                           check=True)  # cwd: not the checkout, whose vitcodec/ folder would come first
+    assert found.stdout.strip() == str(root / "vitcodec" / "cloud" / "rest" / "app.py")
+
+
+def test_bench_transport_measures_every_path_on_two_variants(capsys) -> None:
+    pytest.importorskip("grpc")
+    args = ["--model", "fmnist-q2", "--n", "4", "--rounds", "1", "--stream-n", "16", "--stream-window", "4",
+            "--variant", "asyncio=--event-loop asyncio --http-parser h11", "--variant", "auto="]
+    assert importlib.import_module("bench_transport").main(args) == 0
+    out = capsys.readouterr().out
+    for path in ("rest-v2-json", "rest-v2-binary", "rest-native", "grpc-v2", "grpc-native", "grpc-native-stream"):
+        assert f"| asyncio | {path} |" in out and f"| auto | {path} |" in out, path
+    assert "CPU ms per stream" in out and "64 in flight" not in out and "4 requests in flight" in out

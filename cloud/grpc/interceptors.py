@@ -52,6 +52,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, token: str | None) -> None:
         self.metrics = metrics
         self.token = token
+        # method -> (its handler, the measured handler): built once per method, not once per call
+        self._measured_handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -68,7 +70,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 return _denied(handler, exc)
         if not method.startswith(MEASURED_PREFIXES):
             return handler
-        return self._measured(handler, method)
+        cached = self._measured_handlers.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._measured(handler, method))
+            self._measured_handlers[method] = cached
+        return cached[1]
 
     def _record(self, method: str, context: grpc.aio.ServicerContext, started: float,
                 error: BaseException | None) -> None:

@@ -26,6 +26,8 @@ _CONTENTS_FIELD = {
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:
+    if not params:  # the usual case; iterating even an empty protobuf map costs more than the rest of the call
+        return {}
     out = {}
     for key, value in params.items():
         kind = value.WhichOneof("parameter_choice")

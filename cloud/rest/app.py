@@ -1,5 +1,6 @@
-"""The FastAPI application: routers per concern, one error handler fed by `errors.describe`, and a small ASGI
-middleware for request metrics. Built by `create_app` from a data plane and settings; nothing at import time."""
+"""The HTTP application: the FastAPI app (routers per concern, one error handler fed by `errors.describe`) behind
+small pure-ASGI layers for request metrics, the body limit and the hot routes (fastpath.py). Built by
+`create_app` from a data plane and settings; nothing at import time."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..errors import ERROR_TABLE, HTTP_TO_GRPC, PayloadTooLarge, describe, is_kn
 from ..metrics import Metrics
 from ..settings import Settings
 from . import native, v2
+from .fastpath import HotRoutes
 from .schemas import InferRequestBody
 
 log = logging.getLogger("vitcodec.cloud.rest")
@@ -52,6 +54,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.inflight = metrics.inflight.labels("http")  # looked up once, not per request
+        self.bytes_in = metrics.bytes_in.labels("http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,7 +76,7 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
-        inflight = self.metrics.inflight.labels("http")
+        inflight = self.inflight
         inflight.inc()
         try:
             await self.app(scope, counting_receive, recording_send)
@@ -83,7 +87,7 @@ class MetricsMiddleware:
             code = status["code"]
             self.metrics.observe_request("http", f"{scope.get('method', '')} {endpoint}", str(code),
                                          time.perf_counter() - started, failed=code >= 400)
-            self.metrics.bytes_in.labels("http").inc(received["bytes"])
+            self.bytes_in.inc(received["bytes"])
 
 
 class BodyLimitMiddleware:
@@ -118,7 +122,17 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def create_app(plane: DataPlane, settings: Settings) -> FastAPI:
+def create_app(plane: DataPlane, settings: Settings) -> ASGIApp:
+    """The ASGI app uvicorn serves: metrics and the body limit around every request, the hot routes answered
+    directly (fastpath.py), everything else by the FastAPI app. The three layers sit outside FastAPI, so the hot
+    requests skip its own middleware stack too (error, telemetry and body-limit layers, exception handlers)."""
+    inner = HotRoutes(build_fastapi(plane, settings), plane, settings)
+    # metrics outermost: it sees every answer, 413s included
+    return MetricsMiddleware(BodyLimitMiddleware(inner, settings.max_body_bytes), plane.metrics)
+
+
+def build_fastapi(plane: DataPlane, settings: Settings) -> FastAPI:
+    """Every route, documented (OpenAPI), with the error table as exception handlers."""
     app = FastAPI(title="vitcodec cloud", version=vitcodec.__version__, description=DESCRIPTION,
                   openapi_tags=[{"name": "v2", "description": "Open Inference Protocol (KServe v2)"},
                                 {"name": "v2 health", "description": "Probes; never need a token"},
@@ -163,6 +177,4 @@ def create_app(plane: DataPlane, settings: Settings) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=plane.metrics)  # outermost: sees every answer, 413s included
     return app

@@ -30,8 +30,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     The bytes on the wire are limited once, for every route, by `BodyLimitMiddleware` (app.py).
     """
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    return inflate_body(await request.body(), request.headers.get("content-encoding"), limit)
+
+
+def inflate_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """`body` with its Content-Encoding (gzip, deflate, identity) undone; 413 past `limit` inflated bytes."""
+    encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):

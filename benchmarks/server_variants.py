@@ -1,0 +1,94 @@
+"""Server configurations to compare side by side in one benchmark run (A/B on a shared machine).
+
+A variant is a label, extra ``VITCODEC_*``-style environment and extra ``vitcodec-cloud serve`` arguments:
+
+    --variant 'asyncio=VITCODEC_EVENT_LOOP=asyncio'   --variant 'uvloop=--event-loop uvloop'
+
+``--baseline-ref REF`` adds a variant that runs the server code of git commit REF instead of the working tree:
+the commit's folders are exported (``git archive``) into a temporary ``vitcodec`` package laid out as
+pyproject.toml's ``package-dir`` maps them, and that tree goes first on the server's PYTHONPATH, where Python
+finds it before the editable install. Same interpreter and libraries; only the project's code differs. (The
+server runs as the ``vitcodec-cloud`` console script, whose sys.path starts with the venv's bin/, not with the
+working directory, where the checkout's own ``vitcodec/`` folder would come first.)
+Also: `process_cpu_s`, a server's CPU time (what a transport costs on a shared machine). Standard library only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import tarfile
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Variant:
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.env.items()] + self.args
+        return " ".join(parts) or "(defaults)"
+
+
+def parse_variant(text: str) -> Variant:
+    """``LABEL=TOKENS``: tokens of the form ``NAME=VALUE`` are environment, the rest are server arguments."""
+    label, sep, spec = text.partition("=")
+    if not sep or not label.strip():
+        raise ValueError(f"a variant is LABEL=SPEC (e.g. 'uvloop=--event-loop uvloop'), got {text!r}")
+    variant = Variant(label.strip())
+    for token in shlex.split(spec):
+        name, eq, value = token.partition("=")
+        if eq and not token.startswith("-") and name.isidentifier():
+            variant.env[name] = value
+        else:
+            variant.args.append(token)
+    return variant
+
+
+def export_ref(ref: str, dest: Path | None = None) -> Path:
+    """Export commit `ref`'s package folders into ``dest/vitcodec/...``; returns the PYTHONPATH entry."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    pyproject = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:pyproject.toml"],
+                               check=True, capture_output=True).stdout
+    package_dir: dict[str, str] = tomllib.loads(pyproject.decode())["tool"]["setuptools"]["package-dir"]
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit],
+                             check=True, capture_output=True).stdout
+    root = Path(dest or tempfile.mkdtemp(prefix=f"vitcodec-{commit[:10]}-"))
+    # longest source folder first, so 'cloud/rest' wins over 'cloud' for files under it
+    mapping = sorted(((src.rstrip("/"), pkg) for pkg, src in package_dir.items()), key=lambda p: -len(p[0]))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            for src, pkg in mapping:
+                if member.name.startswith(src + "/"):
+                    rel = member.name[len(src) + 1:]
+                    target = root.joinpath(*pkg.split("."), rel)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None
+                    target.write_bytes(extracted.read())
+                    break
+    (root / "COMMIT").write_text(commit + "\n")
+    return root
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def baseline_variant(ref: str) -> Variant:
+    """The server code of git commit `ref`, first on PYTHONPATH (see the module docstring)."""
+    return Variant(f"base {ref}", env={"PYTHONPATH": str(export_ref(ref))})
