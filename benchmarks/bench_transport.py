@@ -31,39 +31,22 @@ import platform
 import statistics
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 from bench_server import HttpConnection
 from perf_analyzer import real_streams
-from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s
-from vitcodec.cloud.process import ServerProcess, free_port
+from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_variant_server
+from vitcodec.cloud.process import ServerProcess
 
 PATHS = ("rest-v2-json", "rest-v2-binary", "rest-native", "grpc-v2", "grpc-native", "grpc-native-stream")
 TIMEOUT_S = 30.0
 
 
 def start_server(package, args, variant: Variant) -> tuple[ServerProcess, int, int]:
-    http_port, grpc_port = free_port(), free_port()
-    while grpc_port == http_port:
-        grpc_port = free_port()
-    argv = ["vitcodec-cloud", "serve", "--model-repo", str(package.path.parent.parent), "--model", package.name,
-            "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-            "--log-level", "warning", *(["--threads", str(args.threads)] if args.threads else []), *variant.args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
-    env.update(variant.env)
-    server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix="vitcodec-transport-")) / "server.log",
-                           f"http://127.0.0.1:{http_port}", env=env)
-    server.start()
-    try:
-        server.wait_ready(300.0, model=package.name)
-    except BaseException:
-        server.stop(30.0)
-        raise
-    return server, http_port, grpc_port
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    return start_variant_server(package, variant, threads, "vitcodec-transport-")
 
 
 class Clients:

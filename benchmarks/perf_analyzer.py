@@ -50,10 +50,8 @@ import venv
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s
-from vitcodec.cloud.process import ServerProcess, free_port
+from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_variant_server
+from vitcodec.cloud.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -163,25 +161,9 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: in
 
 
 def start_server(package, args, variant: Variant | None = None) -> tuple[ServerProcess, int, int]:
-    http_port, grpc_port = free_port(), free_port()
-    while grpc_port == http_port:
-        grpc_port = free_port()
-    variant = variant or Variant("server")
-    argv = ["vitcodec-cloud", "serve", "--model-repo", str(package.path.parent.parent), "--model", package.name,
-            "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-            "--device", args.device, "--max-batch-size", str(args.batch), "--log-level", "warning",
-            *(["--threads", str(args.threads)] if args.threads else []), *args.server_arg, *variant.args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
-    env.update(variant.env)
-    server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix="vitcodec-pa-")) / "server.log",
-                           f"http://127.0.0.1:{http_port}", env=env)
-    server.start()
-    try:
-        server.wait_ready(300.0, model=package.name)
-    except BaseException:
-        server.stop(30.0)
-        raise
-    return server, http_port, grpc_port
+    serve_args = ["--device", args.device, "--max-batch-size", str(args.batch),
+                  *(["--threads", str(args.threads)] if args.threads else []), *args.server_arg]
+    return start_variant_server(package, variant or Variant("server"), serve_args, "vitcodec-pa-")
 
 
 def streams_classified(http_port: int) -> float:

@@ -10,7 +10,8 @@ pyproject.toml's ``package-dir`` maps them, and that tree goes first on the serv
 finds it before the editable install. Same interpreter and libraries; only the project's code differs. (The
 server runs as the ``vitcodec-cloud`` console script, whose sys.path starts with the venv's bin/, not with the
 working directory, where the checkout's own ``vitcodec/`` folder would come first.)
-Also: `process_cpu_s`, a server's CPU time (what a transport costs on a shared machine). Standard library only.
+Also: `start_variant_server`, one such server on free ports, and `process_cpu_s`, a server's CPU time (what a
+transport costs on a shared machine).
 """
 
 from __future__ import annotations
@@ -92,3 +93,28 @@ def process_cpu_s(pid: int) -> float:
 def baseline_variant(ref: str) -> Variant:
     """The server code of git commit `ref`, first on PYTHONPATH (see the module docstring)."""
     return Variant(f"base {ref}", env={"PYTHONPATH": str(export_ref(ref))})
+
+
+def start_variant_server(package, variant: Variant, serve_args: list[str], log_prefix: str):
+    """``vitcodec-cloud serve`` for ``package`` on two free 127.0.0.1 ports with the variant's environment and
+    arguments after ``serve_args``, ready to answer; returns (server, http_port, grpc_port). Inherited
+    ``VITCODEC_*`` variables are dropped so only the variant configures the server."""
+    from vitcodec.cloud.process import ServerProcess, free_port
+
+    http_port, grpc_port = free_port(), free_port()
+    while grpc_port == http_port:
+        grpc_port = free_port()
+    argv = ["vitcodec-cloud", "serve", "--model-repo", str(package.path.parent.parent), "--model", package.name,
+            "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+            "--log-level", "warning", *serve_args, *variant.args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
+    env.update(variant.env)
+    server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix=log_prefix)) / "server.log",
+                           f"http://127.0.0.1:{http_port}", env=env)
+    server.start()
+    try:
+        server.wait_ready(300.0, model=package.name)
+    except BaseException:
+        server.stop(30.0)
+        raise
+    return server, http_port, grpc_port
