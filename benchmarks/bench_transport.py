@@ -27,7 +27,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import statistics
 import struct
 import sys
@@ -37,7 +36,7 @@ from datetime import datetime, timezone
 
 from bench_server import HttpConnection
 from perf_analyzer import real_streams
-from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_variant_server
+from server_variants import Variant, baseline_variant, parse_variant, cpu_model, process_cpu_s, start_variant_server
 from vitcodec.cloud.process import ServerProcess
 
 PATHS = ("rest-v2-json", "rest-v2-binary", "rest-native", "grpc-v2", "grpc-native", "grpc-native-stream")
@@ -255,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run_all(package, args, variants, streams))
     reference = model_cpu_ms(package, streams, args.threads, args.n)
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     print(f"# per-request cost of each transport path — {package.name}, one request at a time\n")
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} CPUs · threads "
           f"{args.threads or 'default'} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B "

@@ -36,7 +36,6 @@ import glob
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -50,7 +49,7 @@ import venv
 from datetime import datetime, timezone
 from pathlib import Path
 
-from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_variant_server
+from server_variants import Variant, baseline_variant, parse_variant, cpu_model, process_cpu_s, start_variant_server
 from vitcodec.cloud.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
@@ -267,11 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop(60.0)
     raw = raw_loop(package, streams, args.batch, args.device, args.repeats, args.backend, args.threads)
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     print(f"# perf_analyzer against the live server — {package.name}, KServe v2 infer\n")
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} CPUs · device {args.device} · "
           f"server batch {args.batch} · threads {args.threads or 'default'} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "

@@ -118,3 +118,14 @@ def start_variant_server(package, variant: Variant, serve_args: list[str], log_p
         server.stop(30.0)
         raise
     return server, http_port, grpc_port
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (what the benchmark tables record as the machine)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
