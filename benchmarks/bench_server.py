@@ -23,14 +23,13 @@ import platform
 import statistics
 import struct
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
-from vitcodec.cloud.process import ServerProcess, free_port
+from server_variants import Variant, start_variant_server
+from vitcodec.cloud.process import ServerProcess
 
 REQUEST_TIMEOUT_S = 60.0
 
@@ -85,25 +84,10 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, threads: in
 def start_server(package, args, backend: str) -> tuple[ServerProcess, dict[str, int]]:
     """`vitcodec-cloud serve` for `package` on free ports (VITCODEC_* settings of this shell left out), ready;
     returns it with its port per transport."""
-    http_port, grpc_port = free_port(), free_port()
-    while grpc_port == http_port:
-        grpc_port = free_port()
-    repo = package.path.parent.parent
-    argv = ["vitcodec-cloud", "serve", "--model-repo", str(repo), "--model", package.name, "--host", "127.0.0.1",
-            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", args.device,
-            "--backend", backend, "--max-batch-size", str(args.batch),
-            "--max-queue-delay-ms", str(args.max_queue_delay_ms), "--log-level", "warning"]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
-    log = Path(tempfile.mkdtemp(prefix="vitcodec-bench-")) / "server.log"
-    server = ServerProcess(argv, log, f"http://127.0.0.1:{http_port}", env=env)
-    server.start()
-    try:
-        server.wait_ready(180.0, model=package.name)
-    except BaseException:
-        server.stop(60.0)
-        raise
+    serve_args = ["--device", args.device, "--backend", backend, "--max-batch-size", str(args.batch),
+                  "--max-queue-delay-ms", str(args.max_queue_delay_ms),
+                  *(["--threads", str(args.threads)] if args.threads else [])]
+    server, http_port, grpc_port = start_variant_server(package, Variant("server"), serve_args, "vitcodec-bench-")
     return server, {"rest": http_port, "grpc": grpc_port}
 
 
