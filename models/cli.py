@@ -1,4 +1,4 @@
-"""``vitcodec``: the torch-side command line (models, train, eval, export, decode)."""
+"""``vitcodec``: the torch-side command line (models, train, teacher, eval, export, decode)."""
 
 from __future__ import annotations
 
