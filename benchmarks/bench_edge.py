@@ -42,7 +42,6 @@ import json
 import math
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
