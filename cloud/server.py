@@ -92,7 +92,7 @@ class CloudServer:
         self.metrics = Metrics()
         self.repository = repository or ModelRepository(
             settings.model_repo or None, settings.models or None, device=settings.device,
-            loader=make_loader(settings.backend, settings.device, settings.torch_threads))
+            loader=make_loader(settings.backend, settings.device, settings.intra_op_threads))
         self.engine: BatchingEngine | None = None
         self.plane: DataPlane | None = None
         self._http: _Uvicorn | None = None
@@ -159,10 +159,9 @@ class CloudServer:
 
     async def _load_models(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.settings.torch_threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(self.settings.torch_threads)
+        torch.set_num_threads(self.settings.intra_op_threads)
         await loop.run_in_executor(None, self.repository.load_all)
         for entry in self.repository.entries():
             self.metrics.model_ready.labels(entry.name, entry.version).set(1 if entry.ready else 0)

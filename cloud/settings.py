@@ -51,7 +51,8 @@ class Settings(BaseSettings):
         description="Threads for PNG encoding of reconstructions (entropy decoding runs batched in the model's "
                     "compute thread). 0 encodes on the event loop.")
     torch_threads: int = Field(
-        0, ge=0, description="Intra-op threads of torch (and ONNX Runtime); 0 leaves the library default.")
+        0, ge=0, description="Intra-op threads of torch (and ONNX Runtime); 0: one fewer than the CPUs this "
+                             "process may use (at least 1), leaving a core to the event loop and gRPC.")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="Event loop of both transports: uvloop (auto: when installed; the cloud extra installs "
                             "it) cuts per-request loop overhead; asyncio is the standard library's.")
@@ -79,3 +80,13 @@ class Settings(BaseSettings):
     @property
     def token(self) -> str | None:
         return self.auth_token.get_secret_value() if self.auth_token else None
+
+    @property
+    def intra_op_threads(self) -> int:
+        """The model's intra-op threads. By default one core stays free for the transports: on 2 cores under
+        perf_analyzer one thread served 1.16-1.41x the inferences of two (docs/benchmarks.md), because the
+        model's pool and the event loop otherwise fight for the same cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cpus - 1)

@@ -107,3 +107,16 @@ def test_v2_protos_coexist_with_tritonclient_and_match_its_wire_format():
     reply.raw_output_contents.append(np.float32([0.25, 0.75]).tobytes())
     back = ours.ModelInferResponse.FromString(reply.SerializeToString())
     assert list(back.outputs[0].shape) == [1, 2] and back.raw_output_contents[0] == reply.raw_output_contents[0]
+
+
+def test_intra_op_threads_leave_a_core_to_the_transports(monkeypatch) -> None:
+    """Default: one fewer than the CPUs the process may use (at least 1); an explicit --threads wins."""
+    import os
+
+    from vitcodec.cloud.settings import Settings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert Settings().intra_op_threads == 3
+    assert Settings(torch_threads=2).intra_op_threads == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert Settings().intra_op_threads == 1
