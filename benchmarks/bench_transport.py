@@ -173,14 +173,16 @@ async def measure_stream_window(clients: Clients, pid: int, streams: list[bytes]
 
 
 def model_cpu_ms(package, streams: list[bytes], threads: int, n: int) -> float:
-    """CPU ms per stream of the model alone, one stream at a time (the server's work at concurrency 1)."""
+    """CPU ms per stream of the model alone, one stream at a time (the server's work at concurrency 1), with the
+    intra-op threads the server uses (``threads``, or the server's default when 0)."""
+    import torch
+
     from vitcodec.cloud.backends import make_loader
+    from vitcodec.cloud.settings import Settings
     from vitcodec.codec.bitstream import unpack_stream
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = Settings(torch_threads=threads or 0).intra_op_threads
+    torch.set_num_threads(threads)
     model = make_loader("torch", "cpu", threads)(package)
 
     def one(stream: bytes) -> None:
