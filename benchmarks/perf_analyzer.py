@@ -43,12 +43,12 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import venv
 from datetime import datetime, timezone
 from pathlib import Path
 
+import bench_server
 from server_variants import Variant, baseline_variant, parse_variant, cpu_model, process_cpu_s, start_variant_server
 from vitcodec.cloud.process import ServerProcess
 
@@ -133,30 +133,10 @@ def real_streams(package, n: int) -> list[bytes]:
 
 def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: int, backend: str,
              threads: int = 0) -> float:
-    """Images/s of the plain batched loop: parse, decode_payloads (one h_s pass per batch), classify_latents."""
-    from vitcodec.cloud.backends import make_loader
-    from vitcodec.codec.bitstream import unpack_stream
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    model = make_loader(backend, device, threads)(package)
+    """Images/s of the plain batched loop (parse, decode_payloads, classify_latents: bench_server's), over the
+    streams cycled to at least 256 so that every timed run holds several batches."""
     work = (streams * (-(-256 // len(streams))))[:max(256, len(streams))]
-
-    def run() -> None:
-        for i in range(0, len(work), batch):
-            parsed = [unpack_stream(s) for s in work[i:i + batch]]
-            y_hat = model.decode_payloads([(z, y) for _, z, y in parsed], parsed[0][0].latent_shape)
-            model.classify_latents(y_hat)
-
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return len(work) / statistics.median(times)
+    return bench_server.raw_loop(package, work, batch, device, threads, repeats, backend)
 
 
 def start_server(package, args, variant: Variant | None = None) -> tuple[ServerProcess, int, int]:
