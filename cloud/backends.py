@@ -34,10 +34,15 @@ class OrtClassifierModel:
         path = model.package.file("classifier")
         self._weights = _classifier_weights(path, model.net.state_dict())  # ORT reads them while it runs
         self._session = create_session(path, threads or None, device, initializers=self._weights)
+        self._outputs = [o.name for o in self._session.get_outputs()]  # probs, and novelty when calibrated
         log.info("%s: classifier on ONNX Runtime (%s)", model.name, self._session.get_providers()[0])
 
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
-        return self._session.run(["probs"], {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})[0]
+        return self.analyse_latents(y_hat)[0]
+
+    def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        results = self._session.run(self._outputs, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})
+        return results[0], results[1] if len(results) > 1 else None
 
     def __getattr__(self, name: str) -> Any:  # decode, reconstruct_latents, labels, config, ...
         return getattr(self._model, name)

@@ -56,7 +56,7 @@ def train_cmd(
     warmup_steps: int = typer.Option(200, help="Linear warmup steps."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    amp: bool = typer.Option(True, help="bfloat16 autocast on CUDA."),
+    amp: bool = typer.Option(True, help="bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16/AMX)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile on CUDA."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
@@ -65,6 +65,10 @@ def train_cmd(
     distill: str = typer.Option("soft", help="soft (KL at temperature --distill-tau) | hard (CE against the teacher's argmax, as DeiT); only with --teacher."),
     distill_alpha: float = typer.Option(0.5, help="The teacher's share of the accuracy term: (1-A)*CE(labels) + A*distillation."),
     distill_tau: float = typer.Option(1.0, help="Temperature of soft distillation."),
+    holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="Train on the training split less a held-out validation split (5k images for Fashion-MNIST), measured after each epoch into log.jsonl; --no-holdout trains on all of it."),
+    erase_prob: float = typer.Option(0.0, help="Random erasing: probability per image of zeroing a random rectangle (2-33 %% of the image)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Step one: override the preset's tokenizer, linear | conv."),
+    pool: Optional[str] = typer.Option(None, help="Step one: override the preset's pooling, cls | seq."),
 ) -> None:
     """Train one step of the two-step recipe. Works unchanged under torchrun (DDP)."""
     from vitcodec.models.train import TrainSettings, train
@@ -74,7 +78,8 @@ def train_cmd(
                              epochs=epochs, max_steps=max_steps, stop_at_step=stop_at_step, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
                              threads=threads, seed=seed, progress=progress, teacher=teacher, distill=distill,
-                             distill_alpha=distill_alpha, distill_tau=distill_tau)
+                             distill_alpha=distill_alpha, distill_tau=distill_tau, holdout=holdout,
+                             erase_prob=erase_prob, overrides={"tokenizer": tokenizer, "pool": pool})
     try:
         metrics = train(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -181,7 +186,7 @@ def _fmt(value: object, digits: int = 2, pct: bool = False) -> str:
 def eval_cmd(
     model: str = typer.Option(..., help="Zoo name or package path."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
-    split: str = typer.Option("test", help="Dataset split."),
+    split: str = typer.Option("test", help="Dataset split: test (the shipped figures), val (held out of train, for choices), fit, train."),
     limit: Optional[int] = typer.Option(None, help="Evaluate the first N images only."),
     batch_size: int = typer.Option(256, help="Images per batch."),
     device: str = typer.Option("cpu", help="Torch device for the cloud side."),
@@ -194,6 +199,8 @@ def eval_cmd(
     from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.models.evaluate import evaluate
 
+    if record and split != "test":
+        abort(f"--record stores test-split figures (the model card's), not {split!r}")
     try:
         package = resolve_model(model)
     except ModelNotFoundError as exc:
@@ -207,13 +214,15 @@ def eval_cmd(
         manifest_path = package.path / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest["metrics"] = {k: result[k] for k in ("data", "n", "top1", "top5", "bpp", "bytes_per_image",
-                                                      "header_bytes", "psnr", "decode_failures")}
+                                                      "header_bytes", "psnr", "decode_failures", "ece",
+                                                      "novelty_flagged")}
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if as_json:
         print(json.dumps(result))
         return
     table = Table(title=f"{report.model} on {report.data}/{split} (n={report.n})")
-    for key in ("top1", "top5", "bpp", "bytes_per_image", "header_bytes", "psnr", "decode_failures", "seconds"):
+    for key in ("top1", "top5", "bpp", "bytes_per_image", "header_bytes", "psnr", "decode_failures", "ece",
+                "novelty_flagged", "seconds"):
         table.add_row(key, str(result[key]) if not isinstance(result[key], float) else f"{result[key]:.4f}")
     console.print(table)
 
@@ -226,6 +235,8 @@ def export_cmd(
     version: int = typer.Option(1, help="Model version."),
     quality: Optional[int] = typer.Option(None, help="Quality recorded in streams (default: the training --quality)."),
     fp32_weights: bool = typer.Option(False, help="Store the cloud weights and the edge encoder in float32 (default: float16 storage, float32 compute; half the size)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Compressed packages: fit the temperature and the novelty score on the training data's fit/val splits (see `vitcodec calibrate`)."),
+    data: Optional[str] = typer.Option(None, help="Dataset to calibrate on (default: the one the checkpoint was trained on)."),
 ) -> None:
     """Write a model package: manifest, edge encoder.onnx, codec tables with integer h_s, cloud weights."""
     from vitcodec.models.checkpoint import load_checkpoint
@@ -251,6 +262,42 @@ def export_cmd(
     package = export_package(net, out, name=name, version=version, quality=q, compress=compress,
                              half_weights=not fp32_weights, extra=extra)
     console.print(f"wrote {package.path} (model id {package.model_id.hex() or '-'})")
+    if compress and calibrate:
+        _calibrate(package, data or settings.get("data") or "fashion-mnist")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: str = typer.Option(..., help="Zoo name or package path of a compressed model."),
+    data: str = typer.Option("fashion-mnist", help="The dataset it was trained on: its fit/val splits are used, never test."),
+) -> None:
+    """Fit calibrated probabilities (one temperature) and the novelty score (distance to the training data,
+    1.0 = the threshold) of a package on real bitstreams, and store them in it. The model id is unchanged."""
+    from vitcodec.packages import ModelNotFoundError, resolve_model
+
+    try:
+        package = resolve_model(model)
+    except ModelNotFoundError as exc:
+        abort(str(exc))
+    _calibrate(package, data)
+
+
+def _calibrate(package: "ModelPackage", data: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from vitcodec.models.calibrate import calibrate_package
+    from vitcodec.models.errors import DataError
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task(f"calibrating {package.name} on {data}", total=None)
+        try:
+            fit = calibrate_package(package, data, on_batch=lambda n: bar.advance(task, n))
+        except (DataError, ValueError) as exc:
+            abort(str(exc))
+    console.print(f"calibrated {package.path}: temperature {fit.temperature:.3f}, validation ECE "
+                  f"{100 * fit.ece_before:.2f} % -> {100 * fit.ece_after:.2f} %, novelty flags "
+                  f"{100 * fit.val_flagged:.1f} % of validation images")
 
 
 @app.command("decode")

@@ -9,6 +9,10 @@ from typing import Any
 from vitcodec.packages import InputSpec
 
 
+TOKENIZERS = ("linear", "conv")
+POOLS = ("cls", "seq")
+
+
 @dataclass(frozen=True)
 class JCCConfig:
     """Everything needed to build a joint compression–classification transformer.
@@ -33,6 +37,9 @@ class JCCConfig:
     decoder_channels: tuple[int, ...] | None = None  # None: mirror g_a
     num_classes: int = 1000
     drop_path_rate: float = 0.0
+    tokenizer: str = "linear"  # how ŷ becomes tokens: "linear" (the paper: one M->D linear) | "conv" (3x3 conv block)
+    pool: str = "cls"  # how tokens become one vector: "cls" (class token) | "seq" (attention-weighted mean, CCT)
+    calibrated: bool = False  # the network carries a fitted temperature and novelty statistics (export sets it)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     labels: tuple[str, ...] = field(default_factory=tuple)
@@ -55,6 +62,12 @@ class JCCConfig:
     def num_tokens(self) -> int:
         h, w = self.latent_shape(*self.img_size)
         return h * w
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,11 @@
 
 Everything is offline: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package (IDX files),
 or from ``VITCODEC_FMNIST_DIR``. Samples come out as normalised float tensors sized for the model.
+
+Splits: ``train`` and ``test`` as the dataset ships them, and a validation split held out of ``train``:
+``val`` is a fixed random subset of the training images (`VAL_SIZE`, the same for every seed and run) and
+``fit`` the rest. Every choice of recipe, temperature or threshold is made on ``val``; ``test`` only
+measures shipped models.
 """
 
 from __future__ import annotations
@@ -136,9 +141,32 @@ class RandomCropFlip:
         return x
 
 
+SPLITS = ("train", "test", "fit", "val")
+VAL_SIZE = 5000  # Fashion-MNIST: 5k of the 60k training images (8.3 %)
+VAL_FRACTION = 0.1  # smaller training sets hold out this share instead
+_VAL_SPLIT_SEED = 20221  # fixed: the validation split never moves with the training seed
+
+
+def validation_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, val) indices into a training split of ``n`` images: a seeded permutation's first `VAL_SIZE`
+    (or `VAL_FRACTION` of ``n`` when that is under half) are held out, each part sorted."""
+    val_size = VAL_SIZE if n >= 2 * VAL_SIZE else max(1, int(round(VAL_FRACTION * n)))
+    order = np.random.default_rng(_VAL_SPLIT_SEED).permutation(n)
+    return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
 def load_arrays(spec: str, split: str, config: JCCConfig, limit: int | None = None,
                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Raw uint8 images, labels and label names for a dataset spec (no resizing yet)."""
+    """Raw uint8 images, labels and label names for a dataset spec and split (`SPLITS`; no resizing yet).
+    ``limit`` keeps the first N images of the split."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if split in ("fit", "val"):
+        images, labels, names = load_arrays(spec, "train", config, seed=seed)
+        fit, val = validation_indices(len(labels))
+        chosen = fit if split == "fit" else val
+        images, labels = images[chosen], labels[chosen]
+        return (images[:limit], labels[:limit], names) if limit is not None else (images, labels, names)
     if spec == "fashion-mnist":
         from vitcodec.models.registry import FASHION_MNIST_LABELS
 
@@ -181,6 +209,16 @@ def _load_imagefolder(root: Path, split: str, config: JCCConfig) -> tuple[np.nda
     if not images:
         raise DataError(f"image folder {base} holds no images")
     return np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes)
+
+
+def load_pixels(spec: str, split: str, config: JCCConfig, limit: int | None = None,
+                seed: int = 0) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """uint8 ``(n, C, H, W)`` images fitted to the model's input by the edge's own functions (pad or resize,
+    channels), int64 labels and label names: what `vitcodec.models.batches.InMemoryBatches` holds."""
+    from vitcodec.models.batches import to_uint8_nchw
+
+    images, labels, names = load_arrays(spec, split, config, limit=limit, seed=seed)
+    return to_uint8_nchw(to_batch(images, config.input_spec())), torch.from_numpy(labels), names
 
 
 def build_dataset(spec: str, split: str, config: JCCConfig, augment: bool = False,

@@ -17,6 +17,7 @@ from vitcodec.models.checkpoint import load_package_network
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.data import load_arrays
 from vitcodec.models.inference import to_uint8_images
+from vitcodec.models.novelty import expected_calibration_error
 from vitcodec.outputs import bits_per_pixel, psnr, top_k_hits
 from vitcodec.packages import ModelPackage, resolve_model
 
@@ -34,6 +35,8 @@ class EvalReport:
     psnr: float | None
     decode_failures: int
     seconds: float
+    ece: float | None = None  # expected calibration error of the served probabilities (15 bins)
+    novelty_flagged: float | None = None  # share of images the novelty score calls out of distribution
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,12 +62,15 @@ def _evaluate_bitstreams(package: ModelPackage, images: np.ndarray, labels: np.n
 
     t0 = time.perf_counter()
     edge, cloud = EdgeEncoder(package), CloudModel(package, device)
-    hits1, hits5, psnrs, sizes, headers = [], [], [], [], []
+    hits1, hits5, psnrs, sizes, headers, all_probs, novelties = [], [], [], [], [], [], []
     failures = 0
     for start in range(0, len(images), batch_size):
         pixels = to_batch(images[start:start + batch_size], package.input_spec)
         encoded = edge.encode_pixels(pixels)
-        decoded, probs = cloud.classify_streams([result.stream for result in encoded])
+        decoded, probs, novelty = cloud.analyse_streams([result.stream for result in encoded])
+        all_probs.append(probs)
+        if novelty is not None:
+            novelties.append(novelty)
         for result, d in zip(encoded, decoded):
             failures += int(not np.array_equal(d.y_hat, result.y_hat))
             info = read_stream_info(result.stream)
@@ -82,7 +88,9 @@ def _evaluate_bitstreams(package: ModelPackage, images: np.ndarray, labels: np.n
                       float(np.concatenate(hits5).mean()), bits_per_pixel(mean_bytes, package.input_spec.size),
                       mean_bytes,
                       float(np.mean(headers)), float(np.concatenate(psnrs).mean()), failures,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0,
+                      expected_calibration_error(np.concatenate(all_probs), labels),
+                      float(np.mean(np.concatenate(novelties) > 1.0)) if novelties else None)
 
 
 @torch.inference_mode()
@@ -92,12 +100,13 @@ def _evaluate_reference(package: ModelPackage, config: JCCConfig, images: np.nda
     """The step-one model: float latents, no entropy coding (the accuracy reference)."""
     t0 = time.perf_counter()
     net = load_package_network(package, device)
-    hits1, hits5, psnrs = [], [], []
+    hits1, hits5, psnrs, all_probs = [], [], [], []
     for start in range(0, len(images), batch_size):
         pixels = to_batch(images[start:start + batch_size], package.input_spec)
         x = torch.from_numpy(normalise(pixels, package.input_spec)).to(device)
         out = net(x, compress=False, reconstruct=True)
         probs = torch.softmax(out["logits"].float(), 1).cpu().numpy()
+        all_probs.append(probs)
         target = labels[start:start + batch_size]
         hits1.append(top_k_hits(probs, target, 1))
         hits5.append(top_k_hits(probs, target, 5))
@@ -107,4 +116,5 @@ def _evaluate_reference(package: ModelPackage, config: JCCConfig, images: np.nda
             on_batch(len(target))
     return EvalReport(package.name, data, len(labels), float(np.concatenate(hits1).mean()),
                       float(np.concatenate(hits5).mean()), None, None, None,
-                      float(np.concatenate(psnrs).mean()), 0, time.perf_counter() - t0)
+                      float(np.concatenate(psnrs).mean()), 0, time.perf_counter() - t0,
+                      expected_calibration_error(np.concatenate(all_probs), labels))

@@ -92,24 +92,29 @@ def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> by
 
 
 class _Classifier(nn.Module):
-    """y_hat -> class probabilities, softmax included: what the cloud's ``onnxruntime`` backend runs."""
+    """y_hat -> class probabilities, softmax included (and the novelty score when the network is
+    calibrated): what the cloud's ``onnxruntime`` backend runs."""
 
     def __init__(self, net: LatentNetworks) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net.classify(y_hat).float(), dim=1)
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, novelty = self.net.analyse(y_hat)
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs if novelty is None else (probs, novelty)
 
 
 def onnx_classifier_bytes(model: LatentNetworks, opset: int = 17) -> bytes:
-    """The ViT classifier in ONNX, dynamic in the batch, at the training latent grid."""
+    """The ViT classifier in ONNX, dynamic in the batch, at the training latent grid: output ``probs``, and
+    ``novelty`` when the network is calibrated."""
     c = model.config
     dummy = torch.zeros(2, c.M, *c.latent_shape(*c.img_size))
+    outputs = ["probs", "novelty"] if c.calibrated else ["probs"]
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(_Classifier(model).eval().cpu(), (dummy,), buffer, input_names=["y_hat"],
-                          output_names=["probs"], dynamic_axes={"y_hat": {0: "batch"}, "probs": {0: "batch"}},
+                          output_names=outputs, dynamic_axes={"y_hat": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                           opset_version=opset, dynamo=False)
     return buffer.getvalue()
 

@@ -66,11 +66,18 @@ class CloudModel:
         h_s pass for the batch. The first bad payload raises, without saying which (see cloud/decoding.py)."""
         return self.codec.decode_batch(payloads, tuple(latent_shape))
 
-    @torch.inference_mode()
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of decoded latents (B, M, h, w): no pixel decoder runs."""
+        return self.analyse_latents(y_hat)[0]
+
+    @torch.inference_mode()
+    def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (B, C), novelty (B,) or None): calibrated probabilities and how unlike the training
+        data each image is (above 1.0: out of distribution) when the package is calibrated."""
         x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
-        return torch.softmax(self.net.classify(x).float(), dim=1).cpu().numpy()
+        logits, novelty = self.net.analyse(x)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probs, None if novelty is None else novelty.float().cpu().numpy()
 
     def classify_streams(self, streams: list[bytes]) -> tuple[list[DecodedStream], np.ndarray]:
         """The classify path: each stream entropy-decoded to y_hat, then one ViT batch -> probabilities (B, C).
@@ -78,8 +85,14 @@ class CloudModel:
         ``vitcodec decode`` and ``vitcodec eval`` call this; the server runs the same two steps with a batch
         queue between them. Raises CodecError subclasses for a bad stream.
         """
+        decoded, probs, _ = self.analyse_streams(streams)
+        return decoded, probs
+
+    def analyse_streams(self, streams: list[bytes]) -> tuple[list[DecodedStream], np.ndarray, np.ndarray | None]:
+        """`classify_streams` plus the novelty of each stream (None for an uncalibrated package)."""
         decoded = [self.decode(s) for s in streams]
-        return decoded, self.classify_latents(np.stack([d.y_hat for d in decoded]))
+        probs, novelty = self.analyse_latents(np.stack([d.y_hat for d in decoded]))
+        return decoded, probs, novelty
 
     def predictions(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
         order = top_k_indexes(probs, top_k)

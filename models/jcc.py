@@ -61,7 +61,7 @@ class JointCompressionClassifier(LatentNetworks):
         for i, block in enumerate(self.vit.blocks):
             tokens = block(tokens)
             if reconstruct and i < self.config.fusion_blocks:
-                early.append(tokens[:, 1:])
+                early.append(tokens[:, self.vit.num_prefix_tokens:])
         out["logits"] = self.vit.forward_head(self.vit.norm(tokens))
         if reconstruct:
             out["x_hat"] = self._decode_pixels(y_hat, early, tuple(x.shape[-2:]))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.decoder import FeatureAggregation, SynthesisTransform
+from vitcodec.models.novelty import Calibration
 from vitcodec.models.vit import LatentViT
 from vitcodec.packages import ModelPackage
 
@@ -31,10 +32,11 @@ class LatentNetworks(nn.Module):
         c = config
         self._add_encoder_side(c)
         self.vit = LatentViT(c.M, c.latent_shape(*c.img_size), c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
-                             c.num_classes, c.drop_path_rate)
+                             c.num_classes, c.drop_path_rate, c.tokenizer, c.pool)
         self.aggregation = FeatureAggregation(c.M, c.embed_dim, c.fusion_blocks)
         self.g_s = SynthesisTransform(c.embed_dim, c.decoder_channels or c.encoder_channels, c.in_chans,
                                       c.kernel_size)
+        self.calibration = Calibration(c.embed_dim, c.num_classes) if c.calibrated else None
 
     def _add_encoder_side(self, config: JCCConfig) -> None:
         """Modules that come before ŷ: none here. The joint model adds g_a and the hyperprior in this hook, so
@@ -42,8 +44,23 @@ class LatentNetworks(nn.Module):
         in the optimiser's groups and so in resumable checkpoints)."""
 
     def classify(self, y_hat: Tensor) -> Tensor:
-        """Logits straight from decoded latents: the cloud's default path, no pixel decoder."""
-        return self.vit(y_hat)
+        """Logits straight from decoded latents: the cloud's default path, no pixel decoder (divided by the
+        fitted temperature when the network is calibrated)."""
+        return self.analyse(y_hat)[0]
+
+    def analyse(self, y_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(logits, novelty): the classify path plus, when calibrated, how unlike the training data each
+        latent is (`vitcodec.models.novelty`: above 1.0 is out of distribution); novelty is None otherwise."""
+        pooled = self.vit.pooled(self.vit.forward_features(y_hat))
+        logits = self.vit.head(pooled)
+        if self.calibration is None:
+            return logits, None
+        return self.calibration.scale(logits), self.calibration.novelty(pooled)
+
+    def pooled_features(self, y_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """(uncalibrated logits, pooled features): what calibration is fitted on."""
+        pooled = self.vit.pooled(self.vit.forward_features(y_hat))
+        return self.vit.head(pooled), pooled
 
     def reconstruct(self, y_hat: Tensor, image_size: tuple[int, int]) -> Tensor:
         """Pixels on demand: aggregate y_hat with the early blocks, decode, crop to the original size."""

@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
+from vitcodec.models.batches import Augmentation, InMemoryBatches
 from vitcodec.models.checkpoint import load_checkpoint, save_checkpoint
 from vitcodec.models.config import JCCConfig
-from vitcodec.models.data import build_dataset
+from vitcodec.models.data import load_pixels
 from vitcodec.models.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from vitcodec.models.jcc import JointCompressionClassifier
 from vitcodec.models.losses import DISTILL_MODES, JointLoss, LossWeights, quality_weights
@@ -56,8 +56,11 @@ class TrainSettings:
     grad_clip: float = 1.0
     limit: int | None = None
     device: str = "auto"
-    amp: bool = True  # only takes effect on CUDA
+    amp: bool = True  # bfloat16 autocast: on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 or AMX)
     compile: bool = True  # only takes effect on CUDA
+    holdout: bool = True  # train on the "fit" split and measure "val" after each epoch; False: all of "train"
+    erase_prob: float = 0.0  # random erasing's probability per image
+    overrides: dict[str, Any] = field(default_factory=dict)  # preset fields for step one (None = keep)
     seed: int = 0
     threads: int | None = None
     log_every: int = 20
@@ -93,6 +96,8 @@ def _check(settings: TrainSettings) -> None:
     if settings.stage == "joint":
         if settings.quality is None and (settings.alpha is None or settings.beta is None):
             raise ValueError("stage joint needs --quality 1|2|3, or both --alpha and --beta")
+    if not 0.0 <= settings.erase_prob <= 1.0:
+        raise ValueError(f"--erase-prob must lie in [0, 1], got {settings.erase_prob}")
     if settings.max_steps is None and settings.epochs <= 0:
         raise ValueError("give a positive --epochs or --max-steps")
     if settings.teacher is not None:
@@ -129,7 +134,7 @@ def build_model(settings: TrainSettings, device: torch.device) -> tuple[JointCom
         model.load_state_dict(ckpt["model"], strict=False)
         init_state = ckpt
     else:
-        model = create_model(get_preset(settings.preset))
+        model = create_model(get_preset(settings.preset), **settings.overrides)
     return model.to(device), init_state
 
 
@@ -154,8 +159,8 @@ class _Stage:
     settings: TrainSettings
     model: JointCompressionClassifier
     forward: torch.nn.Module  # the model, wrapped for DDP / torch.compile where they apply
-    loader: DataLoader
-    sampler: DistributedSampler | None
+    loader: InMemoryBatches
+    val: InMemoryBatches | None  # the held-out split, measured after each epoch (main process only)
     optimizer: torch.optim.Optimizer
     aux_optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -210,6 +215,9 @@ def _train(settings: TrainSettings, device: torch.device, dist_info: DistInfo) -
             metrics = shown or metrics
             stage.epoch += 1
             if dist_info.is_main:
+                if stage.val is not None:
+                    metrics = {**metrics, **_log(stage, stage.optimizer.param_groups[-1]["lr"], validate(stage),
+                                                 "val.jsonl")}
                 _save(stage)
     if dist_info.is_main:
         _save(stage)
@@ -223,10 +231,10 @@ def _prepare(settings: TrainSettings, device: torch.device, dist_info: DistInfo)
     """Model, data, optimisers and schedule; resumed from ``out/last.pt`` when it exists."""
     Path(settings.out).mkdir(parents=True, exist_ok=True)
     model, _ = build_model(settings, device)
-    loader, sampler = _data_loader(settings, model.config, device, dist_info)
+    loader, val = _batches(settings, model.config, dist_info)
     total_steps = settings.max_steps or max(1, int(round(settings.epochs * max(1, len(loader)))))
     optimizer, aux_optimizer = _optimizers(model, settings)
-    stage = _Stage(settings, model, model, loader, sampler, optimizer, aux_optimizer,
+    stage = _Stage(settings, model, model, loader, val, optimizer, aux_optimizer,
                    lr_schedule(optimizer, settings.warmup_steps, total_steps),
                    JointLoss(settings.loss_weights(), model.config.mean, model.config.std).to(device),
                    device, dist_info, total_steps, min(total_steps, settings.stop_at_step or total_steps))
@@ -237,15 +245,19 @@ def _prepare(settings: TrainSettings, device: torch.device, dist_info: DistInfo)
     return stage
 
 
-def _data_loader(settings: TrainSettings, config: JCCConfig, device: torch.device,
-                 dist_info: DistInfo) -> tuple[DataLoader, DistributedSampler | None]:
-    dataset = build_dataset(settings.data, "train", config, augment=True, limit=settings.limit, seed=settings.seed)
-    sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True,
-                                 seed=settings.seed) if dist_info.enabled else None
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=len(dataset) >= settings.batch_size * dist_info.world_size,
-                        pin_memory=device.type == "cuda")
-    return loader, sampler
+def _batches(settings: TrainSettings, config: JCCConfig,
+             dist_info: DistInfo) -> tuple[InMemoryBatches, InMemoryBatches | None]:
+    """Training batches (this rank's share, augmented) and, with ``holdout``, the validation split."""
+    spec = config.input_spec()
+    split = "fit" if settings.holdout else "train"
+    pixels, labels, _ = load_pixels(settings.data, split, config, limit=settings.limit, seed=settings.seed)
+    train_batches = InMemoryBatches(pixels, labels, spec, settings.batch_size,
+                                    Augmentation(crop_pad=2, flip=True, erase_prob=settings.erase_prob),
+                                    seed=settings.seed, rank=dist_info.rank, world_size=dist_info.world_size)
+    if not (settings.holdout and dist_info.is_main):
+        return train_batches, None
+    val_pixels, val_labels, _ = load_pixels(settings.data, "val", config, seed=settings.seed)
+    return train_batches, InMemoryBatches(val_pixels, val_labels, spec, 500, None, drop_last=False)
 
 
 def _optimizers(model: JointCompressionClassifier,
@@ -302,8 +314,7 @@ def _wrap(model: JointCompressionClassifier, settings: TrainSettings, device: to
 
 def _run_epoch(stage: _Stage, show: Callable[[str], None]) -> dict[str, Any]:
     """One pass over the loader (or up to ``last_step``); returns the last metrics logged."""
-    if stage.sampler is not None:
-        stage.sampler.set_epoch(stage.epoch)
+    stage.loader.set_epoch(stage.epoch)
     running: dict[str, float] = {}
     metrics: dict[str, Any] = {}
     n_batches = 0
@@ -324,8 +335,7 @@ def _run_epoch(stage: _Stage, show: Callable[[str], None]) -> dict[str, Any]:
 
 def _train_step(stage: _Stage, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward, loss, backward, clip, optimiser and schedule steps; returns the detached loss terms."""
-    use_amp = stage.settings.amp and stage.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+    with _autocast(stage):
         output = stage.forward(x, compress=stage.compress, reconstruct=True)
     terms = stage.criterion(output, x, target, _teacher_logits(stage, x))
     loss = terms["loss"]
@@ -348,6 +358,52 @@ def _train_step(stage: _Stage, x: torch.Tensor, target: torch.Tensor) -> dict[st
     return {k: v.detach() for k, v in terms.items()}
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
+    slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def _autocast(stage: _Stage):
+    """bfloat16 autocast where it pays: CUDA, or a CPU with native bfloat16 (measured in docs/models.md)."""
+    if not stage.settings.amp:
+        return nullcontext()
+    if stage.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if stage.device.type == "cpu" and native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def validate(stage: _Stage) -> dict[str, float]:
+    """Top-1, cross-entropy and (step two) the estimated bpp on the held-out split, in eval mode."""
+    if stage.val is None:
+        return {}
+    model = stage.model
+    model.eval()
+    hits, ce, bpp, n = 0.0, 0.0, 0.0, 0
+    for x, target in stage.val:
+        x = x.to(stage.device)
+        target = target.to(stage.device)
+        with _autocast(stage):
+            out = model(x, compress=stage.compress, reconstruct=False)
+        terms = stage.criterion(out, x, target)
+        hits += float((out["logits"].argmax(1) == target).sum())
+        ce += float(terms["ce"]) * len(target)
+        bpp += float(terms.get("bpp", torch.zeros(()))) * len(target)
+        n += len(target)
+    model.train()
+    result = {"val_acc": hits / n, "val_ce": ce / n}
+    if stage.compress:
+        result["val_bpp"] = bpp / n
+    return result
+
+
 @torch.no_grad()
 def _teacher_logits(stage: _Stage, x: torch.Tensor) -> torch.Tensor | None:
     """The teacher's logits on the student's batch: normalised tensors back to [0, 1] pixels first."""
@@ -356,13 +412,13 @@ def _teacher_logits(stage: _Stage, x: torch.Tensor) -> torch.Tensor | None:
     return stage.teacher(x * stage.criterion.std + stage.criterion.mean).float()
 
 
-def _log(stage: _Stage, lr: float, means: dict[str, float]) -> dict[str, Any]:
-    """Append one line to ``out/log.jsonl`` and return it."""
+def _log(stage: _Stage, lr: float, means: dict[str, float], file: str = "log.jsonl") -> dict[str, Any]:
+    """Append one line to ``out/log.jsonl`` (training) or ``out/val.jsonl`` (validation) and return it."""
     metrics = {"step": stage.step, "epoch": stage.epoch, "lr": lr, **means,
                "images_per_s": stage.seen / max(1e-9, time.time() - stage.t0)}
     if stage.compress:
         metrics["aux"] = float(stage.model.aux_loss().detach())
-    with (stage.out / "log.jsonl").open("a") as fh:
+    with (stage.out / file).open("a") as fh:
         fh.write(json.dumps(metrics) + "\n")
     return metrics
 

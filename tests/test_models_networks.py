@@ -58,3 +58,29 @@ def test_overrides_follow_timm_rules() -> None:
 def test_unknown_preset_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="jcc-fmnist-28"):
         create_model("no-such-preset")
+
+
+@pytest.mark.parametrize("tokenizer,pool", [("linear", "cls"), ("conv", "cls"), ("linear", "seq"), ("conv", "seq")])
+def test_tokenizer_and_pooling_variants(tokenizer: str, pool: str) -> None:
+    """Each variant classifies from ŷ, reconstructs through the early blocks, and keeps the linear tokenizer's
+    state-dict keys where it is the same (packages shipped before the variants still load)."""
+    model = create_model("jcc-fmnist-28-s8", tokenizer=tokenizer, pool=pool).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        y = model.encode_latent(x)
+        assert model.classify(y).shape == (3, 10)
+        assert model.reconstruct(y, (28, 28)).shape == (3, 1, 28, 28)
+        out = model(x, compress=False, reconstruct=True)
+        assert torch.allclose(out["logits"], model.classify(y), atol=1e-5)
+    keys = set(model.state_dict())
+    assert ("vit.cls_token" in keys) == (pool == "cls") and ("vit.seq_pool.score.weight" in keys) == (pool == "seq")
+    if tokenizer == "linear":
+        assert {"vit.latent_embed.weight", "vit.latent_embed.bias"} <= keys
+    assert model.vit.pos_embed.shape[1] == 16 + (pool == "cls")
+
+
+def test_unknown_tokenizer_or_pool_is_refused() -> None:
+    with pytest.raises(ValueError, match="tokenizer"):
+        create_model("jcc-fmnist-28-s8", tokenizer="patch")
+    with pytest.raises(ValueError, match="pool"):
+        create_model("jcc-fmnist-28-s8", pool="mean")

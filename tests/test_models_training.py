@@ -88,3 +88,14 @@ def test_resumed_learning_rates_follow_warmup_then_cosine(tmp_path: Path, first_
     expected = [lr * (s + 1) / warmup if s < warmup else
                 lr * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))) for s in range(total)]
     assert logged == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_holdout_measures_the_validation_split_each_epoch(tmp_path: Path) -> None:
+    """Training on the fit split writes one val.jsonl line per epoch; --no-holdout writes none."""
+    common = dict(stage="pretrain", preset="jcc-fmnist-28-s8", data="synthetic", limit=64, batch_size=32,
+                  progress=False, log_every=1, erase_prob=0.25, overrides={"tokenizer": "conv", "pool": "seq"})
+    train(TrainSettings(out=tmp_path / "held", max_steps=4, **common))
+    val = [json.loads(line) for line in (tmp_path / "held" / "val.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in val] == [1, 2] and all(0.0 <= r["val_acc"] <= 1.0 for r in val)
+    train(TrainSettings(out=tmp_path / "all", max_steps=2, holdout=False, **common))
+    assert not (tmp_path / "all" / "val.jsonl").exists()
