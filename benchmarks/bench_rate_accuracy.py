@@ -233,6 +233,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), help="zoo names or package paths")
     p.add_argument("--from-manifest", action="store_true",
                    help="read our figures from each package's manifest instead of evaluating")
+    p.add_argument("--codecs-from", type=Path,
+                   help="take the classical points and the raw CNN's top-1 from an earlier run's --json report "
+                        "(e.g. benchmarks/results/rate_accuracy_codecs_2026-12-01.json) instead of training the "
+                        "CNNs and measuring the codecs again: for re-plotting a new zoo")
     p.add_argument("--cache", type=Path, default=Path("runs/rate-accuracy"), help="trained CNN weights")
     p.add_argument("--plot", type=Path, default=Path("docs/rate_accuracy.png"))
     p.add_argument("--json", type=Path, help="also write every figure as JSON")
@@ -268,17 +272,24 @@ def main(argv: list[str] | None = None) -> int:
         train_x, train_y, test_x, test_y = train_x[:args.limit], train_y[:args.limit], test_x[:args.limit], test_y[:args.limit]
     ft_n = min(args.finetune_limit, len(train_x))
     t0 = time.perf_counter()
+    earlier = json.loads(args.codecs_from.read_text()) if args.codecs_from else None
     with Progress(console=err, disable=args.no_progress, transient=True) as progress:
-        raw, raw_cached = _raw_cnn(args, train_x, train_y, progress)
-        raw_top1 = _accuracy(raw, test_x, test_y)
-        points = [_codec_point(args, codec, q, raw, train_x[:ft_n], train_y[:ft_n], test_x, test_y, progress)
-                  for codec, qs in qualities.items() for q in qs]
+        if earlier is not None:
+            raw_cached, raw_top1 = True, earlier["raw_cnn_top1"]
+            points = [CodecPoint(**p) for p in earlier["codecs"]]
+            ft_n = earlier["n_finetune"]
+        else:
+            raw, raw_cached = _raw_cnn(args, train_x, train_y, progress)
+            raw_top1 = _accuracy(raw, test_x, test_y)
+            points = [_codec_point(args, codec, q, raw, train_x[:ft_n], train_y[:ft_n], test_x, test_y, progress)
+                      for codec, qs in qualities.items() for q in qs]
         ours = [_our_point(name, args, progress) for name in args.models]
     classical = curves(points)
     attach_ratios(ours, classical)
     report = {"machine": f"{platform.processor() or platform.machine()}, {_cores()} cores",
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python benchmarks/bench_rate_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "codecs_from": str(args.codecs_from) if earlier is not None else None,
               "n_train": len(train_x), "n_finetune": ft_n, "n_test": len(test_x), "epochs": args.epochs,
               "finetune_epochs": args.finetune_epochs, "raw_cnn_top1": raw_top1, "raw_cnn_cached": raw_cached,
               "unavailable": [CODEC_NAMES[c] for c in unavailable], "seconds": time.perf_counter() - t0,
@@ -374,6 +385,9 @@ def markdown(report: dict) -> str:
              f"Pixel CNN: {report['epochs']:g} epoch(s) on {report['n_train']} raw training images "
              f"(top-1 on raw test images {100 * report['raw_cnn_top1']:.2f} %); each fine-tune "
              f"{report['finetune_epochs']:g} epoch(s) on {report['n_finetune']} decoded training images.", ""]
+    if report.get("codecs_from"):
+        lines += [f"Classical points and the raw CNN's top-1 read from `{report['codecs_from']}` (an earlier "
+                  "run's measurements), not measured again.", ""]
     if report["unavailable"]:
         lines += [f"Not available in this Pillow (not measured): {', '.join(report['unavailable'])}.", ""]
     lines += ["| codec | quality | bytes / image | PSNR (dB) | top-1, raw CNN | top-1, fine-tuned CNN |",

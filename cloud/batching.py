@@ -23,6 +23,8 @@
   grow by themselves; alone, a request waits at most ``max_queue_delay``.
 - Per-stream timings: ``queue`` is this stream's wait, ``decode`` and ``inference`` are the times of the
   whole batch it was in, ``batch_size`` how many streams shared them.
+- A classification is a `Scores`: the stream's probabilities and, from a calibrated model, its novelty
+  (``analyse_latents``: one forward gives both for the whole batch).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,11 +51,27 @@ CLASSIFY = "classify"
 RECONSTRUCT = "reconstruct"
 
 
+class Scores(NamedTuple):
+    """One stream's classification: its probabilities and, from a calibrated model, its novelty (how unlike
+    the training data it is; above 1.0 is out of distribution). None when the model is not calibrated."""
+
+    probs: np.ndarray  # (classes,) float32
+    novelty: float | None
+
+
+def analyse(model: Any, y_hat: np.ndarray) -> list[Scores]:
+    """One batched forward (``model.analyse_latents``), split into one `Scores` per stream."""
+    probs, novelty = model.analyse_latents(y_hat)
+    if novelty is None:
+        return [Scores(row, None) for row in probs]
+    return [Scores(row, float(n)) for row, n in zip(probs, novelty)]
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     """One stream's share of a batch."""
 
-    value: Any  # probabilities (classes,) or uint8 image (H, W, C)
+    value: Any  # Scores (classify) or uint8 image (H, W, C) (reconstruct)
     queue_ms: float
     decode_ms: float  # entropy decoding of the whole batch
     compute_ms: float  # the batched forward
@@ -76,7 +94,7 @@ class _JobResult:
     failures: int
 
 
-Forward = Callable[[np.ndarray, Hashable], np.ndarray]  # stacked ŷ (B, M, h, w), key -> (B, ...)
+Forward = Callable[[np.ndarray, Hashable], Any]  # stacked ŷ (B, M, h, w), key -> B per-stream outputs
 
 
 class BatchQueue:
@@ -210,7 +228,7 @@ class ModelBatcher:
         s = engine.settings
         common = dict(max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_ms / 1e3,
                       max_queue_size=s.max_queue_size, metrics=engine.metrics)
-        self.classify = BatchQueue(label, CLASSIFY, model, lambda y, key: model.classify_latents(y),
+        self.classify = BatchQueue(label, CLASSIFY, model, lambda y, key: analyse(model, y),
                                    engine.classify_executor, **common)
         self.reconstruct = BatchQueue(label, RECONSTRUCT, model, lambda y, key: model.reconstruct_latents(y, key[1]),
                                       engine.reconstruct_executor, **common)

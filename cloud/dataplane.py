@@ -7,6 +7,10 @@ A stream's path: parsed and checked once, on the event loop (magic, version, che
 cheap, and it refuses hostile sizes before any allocation); its payloads then join the model's batch queue,
 whose worker entropy-decodes the whole batch (one h_s pass) and runs one forward (`batching.py`). Native
 calls route by the model id in the header; v2 calls name the model and the id must match.
+
+A calibrated model (manifest ``config.calibrated``) also scores each stream's novelty, how unlike the training
+data it is (above 1.0: out of distribution): native answers carry it (`ClassifyResult.novelty`), and v2 has
+a third output, ``novelty`` (FP32 [B]), which uncalibrated models do not have.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from vitcodec.outputs import encode_png, top_k as top_k_indexes
 from vitcodec.packages import DEFAULT_MODEL
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
-from .batching import CLASSIFY, RECONSTRUCT, BatchingEngine
+from .batching import CLASSIFY, RECONSTRUCT, BatchingEngine, Scores
 from .errors import InvalidRequest, ShuttingDown
 from .metrics import Metrics
 from .repository import ModelEntry, ModelRepository
 from .types import (
     INPUT_NAME,
     LABEL_NAME,
+    NOVELTY_NAME,
     PROBS_NAME,
     InferOutput,
     InferRequest,
@@ -90,30 +95,41 @@ class DataPlane:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": vitcodec.__version__, "extensions": list(EXTENSIONS)}
 
+    @staticmethod
+    def output_names(entry: ModelEntry) -> list[str]:
+        """The v2 outputs of a model: probabilities and label, and novelty when it is calibrated."""
+        return [PROBS_NAME, LABEL_NAME, NOVELTY_NAME] if entry.calibrated else [PROBS_NAME, LABEL_NAME]
+
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         entry = self.repository.get(name, version)
         classes = len(entry.labels)
+        outputs = [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, classes]},
+                   {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}]
+        if entry.calibrated:
+            outputs.append({"name": NOVELTY_NAME, "datatype": "FP32", "shape": [-1]})
         return {
             "name": entry.name,
             "versions": self.repository.versions(entry.name),
             "platform": PLATFORM,
             "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": PROBS_NAME, "datatype": "FP32", "shape": [-1, classes]},
-                        {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": outputs,
         }
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Triton-style configuration (the fields that describe a vitcodec model)."""
         entry = self.repository.get(name, version)
         settings = self.engine.settings
+        outputs = [{"name": PROBS_NAME, "data_type": "TYPE_FP32", "dims": [-1, len(entry.labels)]},
+                   {"name": LABEL_NAME, "data_type": "TYPE_STRING", "dims": [-1]}]
+        if entry.calibrated:
+            outputs.append({"name": NOVELTY_NAME, "data_type": "TYPE_FP32", "dims": [-1]})
         return {
             "name": entry.name,
             "platform": PLATFORM,
             "backend": "vitcodec",
             "max_batch_size": 0,  # the batch is the first dimension of BITSTREAM, not an implicit one
             "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
-            "output": [{"name": PROBS_NAME, "data_type": "TYPE_FP32", "dims": [-1, len(entry.labels)]},
-                       {"name": LABEL_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+            "output": outputs,
             "dynamic_batching": {"preferred_batch_size": [settings.max_batch_size],
                                  "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000)},
         }
@@ -193,13 +209,15 @@ class DataPlane:
         routed = self._route(self._as_bytes(stream), model, version)
         entry = routed.entry
         outcome = await self._submit(routed, CLASSIFY)
-        probs = outcome.value
+        scores: Scores = outcome.value
+        probs = scores.probs
         top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in top_k_indexes(probs, top_k)]
         self.metrics.streams.labels(entry.name, "classify", "ok").inc()
         timings = {"decode": outcome.decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
         return ClassifyResult(entry.name, entry.version, entry.model_id.hex(), top, routed.total_bytes,
-                              routed.header_bytes, tuple(routed.header.image_size), timings)
+                              routed.header_bytes, tuple(routed.header.image_size), timings,
+                              novelty=scores.novelty)
 
     async def reconstruct(self, stream: bytes, model: str | None = None,
                           version: str | None = None) -> ReconstructResult:
@@ -244,15 +262,18 @@ class DataPlane:
         streams = self._bitstreams(request)
         wanted = request.outputs if request.outputs is not None else None
         if wanted is not None:
+            names = self.output_names(entry)
             for out in wanted:
-                if out.name not in (PROBS_NAME, LABEL_NAME):
-                    raise InvalidRequest(f"unknown output {out.name!r}; model {entry.name!r} has outputs "
-                                         f"{PROBS_NAME!r} and {LABEL_NAME!r}")
+                if out.name not in names:
+                    has = ", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
+                    why = (f"model {entry.name!r} is not calibrated, so it has no output {out.name!r}"
+                           if out.name == NOVELTY_NAME else f"unknown output {out.name!r}; model {entry.name!r}")
+                    raise InvalidRequest(f"{why}; its outputs are {has}")
                 if out.class_count < 0 or (out.class_count and out.name != PROBS_NAME):
                     raise InvalidRequest(f"output {out.name!r}: 'classification' must be a positive integer and "
                                          f"applies to {PROBS_NAME!r} only")
 
-        async def one(index: int, stream: bytes) -> np.ndarray:
+        async def one(index: int, stream: bytes) -> Scores:
             try:  # each stream joins the batch queue on its own, so it can share a batch with any other
                 outcome = await self._submit(self._route(self._as_bytes(stream), entry.name, entry.version), CLASSIFY)
             except Exception as exc:
@@ -268,17 +289,25 @@ class DataPlane:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        probs = np.stack(results).astype(np.float32, copy=False)
+        probs = np.stack([r.probs for r in results]).astype(np.float32, copy=False)
+        novelty = None
+        if entry.calibrated:
+            if any(r.novelty is None for r in results):
+                raise RuntimeError(f"model {entry.name!r} is calibrated but its backend gave no novelty")
+            novelty = np.array([r.novelty for r in results], dtype=np.float32)
         self.metrics.streams.labels(entry.name, "classify", "ok").inc(len(streams))
-        return InferResponse(entry.name, entry.version, self._outputs(entry, probs, wanted), id=request.id)
+        return InferResponse(entry.name, entry.version, self._outputs(entry, probs, novelty, wanted), id=request.id)
 
     @staticmethod
-    def _outputs(entry: ModelEntry, probs: np.ndarray, wanted: list | None) -> list[InferOutput]:
+    def _outputs(entry: ModelEntry, probs: np.ndarray, novelty: np.ndarray | None,
+                 wanted: list | None) -> list[InferOutput]:
+        """The requested outputs (`wanted`, checked by `infer`), or every output of the model when None."""
         batch, classes = probs.shape
         labels = entry.labels
         outputs = []
-        for out in wanted if wanted is not None else [None, None]:
-            name = out.name if out is not None else (PROBS_NAME if not outputs else LABEL_NAME)
+        defaults = [PROBS_NAME, LABEL_NAME] + ([NOVELTY_NAME] if novelty is not None else [])
+        for position, out in enumerate(wanted if wanted is not None else [None] * len(defaults)):
+            name = out.name if out is not None else defaults[position]
             params = dict(out.parameters) if out is not None else {}
             params.pop("classification", None)
             params.pop("binary_data", None)
@@ -290,6 +319,8 @@ class DataPlane:
                 outputs.append(InferOutput(name, "BYTES", [batch, k], data, params))
             elif name == PROBS_NAME:
                 outputs.append(InferOutput(name, "FP32", [batch, classes], probs, params))
+            elif name == NOVELTY_NAME:
+                outputs.append(InferOutput(name, "FP32", [batch], novelty, params))
             else:
                 top1 = np.argmax(probs, axis=1)
                 outputs.append(InferOutput(name, "BYTES", [batch], [labels[int(i)].encode() for i in top1], params))

@@ -64,6 +64,11 @@ class ModelEntry:
         classes = int(self.package.manifest.get("config", {}).get("num_classes", 0))
         return [str(i) for i in range(classes)]
 
+    @property
+    def calibrated(self) -> bool:
+        """Does the model give a novelty score with its probabilities (manifest ``config.calibrated``)?"""
+        return bool(self.package.manifest.get("config", {}).get("calibrated", False))
+
 
 class ModelRepository:
     """Serves every compressing package under the given roots (optionally only some names)."""

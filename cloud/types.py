@@ -14,6 +14,7 @@ import numpy as np
 INPUT_NAME = "BITSTREAM"
 PROBS_NAME = "PROBABILITIES"
 LABEL_NAME = "LABEL"
+NOVELTY_NAME = "novelty"  # calibrated models only: FP32 [B], above 1.0 = out of distribution
 
 
 @dataclass

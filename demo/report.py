@@ -1,5 +1,6 @@
 """The demo's inputs and findings: the bundled samples, their PNG/JPEG sizes and PSNR, and the summary of
-what the two transports answered (accuracy, agreement, bytes against PNG and JPEG)."""
+what the two transports answered (accuracy, agreement, bytes against PNG and JPEG, and, when the served model
+is calibrated, which images it flagged as unlike its training data)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ SAMPLES_DIR = Path("samples")
 LABELS_FILE = "labels.csv"
 UNLABELLED = "n/a"
 JPEG_QUALITY = 75
+UNFAMILIAR = "unlike the training data"  # how the report names an image the model flags (novelty > 1.0)
 EXIT_OK, EXIT_FAILED, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -113,6 +115,10 @@ class Summary:
     other_stream_bytes: int = 0
     other_png_bytes: int = 0
     median_latency_ms: dict[str, float] = field(default_factory=dict)
+    # a calibrated model scores each image's novelty (> 1.0: out of distribution); uncalibrated ones give none
+    novelty_scored: int = 0  # images whose answer carried a novelty
+    flagged: list[str] = field(default_factory=list)  # labelled (Fashion-MNIST) images flagged
+    other_flagged: list[str] = field(default_factory=list)  # colour drawings flagged
 
     def accuracy(self, transport: str) -> float:
         return self.correct.get(transport, 0) / self.labelled if self.labelled else math.nan
@@ -148,6 +154,10 @@ def summarise(samples: list[Sample], results: dict[str, list[dict[str, Any]]],
                      None)
         if first is None:
             continue
+        if first.get("novelty") is not None:
+            s.novelty_scored += 1
+            if first.get("out_of_distribution"):
+                (s.flagged if x.labelled else s.other_flagged).append(x.name)
         png, jpeg = sizes[x.name]
         if x.labelled:
             s.stream_bytes += int(first["bytes"])
@@ -163,9 +173,10 @@ def summarise(samples: list[Sample], results: dict[str, list[dict[str, Any]]],
 def results_table(samples: list[Sample], results: dict[str, list[dict[str, Any]]]) -> Table:
     transports = list(results)
     by_transport = {t: rows_by_name(rows) for t, rows in results.items()}
+    scored = any(row.get("novelty") is not None for rows in results.values() for row in rows)  # calibrated model
     table = Table(title="edge -> cloud: classification from the bitstream", title_justify="left")
     for name, justify in (("file", "left"), ("truth", "left"), ("bytes", "right"), ("bpp", "right"),
-                          ("predicted", "left"), ("confidence", "right")):
+                          ("predicted", "left"), ("confidence", "right")) + ((("novelty", "right"),) if scored else ()):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for t in transports:
         table.add_column(f"{t} latency", justify="right")
@@ -174,16 +185,20 @@ def results_table(samples: list[Sample], results: dict[str, list[dict[str, Any]]
         first = next((r for r in rows if "label" in r), None)
         if first is None:
             error = next((r.get("error") for r in rows if r.get("error")), "no answer")
-            table.add_row(x.name, x.label, "", "", f"[red]{error}[/red]", "", *("" for _ in transports))
+            table.add_row(x.name, x.label, "", "", f"[red]{error}[/red]", "", *([""] if scored else []),
+                          *("" for _ in transports))
             continue
         predicted = first["label"]
         if any("label" in r and r["label"] != predicted for r in rows):
             predicted += " [yellow](transports disagree)[/yellow]"
         if x.labelled:
             predicted = f"[green]{predicted}[/green]" if first["label"] == x.label else f"[red]{predicted}[/red]"
+        if first.get("out_of_distribution"):
+            predicted += f" [yellow]({UNFAMILIAR})[/yellow]"
+        novelty = [] if not scored else ["" if first.get("novelty") is None else f"{first['novelty']:.2f}"]
         latencies = [f"{r['latency_ms']:.1f} ms" if "latency_ms" in r else "[red]failed[/red]" for r in rows]
         table.add_row(x.name, x.label, str(first["bytes"]), f"{first['bpp']:.3f}", predicted,
-                      f"{first['confidence']:.3f}", *latencies)
+                      f"{first['confidence']:.3f}", *novelty, *latencies)
     return table
 
 
@@ -198,6 +213,15 @@ def summary_lines(s: Summary) -> list[str]:
         lines.append(f"colour drawings ({s.other_images}, unlabelled): {s.other_stream_bytes:,} bytes of bitstreams "
                      f"(the edge encodes the model's input: its size, grey) vs PNG {s.other_png_bytes:,} B of the "
                      "colour originals")
+    if s.novelty_scored:  # only a calibrated model scores novelty; otherwise the report says nothing about it
+        if s.other_images:
+            names = f" ({', '.join(s.other_flagged)}: their labels are guesses)" if s.other_flagged else ""
+            lines.append(f"colour drawings flagged as {UNFAMILIAR} (novelty > 1.0): "
+                         f"{len(s.other_flagged)}/{s.other_images}{names}")
+        if s.labelled:
+            names = f" ({', '.join(s.flagged)})" if s.flagged else ""
+            lines.append(f"Fashion-MNIST samples flagged as {UNFAMILIAR}: {len(s.flagged)}/{s.labelled}{names} "
+                         "(by design about 4 % of in-distribution images exceed the threshold)")
     for transport in s.correct:
         if s.labelled:
             lines.append(f"accuracy over {transport}: {s.correct[transport]}/{s.labelled} = "

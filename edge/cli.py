@@ -170,8 +170,12 @@ def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[st
     err.print(escape(message), soft_wrap=True)
 
 
+UNFAMILIAR = "(unfamiliar)"  # after the label in the table: the image is unlike the model's training data
+
+
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: int) -> None:
-    columns = ["file", "bytes", "bpp", "label", "confidence", "latency_ms", "model", "error"]
+    columns = ["file", "bytes", "bpp", "label", "confidence", "latency_ms", "model", "novelty",
+               "out_of_distribution", "error"]
     if as_json:
         for row in rows:
             if top_k <= 1:
@@ -184,16 +188,22 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: 
         for row in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
         return
+    # a calibrated model scores each image's novelty: show it, and flag the label of an unfamiliar image
+    novelty = any(row.get("novelty") is not None for row in rows)
     table = Table(title=None)
     for name, justify in (("file", "left"), ("bytes", "right"), ("bpp", "right"), ("label", "left"),
-                          ("confidence", "right"), ("latency", "right")):
+                          ("confidence", "right"), ("latency", "right")) + ((("novelty", "right"),) if novelty else ()):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         if "error" in row:
-            table.add_row(row["file"], str(row.get("bytes", "")), "", f"[red]{row['error']}[/red]", "", "")
+            cells = [row["file"], str(row.get("bytes", "")), "", f"[red]{row['error']}[/red]", "", ""]
         else:
-            table.add_row(row["file"], str(row["bytes"]), f"{row['bpp']:.3f}", row["label"],
-                          f"{row['confidence']:.3f}", f"{row['latency_ms']:.1f} ms")
+            label = row["label"] + (f" [yellow]{UNFAMILIAR}[/yellow]" if row.get("out_of_distribution") else "")
+            cells = [row["file"], str(row["bytes"]), f"{row['bpp']:.3f}", label, f"{row['confidence']:.3f}",
+                     f"{row['latency_ms']:.1f} ms"]
+        if novelty:
+            cells.append("" if row.get("novelty") is None else f"{row['novelty']:.2f}")
+        table.add_row(*cells)
     table_console().print(table)
 
 

@@ -107,7 +107,12 @@ def _result_from_json(body: dict[str, Any], latency_ms: float) -> ClassifyResult
     return ClassifyResult(model=body["model"], version=str(body["version"]), model_id=body["model_id"], top=top,
                           num_bytes=int(body["bytes"]), header_bytes=int(body["header_bytes"]),
                           image_size=tuple(body["image_size"]), timings_ms=dict(body.get("timings_ms", {})),
-                          latency_ms=latency_ms)
+                          latency_ms=latency_ms, novelty=_optional_float(body.get("novelty")))
+
+
+def _optional_float(value: Any) -> float | None:
+    """A novelty from a reply: None when the server sent none (uncalibrated model, or an older server)."""
+    return None if value is None else float(value)
 
 
 class HttpClient(_Base):
@@ -194,7 +199,8 @@ def _result_from_proto(msg: pb.ClassifyResponse, latency_ms: float) -> ClassifyR
     top = [ClassScore(int(t.index), t.label, float(t.probability)) for t in msg.top]
     return ClassifyResult(model=msg.model, version=msg.version, model_id=msg.model_id, top=top,
                           num_bytes=msg.num_bytes, header_bytes=msg.header_bytes, image_size=(msg.height, msg.width),
-                          timings_ms=dict(msg.timings_ms), latency_ms=latency_ms)
+                          timings_ms=dict(msg.timings_ms), latency_ms=latency_ms,
+                          novelty=msg.novelty if msg.HasField("novelty") else None)
 
 
 def _grpc_error(exc: grpc.RpcError) -> ClientError:

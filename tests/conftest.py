@@ -52,6 +52,31 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def calibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding one calibrated package: a copy of the zoo's fmnist-q2, calibrated (temperature and
+    novelty statistics) on 1000 images of Fashion-MNIST's fit split and 500 of its val split through real
+    bitstreams; about 15 s, once per session. Same model id as the zoo's fmnist-q2, so serve it on its own.
+    Skipped without the trained zoo (novelty only means something for a trained model) or the dataset."""
+    import shutil
+
+    zoo = _zoo_repository()
+    if zoo is None:
+        pytest.skip("needs the trained zoo (packages/zoo) to calibrate a copy of fmnist-q2")
+    from vitcodec.models.calibrate import calibrate_package
+    from vitcodec.models.data import DataError
+    from vitcodec.packages import ModelPackage
+
+    root = tmp_path_factory.mktemp("calibrated-repo")
+    shutil.copytree(zoo / "fmnist-q2", root / "fmnist-q2")
+    try:
+        calibrate_package(ModelPackage.open(root / "fmnist-q2" / "1"), "fashion-mnist", fit_images=1000,
+                          val_images=500)
+    except (DataError, OSError) as exc:
+        pytest.skip(f"cannot calibrate without the Fashion-MNIST data: {exc}")
+    return root
+
+
+@pytest.fixture(scope="session")
 def package(model_repo: Path):
     """The default model's package (fmnist-q2)."""
     from vitcodec.packages import resolve_model

@@ -3,6 +3,11 @@
 The cloud's data plane builds these; the edge clients rebuild them from the HTTP or gRPC reply, so a result
 means the same thing on both sides of the wire. Model ids are hex strings here, as they travel in JSON and
 protobuf (the bitstream header holds the raw bytes). Plain dataclasses, no torch and no numpy.
+
+A calibrated model also says how unlike its training data an image is: ``novelty``, the squared Mahalanobis
+distance of the image's pooled features to the nearest class mean over a threshold chosen on validation data
+(about 4 % of in-distribution images exceed it). Above 1.0 the image is out of distribution. Uncalibrated
+models have no novelty (None), and neither do the answers of servers that predate it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitcodec.outputs import bits_per_pixel
+
+OOD_THRESHOLD = 1.0  # novelty above this: out of distribution (the novelty is already divided by its threshold)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,13 @@ class ClassifyResult:
     image_size: tuple[int, int]
     timings_ms: dict[str, float] = field(default_factory=dict)  # the server's stages (decode, queue, ...)
     latency_ms: float = 0.0  # measured by a client, network included; 0 on the server
+    novelty: float | None = None  # calibrated models only: > 1.0 means out of distribution
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """Is the image unlike the model's training data (novelty above 1.0)? None when the model gave no
+        novelty (uncalibrated)."""
+        return None if self.novelty is None else self.novelty > OOD_THRESHOLD
 
     @property
     def label(self) -> str:
@@ -55,7 +69,8 @@ class ClassifyResult:
                 "model_id": self.model_id, "bytes": self.num_bytes, "header_bytes": self.header_bytes,
                 "bpp": self.bpp, "image_size": list(self.image_size), "latency_ms": self.latency_ms,
                 "top_k": [{"index": s.index, "label": s.label, "probability": s.probability} for s in self.top],
-                "server_timings_ms": self.timings_ms}
+                "server_timings_ms": self.timings_ms, "novelty": self.novelty,
+                "out_of_distribution": self.out_of_distribution}
 
 
 @dataclass

@@ -25,6 +25,8 @@ def classify_to_proto(result: ClassifyResult, request_id: str = "", index: int =
     for score in result.top:
         msg.top.add(index=score.index, label=score.label, probability=score.probability)
     msg.timings_ms.update(result.timings_ms)
+    if result.novelty is not None:  # calibrated models only; unset (HasField false) otherwise
+        msg.novelty = result.novelty
     return msg
 
 

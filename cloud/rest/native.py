@@ -39,6 +39,7 @@ def classify_body(result: ClassifyResult) -> dict[str, Any]:
         "label": top[0]["label"], "confidence": top[0]["probability"], "top_k": top,
         "bytes": result.num_bytes, "header_bytes": result.header_bytes, "bpp": result.bpp,
         "image_size": list(result.image_size), "timings_ms": result.timings_ms,
+        "novelty": result.novelty, "out_of_distribution": result.out_of_distribution,
     }
 
 

@@ -60,7 +60,7 @@ class InferInputTensor(BaseModel):
 class InferRequestedOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(description="PROBABILITIES or LABEL.")
+    name: str = Field(description="PROBABILITIES, LABEL, or novelty (calibrated models only).")
     parameters: Parameters | None = Field(
         None, description="binary_data: send this output in the binary section; classification: k > 0 "
                           "returns PROBABILITIES as the top-k 'score:index:label' strings.")
@@ -144,6 +144,14 @@ class ClassifyResponse(BaseModel):
     bpp: float = Field(description="Bits per pixel of the original image, header included.")
     image_size: tuple[int, int] = Field(description="Original (height, width).")
     timings_ms: dict[str, float] = Field(description="Server-side: decode, queue, inference, batch_size, total.")
+    novelty: float | None = Field(
+        None, description="How unlike the model's training data the image is: the squared Mahalanobis distance of "
+                          "its pooled features to the nearest class mean, over a threshold chosen on validation "
+                          "data (about 4 % of in-distribution images exceed it). Above 1.0: out of distribution. "
+                          "null when the model is not calibrated.")
+    out_of_distribution: bool | None = Field(
+        None, description="novelty > 1.0: the image is unlike the training data, so treat the label with "
+                          "caution. null when the model is not calibrated.")
 
 
 class ModelInfo(BaseModel):
