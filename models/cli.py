@@ -319,10 +319,13 @@ def decode_cmd(
     package = _stream_package(file, data, model)
     cloud = _load_cloud_model(package)
     try:
-        decoded, probs = cloud.classify_streams([data])
+        decoded, probs, novelty = cloud.analyse_streams([data])
     except CodecError as exc:
         _stop(f"{file}: {exc}")
     result = _decode_result(file, package.name, decoded[0], cloud.predictions(probs, top_k)[0])
+    if novelty is not None:  # calibrated packages only
+        result["novelty"] = float(novelty[0])
+        result["out_of_distribution"] = bool(novelty[0] > 1.0)
     if reconstruct:
         pixels = cloud.reconstruct_latents(decoded[0].y_hat[None], decoded[0].header.image_size)[0]
         _write_png(reconstruct, pixels)
@@ -414,6 +417,10 @@ def _print_decode_result(result: dict[str, Any]) -> None:
                   highlight=False, soft_wrap=True)
     for entry in result["top_k"]:
         console.print(f"  {entry['probability']:7.2%}  {entry['label']}", highlight=False)
+    if "novelty" in result:
+        verdict = "unlike the training data" if result["out_of_distribution"] else "like the training data"
+        console.print(f"  novelty {result['novelty']:.2f} ({verdict}; above 1.00 is out of distribution)",
+                      highlight=False)
     if "reconstruction" in result:
         console.print(f"reconstruction written to {result['reconstruction']}", highlight=False, soft_wrap=True)
 

@@ -302,3 +302,20 @@ def test_torch_and_onnxruntime_backends_agree_on_novelty(calibrated_server, star
     torch_answer, ort_answer = answers
     np.testing.assert_allclose(ort_answer["novelty"], torch_answer["novelty"], rtol=1e-4)
     np.testing.assert_allclose(ort_answer["PROBABILITIES"], torch_answer["PROBABILITIES"], atol=1e-5)
+
+
+def test_vitcodec_decode_prints_novelty(calibrated_package, samples, tmp_path):
+    """`vitcodec decode` (the local decoder) reports the same flag as the server for a calibrated package."""
+    from vitcodec.models.cli import app as torch_app
+
+    for name, stream in samples:
+        if name not in ("colour-sneaker.png", "fmnist-00000.png"):
+            continue
+        path = tmp_path / f"{name}.vcb"
+        path.write_bytes(stream)
+        result = CliRunner().invoke(torch_app, ["decode", str(path), "--model", str(calibrated_package.path), "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["out_of_distribution"] is _is_colour(name) and math.isfinite(report["novelty"])
+        text = CliRunner().invoke(torch_app, ["decode", str(path), "--model", str(calibrated_package.path)]).stdout
+        assert ("unlike the training data" in text) is _is_colour(name)
