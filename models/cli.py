@@ -56,7 +56,8 @@ def train_cmd(
     warmup_steps: int = typer.Option(200, help="Linear warmup steps."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    amp: bool = typer.Option(True, help="bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16/AMX)."),
+    amp: bool = typer.Option(True, help="bfloat16 autocast on CUDA."),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16/AMX); measured slower than float32 for the Fashion-MNIST presets (docs/benchmarks.md)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile on CUDA."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
@@ -79,7 +80,7 @@ def train_cmd(
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
                              threads=threads, seed=seed, progress=progress, teacher=teacher, distill=distill,
                              distill_alpha=distill_alpha, distill_tau=distill_tau, holdout=holdout,
-                             erase_prob=erase_prob, overrides={"tokenizer": tokenizer, "pool": pool})
+                             erase_prob=erase_prob, cpu_bf16=cpu_bf16, overrides={"tokenizer": tokenizer, "pool": pool})
     try:
         metrics = train(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

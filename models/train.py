@@ -56,7 +56,8 @@ class TrainSettings:
     grad_clip: float = 1.0
     limit: int | None = None
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast: on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 or AMX)
+    amp: bool = True  # bfloat16 autocast on CUDA
+    cpu_bf16: bool = False  # bfloat16 autocast on a CPU with native bfloat16 (slower for the zoo's size: docs)
     compile: bool = True  # only takes effect on CUDA
     holdout: bool = True  # train on the "fit" split and measure "val" after each epoch; False: all of "train"
     erase_prob: float = 0.0  # random erasing's probability per image
@@ -369,12 +370,12 @@ def native_bf16() -> bool:
 
 
 def _autocast(stage: _Stage):
-    """bfloat16 autocast where it pays: CUDA, or a CPU with native bfloat16 (measured in docs/models.md)."""
-    if not stage.settings.amp:
-        return nullcontext()
-    if stage.device.type == "cuda":
+    """bfloat16 autocast on CUDA (``amp``); on the CPU only when asked (``cpu_bf16``) and the CPU multiplies
+    bfloat16 natively: for the zoo's small matrices the casts cost more than AMX saves (0.84x the images/s
+    of float32, benchmarks/bench_training.py in docs/benchmarks.md), larger presets may differ."""
+    if stage.device.type == "cuda" and stage.settings.amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if stage.device.type == "cpu" and native_bf16():
+    if stage.device.type == "cpu" and stage.settings.cpu_bf16 and native_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
