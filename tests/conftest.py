@@ -77,6 +77,40 @@ def calibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def uncalibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding the zoo's fmnist-q2 with its calibration taken out (no temperature, no novelty
+    statistics, classifier.onnx without the novelty output): what every package exported before calibration
+    looks like. Same model id as the zoo's fmnist-q2, so serve it on its own."""
+    import json
+    import shutil
+
+    zoo = _zoo_repository()
+    if zoo is None:
+        pytest.skip("needs the trained zoo (packages/zoo)")
+    torch = pytest.importorskip("torch")
+    from vitcodec.models.export import add_classifier
+    from vitcodec.packages import ModelPackage
+
+    root = tmp_path_factory.mktemp("uncalibrated-repo")
+    shutil.copytree(zoo / "fmnist-q2", root / "fmnist-q2")
+    path = root / "fmnist-q2" / "1"
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["config"]["calibrated"] = False
+    manifest.pop("calibration", None)
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("calibration.")}, path / "weights.pt")
+    add_classifier(ModelPackage.open(path))
+    return root
+
+
+@pytest.fixture(scope="session")
+def uncalibrated_server(start_server, uncalibrated_repo: Path) -> Any:
+    """A server whose only model is an uncalibrated fmnist-q2."""
+    return start_server(model_repo=[uncalibrated_repo])
+
+
+@pytest.fixture(scope="session")
 def package(model_repo: Path):
     """The default model's package (fmnist-q2)."""
     from vitcodec.packages import resolve_model

@@ -102,7 +102,7 @@ def test_result_novelty_and_json_row():
 
 # -- REST native and KServe v2 over HTTP ------------------------------------------------------------------
 
-def test_rest_native_classify_carries_novelty(calibrated_server, cloud_server, samples):
+def test_rest_native_classify_carries_novelty(calibrated_server, uncalibrated_server, samples):
     names = [name for name, _ in samples]
     with httpx.Client(base_url=calibrated_server.http_url, timeout=60) as http:
         bodies = [http.post("/v1/classify", content=stream).json() for _, stream in samples]
@@ -111,7 +111,7 @@ def test_rest_native_classify_carries_novelty(calibrated_server, cloud_server, s
     assert all(b["out_of_distribution"] == (b["novelty"] > 1.0) for b in bodies)
     assert via_fastapi["novelty"] == pytest.approx(bodies[-1]["novelty"], rel=1e-6)  # FastAPI route, same answer
     assert via_fastapi["out_of_distribution"] is True
-    with httpx.Client(base_url=cloud_server.http_url, timeout=60) as http:  # the zoo: uncalibrated
+    with httpx.Client(base_url=uncalibrated_server.http_url, timeout=60) as http:
         body = http.post("/v1/classify", content=samples[0][1]).json()
     assert "novelty" in body and body["novelty"] is None and body["out_of_distribution"] is None
 
@@ -154,9 +154,9 @@ def test_v2_http_novelty_output(calibrated_server, samples):
     np.testing.assert_allclose(np.frombuffer(blob, "<f4"), native, rtol=1e-6)
 
 
-def test_v2_http_uncalibrated_has_no_novelty(cloud_server, samples):
+def test_v2_http_uncalibrated_has_no_novelty(uncalibrated_server, samples):
     stream = samples[0][1]
-    with httpx.Client(base_url=cloud_server.http_url, timeout=60) as http:
+    with httpx.Client(base_url=uncalibrated_server.http_url, timeout=60) as http:
         meta = http.get("/v2/models/fmnist-q2").json()
         default = http.post("/v2/models/fmnist-q2/infer", json=_v2_json([stream])).json()
         asked = http.post("/v2/models/fmnist-q2/infer", json=_v2_json([stream], [{"name": "novelty"}]))
@@ -188,7 +188,7 @@ def test_hot_routes_answer_like_fastapi_for_a_calibrated_model(calibrated_server
 
 # -- gRPC ---------------------------------------------------------------------------------------------------
 
-def test_grpc_native_and_v2_novelty(calibrated_server, cloud_server, samples):
+def test_grpc_native_and_v2_novelty(calibrated_server, uncalibrated_server, samples):
     names = [name for name, _ in samples]
     with grpc.insecure_channel(calibrated_server.grpc_target) as channel:
         stub = pb_grpc.VitCodecStub(channel)
@@ -211,7 +211,7 @@ def test_grpc_native_and_v2_novelty(calibrated_server, cloud_server, samples):
     assert list(inferred.outputs[2].shape) == [len(samples)]
     np.testing.assert_allclose(np.frombuffer(inferred.raw_output_contents[2], "<f4"), novelty, rtol=1e-5)
 
-    with grpc.insecure_channel(cloud_server.grpc_target) as channel:  # the zoo: uncalibrated
+    with grpc.insecure_channel(uncalibrated_server.grpc_target) as channel:
         reply = pb_grpc.VitCodecStub(channel).Classify(pb.ClassifyRequest(stream=samples[0][1]), timeout=30)
         request = v2pb.ModelInferRequest(model_name="fmnist-q2")
         request.inputs.add(name="BITSTREAM", datatype="BYTES", shape=[1])
@@ -226,7 +226,7 @@ def test_grpc_native_and_v2_novelty(calibrated_server, cloud_server, samples):
 # -- the edge: clients, `send`, the demo's report -------------------------------------------------------------
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_edge_clients_fill_novelty(transport, calibrated_server, cloud_server, samples):
+def test_edge_clients_fill_novelty(transport, calibrated_server, uncalibrated_server, samples):
     names = [name for name, _ in samples]
     url = calibrated_server.http_url if transport == "http" else calibrated_server.grpc_url
     with connect(url) as client:
@@ -236,13 +236,13 @@ def test_edge_clients_fill_novelty(transport, calibrated_server, cloud_server, s
     _check_flags(names, [many[i].novelty for i in range(len(samples))])
     assert many[len(samples) - 1].novelty == pytest.approx(single.novelty, rel=1e-6)
     assert many[len(samples) - 1].as_dict()["out_of_distribution"] is True
-    url = cloud_server.http_url if transport == "http" else cloud_server.grpc_url
+    url = uncalibrated_server.http_url if transport == "http" else uncalibrated_server.grpc_url
     with connect(url) as client:
         plain = client.classify(samples[0][1])
     assert plain.novelty is None and plain.out_of_distribution is None
 
 
-def test_send_rows_table_and_demo_report(calibrated_server, cloud_server, calibrated_package):
+def test_send_rows_table_and_demo_report(calibrated_server, uncalibrated_server, calibrated_package):
     runner = CliRunner()
     result = runner.invoke(app, ["send", str(SAMPLES), "--server", calibrated_server.grpc_url, "--model",
                                  str(calibrated_package.path), "--json"])
@@ -273,7 +273,7 @@ def test_send_rows_table_and_demo_report(calibrated_server, cloud_server, calibr
     assert ",True," in result.stdout.splitlines()[1]
 
     # an uncalibrated model: no novelty anywhere, and the report says nothing about it
-    result = runner.invoke(app, ["send", colour, "--server", cloud_server.http_url, "--json"])
+    result = runner.invoke(app, ["send", colour, "--server", uncalibrated_server.http_url, "--json"])
     assert result.exit_code == 0, result.output
     plain = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert plain[0]["novelty"] is None and plain[0]["out_of_distribution"] is None
@@ -281,7 +281,7 @@ def test_send_rows_table_and_demo_report(calibrated_server, cloud_server, calibr
     assert summary.novelty_scored == 0
     assert not any("unlike the training data" in line for line in demo_report.summary_lines(summary))
     assert "novelty" not in [c.header for c in demo_report.results_table(samples, {"gRPC": plain}).columns]
-    result = runner.invoke(app, ["send", colour, "--server", cloud_server.http_url])
+    result = runner.invoke(app, ["send", colour, "--server", uncalibrated_server.http_url])
     assert "(unfamiliar)" not in result.stdout and "novelty" not in result.stdout
 
 
