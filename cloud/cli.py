@@ -1,8 +1,9 @@
 """``vitcodec-cloud``: run the inference server.
 
     vitcodec-cloud serve [--model-repo DIR] [--http-port 8000] [--grpc-port 8001] [--device cpu|cuda] ...
+    vitcodec-cloud reclassify --archive FILE --model NAME [--since ISO8601]   # the archive through another model
 
-Every option also reads a ``VITCODEC_*`` environment variable (see `vitcodec.cloud.settings.Settings`); a flag
+Every option of ``serve`` also reads a ``VITCODEC_*`` environment variable (see `vitcodec.cloud.settings.Settings`); a flag
 given on the command line wins.
 """
 
@@ -45,18 +46,30 @@ def serve(
                                                    "event loop)."),
     auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="VITCODEC_AUTH_TOKEN", show_envvar=False,
                                              help="Require 'Authorization: Bearer <token>' (or VITCODEC_AUTH_TOKEN)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS and gRPC over TLS "
+                                            "(same ports); re-read with the key on SIGHUP."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    tls_client_ca: Optional[Path] = typer.Option(None, "--tls-client-ca",
+                                                 help="PEM CA: require client certificates it signed (mutual TLS)."),
     event_loop: Optional[str] = typer.Option(None, "--event-loop",
                                              help="auto (uvloop when installed), asyncio or uvloop."),
     http_parser: Optional[str] = typer.Option(None, "--http-parser",
                                               help="auto (httptools when installed), h11 or httptools."),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning, error."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="Log every HTTP request."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="Keep every classified stream (once, by content "
+                                           "hash) with its answer in this SQLite file; answers carry its id."),
+    archive_max_age_days: Optional[float] = typer.Option(None, "--archive-max-age-days",
+                                                         help="Archive retention: delete entries older than this."),
+    archive_max_mb: Optional[float] = typer.Option(None, "--archive-max-mb", help="Archive retention: delete the "
+                                                   "oldest entries while the database uses more MiB than this."),
 ) -> None:
     """Serve every model of the repository over HTTP and gRPC until SIGTERM/SIGINT (then drain gracefully)."""
     from pydantic import ValidationError
 
     from vitcodec.cloud.server import CloudServer, run_event_loop
     from vitcodec.cloud.settings import Settings
+    from vitcodec.cloud.tls import TlsConfigError
 
     overrides: dict[str, Any] = {
         "model_repo": model_repo or None, "models": model or None, "host": host, "http_port": http_port,
@@ -64,6 +77,8 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms, "max_body_bytes": max_body_bytes,
         "png_workers": png_workers, "event_loop": event_loop, "http_parser": http_parser, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
+        "archive": archive, "archive_max_age_days": archive_max_age_days, "archive_max_mb": archive_max_mb,
     }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -72,7 +87,11 @@ def serve(
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = CloudServer(settings)
+    try:
+        server = CloudServer(settings)
+    except TlsConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if not server.repository.entries():
         roots = ", ".join(str(r) for r in server.repository.roots)
         typer.echo(f"error: no compressing model packages found in {roots}", err=True)
@@ -82,6 +101,96 @@ def serve(
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def reclassify(
+    archive: Path = typer.Option(..., "--archive", help="The server's archive (SQLite file of --archive)."),
+    model: str = typer.Option(..., "--model", help="Model name to classify with (its latest version)."),
+    model_repo: Optional[list[Path]] = typer.Option(None, "--model-repo", help="Model repository; repeatable. "
+                                                    "Default: VITCODEC_MODEL_REPO, else the bundled zoo."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only entries first classified at or after this ISO "
+                                        "8601 time (UTC when it names no zone)."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Streams decoded and classified together."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads of torch."),
+) -> None:
+    """Classify the archived streams again with MODEL and keep its answers beside the first ones; prints how
+    many changed (a confusion table: old label rows, new label columns). Streams made by another model's codec
+    cannot be decoded by MODEL: they are counted per model id and skipped."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from vitcodec.console import abort, stderr_console, table_console
+    from vitcodec.packages import ModelNotFoundError
+
+    from vitcodec.cloud.archive import SqliteArchive, parse_time
+    from vitcodec.cloud.backends import make_loader
+    from vitcodec.cloud.errors import ArchiveUnavailable, InvalidRequest
+    from vitcodec.cloud.reclassify import reclassify_archive
+    from vitcodec.cloud.repository import ModelRepository
+
+    if not archive.is_file():
+        abort(f"{archive}: no such archive")
+    try:
+        since_us = parse_time(since) if since else None
+    except InvalidRequest as exc:
+        abort(str(exc))
+    roots = model_repo or [Path(p) for p in os.environ.get("VITCODEC_MODEL_REPO", "").split(os.pathsep) if p] or None
+    repository = ModelRepository(roots, [model], loader=make_loader("torch", device), device=device)
+    try:
+        entry = repository.get(model)
+    except ModelNotFoundError as exc:
+        abort(str(exc))
+    import torch
+
+    torch.set_num_threads(threads)
+    repository.load(entry)
+    if not entry.ready:
+        abort(f"cannot load {model}: {entry.reason}", 1)
+    store = SqliteArchive(archive)
+    err = stderr_console()
+    try:
+        total = store.count(since_us)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True)
+        with progress:
+            task = progress.add_task(f"reclassifying with {entry.name} v{entry.version}", total=total)
+            report = reclassify_archive(store, entry, since_us, batch_size,
+                                        advance=lambda n: progress.advance(task, n))
+    except ArchiveUnavailable as exc:
+        abort(str(exc), 1)
+    old_labels = sorted({old for old, _ in report.confusion}, key=_label_order(entry.labels))
+    new_labels = sorted({new for _, new in report.confusion}, key=_label_order(entry.labels))
+    if report.confusion:
+        table = Table(title=f"old label (rows) -> {entry.name} v{entry.version} (columns)")
+        table.add_column("old \\ new")
+        for label in new_labels:
+            table.add_column(label, justify="right")
+        for old in old_labels:
+            table.add_row(old, *[_cell(report.confusion.get((old, new), 0), old == new) for new in new_labels])
+        table_console().print(table)
+    typer.echo(f"reclassified {report.reclassified} of {report.total} archived images with {entry.name} "
+               f"v{entry.version}: {report.changed} changed label")
+    for model_id, count in sorted(report.foreign.items()):
+        made_by = ", ".join(sorted(report.foreign_names.get(model_id, ()))) or "unknown model"
+        typer.echo(f"skipped {count} streams of another model id {model_id} ({made_by}): {entry.name} "
+                   f"(model id {report.model_id}) cannot decode them")
+    if report.undecodable:
+        typer.echo(f"skipped {len(report.undecodable)} streams whose payload did not decode")
+
+
+def _label_order(labels: list[str]) -> Any:
+    order = {label: i for i, label in enumerate(labels)}
+    return lambda label: (order.get(label, len(order)), label)
+
+
+def _cell(count: int, diagonal: bool) -> str:
+    if not count:
+        return "[dim]0[/dim]"
+    return str(count) if diagonal else f"[yellow]{count}[/yellow]"
 
 
 def main() -> None:

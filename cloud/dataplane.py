@@ -11,6 +11,11 @@ calls route by the model id in the header; v2 calls name the model and the id mu
 A calibrated model (manifest ``config.calibrated``) also scores each stream's novelty, how unlike the training
 data it is (above 1.0: out of distribution): native answers carry it (`ClassifyResult.novelty`), and v2 has
 a third output, ``novelty`` (FP32 [B]), which uncalibrated models do not have.
+
+With an archive (``--archive``, `archive.py`), every classified stream is queued for the archive after its
+answer is computed (the write commits later, off the request path) and the answer carries the stream's
+archive id: `ClassifyResult.archive_id` natively, an extra v2 output ``archive_id`` (BYTES [B]) returned by
+default, like ``novelty``. The archive's own operations (list, get, reconstruct, delete) are here too.
 """
 
 from __future__ import annotations
@@ -31,11 +36,23 @@ from vitcodec.outputs import encode_png, top_k as top_k_indexes
 from vitcodec.packages import DEFAULT_MODEL
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
+from .archive import (
+    ARCHIVE_TOP_K,
+    ArchiveEntry,
+    ArchiveRecord,
+    ArchiveStatus,
+    ArchiveStore,
+    ImagePage,
+    ImageQuery,
+    ReconstructionCache,
+    stream_id,
+)
 from .batching import CLASSIFY, RECONSTRUCT, BatchingEngine, Scores
-from .errors import InvalidRequest, ShuttingDown
+from .errors import ArchiveDisabled, ImageNotFound, InvalidRequest, ShuttingDown
 from .metrics import Metrics
 from .repository import ModelEntry, ModelRepository
 from .types import (
+    ARCHIVE_ID_NAME,
     INPUT_NAME,
     LABEL_NAME,
     NOVELTY_NAME,
@@ -73,8 +90,10 @@ class RoutedStream:
 class DataPlane:
     def __init__(self, repository: ModelRepository, engine: BatchingEngine, metrics: Metrics,
                  max_streams_per_request: int = 1024, default_model: str = DEFAULT_MODEL,
-                 max_tokens_factor: float = 4.0) -> None:
+                 max_tokens_factor: float = 4.0, archive: ArchiveStore | None = None) -> None:
         self.repository = repository
+        self.archive = archive
+        self.reconstructions = ReconstructionCache()
         self.engine = engine
         self.metrics = metrics
         self.max_streams_per_request = max_streams_per_request
@@ -95,10 +114,11 @@ class DataPlane:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": vitcodec.__version__, "extensions": list(EXTENSIONS)}
 
-    @staticmethod
-    def output_names(entry: ModelEntry) -> list[str]:
-        """The v2 outputs of a model: probabilities and label, and novelty when it is calibrated."""
-        return [PROBS_NAME, LABEL_NAME, NOVELTY_NAME] if entry.calibrated else [PROBS_NAME, LABEL_NAME]
+    def output_names(self, entry: ModelEntry) -> list[str]:
+        """The v2 outputs of a model: probabilities and label, novelty when it is calibrated, and archive_id
+        when the server keeps an archive."""
+        names = [PROBS_NAME, LABEL_NAME, NOVELTY_NAME] if entry.calibrated else [PROBS_NAME, LABEL_NAME]
+        return names + [ARCHIVE_ID_NAME] if self.archive is not None else names
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         entry = self.repository.get(name, version)
@@ -107,6 +127,8 @@ class DataPlane:
                    {"name": LABEL_NAME, "datatype": "BYTES", "shape": [-1]}]
         if entry.calibrated:
             outputs.append({"name": NOVELTY_NAME, "datatype": "FP32", "shape": [-1]})
+        if self.archive is not None:
+            outputs.append({"name": ARCHIVE_ID_NAME, "datatype": "BYTES", "shape": [-1]})
         return {
             "name": entry.name,
             "versions": self.repository.versions(entry.name),
@@ -123,6 +145,8 @@ class DataPlane:
                    {"name": LABEL_NAME, "data_type": "TYPE_STRING", "dims": [-1]}]
         if entry.calibrated:
             outputs.append({"name": NOVELTY_NAME, "data_type": "TYPE_FP32", "dims": [-1]})
+        if self.archive is not None:
+            outputs.append({"name": ARCHIVE_ID_NAME, "data_type": "TYPE_STRING", "dims": [-1]})
         return {
             "name": entry.name,
             "platform": PLATFORM,
@@ -201,23 +225,44 @@ class DataPlane:
 
     # -- native operations ---------------------------------------------------------------------------
     async def classify(self, stream: bytes, model: str | None = None, version: str | None = None,
-                       top_k: int = DEFAULT_TOP_K) -> ClassifyResult:
+                       top_k: int = DEFAULT_TOP_K, client: str | None = None) -> ClassifyResult:
+        """Top-k classes of one stream. `client`: the caller's identity when the transport knows one (kept
+        in the archive)."""
         t0 = time.perf_counter()
         self._check_open()
         if top_k < 1:
             raise InvalidRequest(f"top_k must be at least 1, got {top_k}")
-        routed = self._route(self._as_bytes(stream), model, version)
+        data = self._as_bytes(stream)
+        routed = self._route(data, model, version)
         entry = routed.entry
         outcome = await self._submit(routed, CLASSIFY)
         scores: Scores = outcome.value
         probs = scores.probs
         top = [ClassScore(int(i), entry.labels[int(i)], float(probs[i])) for i in top_k_indexes(probs, top_k)]
         self.metrics.streams.labels(entry.name, "classify", "ok").inc()
+        archive_id = self._keep(data, routed, scores, client)
         timings = {"decode": outcome.decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
         return ClassifyResult(entry.name, entry.version, entry.model_id.hex(), top, routed.total_bytes,
                               routed.header_bytes, tuple(routed.header.image_size), timings,
-                              novelty=scores.novelty)
+                              novelty=scores.novelty, archive_id=archive_id)
+
+    def _keep(self, stream: bytes, routed: RoutedStream, scores: Scores, client: str | None) -> str | None:
+        """Queue a classified stream for the archive (the write commits later, off the request path); its
+        archive id, or None without an archive. Never fails the classification."""
+        if self.archive is None:
+            return None
+        image_id = stream_id(stream)
+        try:
+            entry = routed.entry
+            top = [ClassScore(int(i), entry.labels[int(i)], float(scores.probs[i]))
+                   for i in top_k_indexes(scores.probs, ARCHIVE_TOP_K)]
+            self.archive.add(ArchiveRecord(image_id, stream, entry.name, entry.version, entry.model_id.hex(), top,
+                                           tuple(routed.header.image_size), scores.novelty, client))
+        except Exception:  # noqa: BLE001 - the archive never fails a classification
+            log.exception("archiving stream %s failed", image_id)
+            self.metrics.archive_failures.labels("write").inc()
+        return image_id
 
     async def reconstruct(self, stream: bytes, model: str | None = None,
                           version: str | None = None) -> ReconstructResult:
@@ -255,7 +300,7 @@ class DataPlane:
             raise InvalidRequest(f"at most {self.max_streams_per_request} bitstreams per request, got {len(data)}")
         return data
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, client: str | None = None) -> InferResponse:
         self._check_open()
         entry = self.repository.get(request.model_name, request.model_version or None)
         self.repository.require_ready(entry)
@@ -266,21 +311,27 @@ class DataPlane:
             for out in wanted:
                 if out.name not in names:
                     has = ", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
-                    why = (f"model {entry.name!r} is not calibrated, so it has no output {out.name!r}"
-                           if out.name == NOVELTY_NAME else f"unknown output {out.name!r}; model {entry.name!r}")
+                    if out.name == NOVELTY_NAME:
+                        why = f"model {entry.name!r} is not calibrated, so it has no output {out.name!r}"
+                    elif out.name == ARCHIVE_ID_NAME:
+                        why = (f"the archive is not enabled on this server (start it with --archive PATH), so "
+                               f"model {entry.name!r} has no output {out.name!r}")
+                    else:
+                        why = f"unknown output {out.name!r}; model {entry.name!r}"
                     raise InvalidRequest(f"{why}; its outputs are {has}")
                 if out.class_count < 0 or (out.class_count and out.name != PROBS_NAME):
                     raise InvalidRequest(f"output {out.name!r}: 'classification' must be a positive integer and "
                                          f"applies to {PROBS_NAME!r} only")
 
-        async def one(index: int, stream: bytes) -> Scores:
+        async def one(index: int, stream: bytes) -> tuple[Scores, RoutedStream]:
             try:  # each stream joins the batch queue on its own, so it can share a batch with any other
-                outcome = await self._submit(self._route(self._as_bytes(stream), entry.name, entry.version), CLASSIFY)
+                routed = self._route(self._as_bytes(stream), entry.name, entry.version)
+                outcome = await self._submit(routed, CLASSIFY)
             except Exception as exc:
                 if len(streams) > 1:
                     exc.args = (f"{INPUT_NAME}[{index}]: {exc}",)
                 raise
-            return outcome.value
+            return outcome.value, routed
 
         if len(streams) == 1:  # the usual request: no task per stream
             results = [await one(0, streams[0])]
@@ -289,23 +340,30 @@ class DataPlane:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        probs = np.stack([r.probs for r in results]).astype(np.float32, copy=False)
+        scores = [r[0] for r in results]
+        probs = np.stack([r.probs for r in scores]).astype(np.float32, copy=False)
         novelty = None
         if entry.calibrated:
-            if any(r.novelty is None for r in results):
+            if any(r.novelty is None for r in scores):
                 raise RuntimeError(f"model {entry.name!r} is calibrated but its backend gave no novelty")
-            novelty = np.array([r.novelty for r in results], dtype=np.float32)
+            novelty = np.array([r.novelty for r in scores], dtype=np.float32)
         self.metrics.streams.labels(entry.name, "classify", "ok").inc(len(streams))
-        return InferResponse(entry.name, entry.version, self._outputs(entry, probs, novelty, wanted), id=request.id)
+        archive_ids = None
+        if self.archive is not None:  # only once every stream of the request was classified
+            archive_ids = [self._keep(bytes(stream), routed, score, client)
+                           for stream, (score, routed) in zip(streams, results)]
+        return InferResponse(entry.name, entry.version, self._outputs(entry, probs, novelty, wanted, archive_ids),
+                             id=request.id)
 
     @staticmethod
     def _outputs(entry: ModelEntry, probs: np.ndarray, novelty: np.ndarray | None,
-                 wanted: list | None) -> list[InferOutput]:
+                 wanted: list | None, archive_ids: list[str | None] | None = None) -> list[InferOutput]:
         """The requested outputs (`wanted`, checked by `infer`), or every output of the model when None."""
         batch, classes = probs.shape
         labels = entry.labels
         outputs = []
-        defaults = [PROBS_NAME, LABEL_NAME] + ([NOVELTY_NAME] if novelty is not None else [])
+        defaults = [PROBS_NAME, LABEL_NAME] + ([NOVELTY_NAME] if novelty is not None else []) + \
+            ([ARCHIVE_ID_NAME] if archive_ids is not None else [])
         for position, out in enumerate(wanted if wanted is not None else [None] * len(defaults)):
             name = out.name if out is not None else defaults[position]
             params = dict(out.parameters) if out is not None else {}
@@ -321,7 +379,64 @@ class DataPlane:
                 outputs.append(InferOutput(name, "FP32", [batch, classes], probs, params))
             elif name == NOVELTY_NAME:
                 outputs.append(InferOutput(name, "FP32", [batch], novelty, params))
+            elif name == ARCHIVE_ID_NAME:
+                outputs.append(InferOutput(name, "BYTES", [batch], [(i or "").encode() for i in archive_ids or []],
+                                           params))
             else:
                 top1 = np.argmax(probs, axis=1)
                 outputs.append(InferOutput(name, "BYTES", [batch], [labels[int(i)].encode() for i in top1], params))
         return outputs
+
+    # -- the archive ---------------------------------------------------------------------------------------
+    def _require_archive(self) -> ArchiveStore:
+        if self.archive is None:
+            raise ArchiveDisabled("the archive is not enabled on this server: start it with --archive PATH (or "
+                                  "VITCODEC_ARCHIVE) to keep the classified streams")
+        return self.archive
+
+    async def _archive_call(self, fn: Any, *args: Any) -> Any:
+        """A blocking archive operation in a worker thread, after the writes queued before it (so an id an
+        answer carried can be read at once)."""
+        archive = self._require_archive()
+        await asyncio.to_thread(archive.sync)
+        return await asyncio.to_thread(fn, *args)
+
+    def archive_status(self) -> ArchiveStatus | None:
+        """None without an archive; else ok, starting or degraded (with the last error)."""
+        return None if self.archive is None else self.archive.status()
+
+    async def list_images(self, label: str | None = None, max_confidence: float | None = None,
+                          since: str | None = None, limit: int = 50, cursor: str | None = None) -> ImagePage:
+        """One page of archived images, newest first; InvalidRequest for a malformed filter or cursor."""
+        archive = self._require_archive()
+        query = ImageQuery.parse(label, max_confidence, since, limit, cursor)
+        return await self._archive_call(archive.list, query)
+
+    async def get_image(self, image_id: str) -> ArchiveEntry:
+        entry = await self._archive_call(self._require_archive().get, image_id)
+        if entry is None:
+            raise ImageNotFound(f"no archived image has id {image_id!r}")
+        return entry
+
+    async def reconstruct_image(self, image_id: str) -> tuple[ReconstructResult, bool]:
+        """The reconstruction of an archived stream, through the same path as `reconstruct` (its model must be
+        served), cached in memory; and whether it came from the cache."""
+        archive = self._require_archive()
+        stream = await self._archive_call(archive.stream, image_id)  # still there? (retention may have run)
+        if stream is None:
+            self.reconstructions.discard(image_id)
+            raise ImageNotFound(f"no archived image has id {image_id!r}")
+        cached = self.reconstructions.get(image_id)
+        if cached is not None:
+            return cached, True
+        result = await self.reconstruct(stream)
+        self.reconstructions.put(image_id, result)
+        return result, False
+
+    async def delete_image(self, image_id: str) -> None:
+        archive = self._require_archive()
+        self.reconstructions.discard(image_id)
+        deleted = await asyncio.to_thread(archive.delete, image_id)
+        self.reconstructions.discard(image_id)  # again: a reconstruction may have finished meanwhile
+        if not deleted:
+            raise ImageNotFound(f"no archived image has id {image_id!r}")

@@ -31,6 +31,9 @@ __all__ = [
     "Unauthorized",
     "Overloaded",
     "ShuttingDown",
+    "ArchiveDisabled",
+    "ImageNotFound",
+    "ArchiveUnavailable",
     "ErrorInfo",
     "ERROR_TABLE",
     "describe",
@@ -65,6 +68,18 @@ class ShuttingDown(ServingError):
     """The server is draining for shutdown and takes no new work."""
 
 
+class ArchiveDisabled(ServingError):
+    """An archive route was called on a server started without ``--archive``."""
+
+
+class ImageNotFound(ServingError):
+    """No archived image has this id (never classified, deleted, or removed by retention)."""
+
+
+class ArchiveUnavailable(ServingError):
+    """The archive cannot be read or written right now (its file, its disk)."""
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     http_status: int
@@ -97,6 +112,10 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
     # the server
     Overloaded: (503, grpc.StatusCode.UNAVAILABLE),
     ShuttingDown: (503, grpc.StatusCode.UNAVAILABLE),
+    # the archive
+    ArchiveDisabled: (404, grpc.StatusCode.NOT_FOUND),
+    ImageNotFound: (404, grpc.StatusCode.NOT_FOUND),
+    ArchiveUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
 }
 
 INTERNAL = (500, grpc.StatusCode.INTERNAL)

@@ -48,6 +48,18 @@ class Metrics:
                                  ("model", "kind"), registry=r)
         self.model_ready = Gauge("vitcodec_model_ready", "1 when the model version is loaded and serving.",
                                  ("model", "version"), registry=r)
+        # the archive (--archive): absent from the figures' meaning when it is off (they stay at 0)
+        self.archive_writes = Counter("vitcodec_archive_writes", "Classified streams committed to the archive "
+                                      "(a stream seen again counts again).", registry=r)
+        self.archive_failures = Counter("vitcodec_archive_failures", "Archive failures, by operation (write, "
+                                        "queue_full: entries lost; open, retention: attempts).", ("operation",),
+                                        registry=r)
+        self.archive_up = Gauge("vitcodec_archive_up", "1 while the archive writes, 0 while it is degraded.",
+                                registry=r)
+        self.archive_bytes = Gauge("vitcodec_archive_bytes", "Bytes of the archive's database in use (pages), "
+                                   "measured at each retention pass.", registry=r)
+        self.archive_retention = Counter("vitcodec_archive_retention_deleted", "Entries removed by retention, by "
+                                         "reason (age, size).", ("reason",), registry=r)
 
         # (protocol, endpoint, code) -> its request counter and latency histogram: `labels()` takes a lock and
         # builds a key on every call, and this runs once per request

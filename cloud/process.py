@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -105,8 +106,11 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """``vitcodec-cloud serve ...`` (any argv) in a subprocess, its output in a log file."""
 
-    def __init__(self, argv: list[str], log_path: Path, http_url: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], log_path: Path, http_url: str, env: Mapping[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: how to check the server's certificate when `http_url` is ``https://``."""
         self.argv, self.log_path, self.http_url = argv, Path(log_path), http_url
+        self.ssl_context = ssl_context
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("GRPC_VERBOSITY", "ERROR")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -132,7 +136,7 @@ class ServerProcess:
 
     def _get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.http_url + path, timeout=2) as response:
+            with urllib.request.urlopen(self.http_url + path, timeout=2, context=self.ssl_context) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

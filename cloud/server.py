@@ -5,7 +5,7 @@ Lifecycle: `start()` binds both ports and serves at once (liveness true, readine
 models in a worker thread; readiness turns true (HTTP ``/v2/health/ready``, gRPC ``ServerReady`` and the
 health service) when every model is loaded. `stop()` drains: readiness false, no new connections or RPCs,
 in-flight requests finish (bounded by ``graceful_timeout_s``), batch queues empty, then threads stop.
-SIGTERM and SIGINT trigger `stop()` in `serve()`.
+SIGTERM and SIGINT trigger `stop()` in `serve()`; with TLS, SIGHUP re-reads the certificate files (`reload_tls`).
 
 `BackgroundServer` runs the same server in a thread with its own loop (tests, benchmarks, notebooks).
 """
@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from .archive import ArchiveStore, SqliteArchive
 from .backends import make_loader
 from .batching import BatchingEngine
 from .dataplane import DataPlane
@@ -33,6 +34,8 @@ from .metrics import Metrics
 from .repository import ModelRepository
 from .rest import create_app
 from .settings import Settings
+from .tls import (AccessLogIdentity, ClientIdentityMiddleware, PeerIdentities, ServerTls, TlsConfigError,
+                  tls_http_protocol)
 
 log = logging.getLogger("vitcodec.cloud.server")
 
@@ -86,15 +89,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _http_protocol_class(choice: str) -> type:
+    """The uvicorn HTTP protocol class `uvicorn.Config(http=choice)` would pick."""
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    return import_from_string(HTTP_PROTOCOLS[choice])
+
+
 class CloudServer:
     def __init__(self, settings: Settings, repository: ModelRepository | None = None) -> None:
         self.settings = settings
+        # first: a bad certificate file stops the start before any model is looked at
+        self.tls: ServerTls | None = ServerTls.from_settings(settings)
+        self.peers = PeerIdentities()
+        self._access_filter: AccessLogIdentity | None = None
         self.metrics = Metrics()
         self.repository = repository or ModelRepository(
             settings.model_repo or None, settings.models or None, device=settings.device,
             loader=make_loader(settings.backend, settings.device, settings.intra_op_threads))
         self.engine: BatchingEngine | None = None
         self.plane: DataPlane | None = None
+        self.archive: ArchiveStore | None = None
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
         self._grpc: GrpcTransport | None = None
@@ -114,11 +130,11 @@ class CloudServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self._client_host()}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self._client_host()}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://{self._client_host()}:{self.grpc_port}"
+        return f"{'grpcs' if self.tls else 'grpc'}://{self._client_host()}:{self.grpc_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -129,14 +145,27 @@ class CloudServer:
         s = self.settings
         self._stopped = asyncio.Event()
         self.engine = BatchingEngine(s, self.metrics)
+        if s.archive is not None:  # opened by its writer thread: a broken path degrades it, never stops the start
+            self.archive = SqliteArchive.from_settings(s, self.metrics)
+            self.archive.start()
         self.plane = DataPlane(self.repository, self.engine, self.metrics,
-                               max_streams_per_request=s.max_streams_per_request, max_tokens_factor=s.max_tokens_factor)
+                               max_streams_per_request=s.max_streams_per_request, max_tokens_factor=s.max_tokens_factor,
+                               archive=self.archive)
         app = create_app(self.plane, s)
+        http: Any = s.http_parser
+        tls_options: dict[str, Any] = {}
+        if self.tls is not None:
+            app = ClientIdentityMiddleware(app, self.peers)
+            http = tls_http_protocol(_http_protocol_class(s.http_parser), self.peers)
+            tls_options["ssl_context_factory"] = self.tls.ssl_context_factory
+            if self.tls.mutual and s.access_log:
+                self._access_filter = AccessLogIdentity(self.peers)
+                logging.getLogger("uvicorn.access").addFilter(self._access_filter)
         sock = _bind(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=s.log_level.lower(),
                                 access_log=s.access_log, timeout_graceful_shutdown=s.graceful_timeout_s,
-                                server_header=False, http=s.http_parser)
+                                server_header=False, http=http, **tls_options)
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="vitcodec-http")
         while not self._http.started:
@@ -145,7 +174,8 @@ class CloudServer:
                 raise RuntimeError("HTTP server exited during startup")
             await asyncio.sleep(0.01)
         try:
-            self._grpc = build_grpc_server(self.plane, s)
+            self._grpc = build_grpc_server(self.plane, s,
+                                           credentials=self.tls.grpc_credentials() if self.tls else None)
         except Exception:
             self._http.should_exit = True
             await self._http_task
@@ -153,7 +183,8 @@ class CloudServer:
         self.grpc_port = self._grpc.port
         await self._grpc.server.start()
         await self._grpc.set_serving(False)
-        log.info("serving HTTP on %s and gRPC on %s; loading %d model(s)", self.http_url, self.grpc_url,
+        log.info("serving HTTP on %s and gRPC on %s%s; loading %d model(s)", self.http_url, self.grpc_url,
+                 "" if self.tls is None else " (mutual TLS)" if self.tls.mutual else " (TLS)",
                  len(self.repository.entries()))
         self._load_task = asyncio.create_task(self._load_models(), name="vitcodec-load")
 
@@ -203,17 +234,39 @@ class CloudServer:
                 await self._load_task
         if self.engine is not None:
             await self.engine.close()
+        if self.archive is not None:  # after the queues: every answer given is queued; write it, then stop
+            await asyncio.to_thread(self.archive.close)
+        if self._access_filter is not None:
+            logging.getLogger("uvicorn.access").removeFilter(self._access_filter)
+            self._access_filter = None
         self._stopped.set()
         log.info("stopped")
 
+    def reload_tls(self) -> bool:
+        """Re-read the TLS certificate, key and client CA (SIGHUP): new connections on both transports use
+        them. A file that does not work is logged and the old certificate stays. Call on the server's loop."""
+        if self.tls is None:
+            log.warning("reload asked for, but the server does not use TLS")
+            return False
+        try:
+            self.tls.reload()
+        except TlsConfigError as exc:
+            log.error("TLS reload failed, still serving the previous certificate: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s (new connections use it)", self.tls.cert)
+        return True
+
     async def serve(self) -> None:
-        """Start, serve until SIGTERM/SIGINT (or `stop()`), then shut down gracefully."""
+        """Start, serve until SIGTERM/SIGINT (or `stop()`), then shut down gracefully; SIGHUP reloads TLS."""
         await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        if self.tls is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         try:
             waiter = asyncio.create_task(stop.wait())
             done_http = self._http_task
@@ -221,7 +274,7 @@ class CloudServer:
             waiter.cancel()
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
@@ -285,6 +338,13 @@ class BackgroundServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+
+    def reload_tls(self) -> bool:
+        """`CloudServer.reload_tls` on the server's loop (what SIGHUP does to ``vitcodec-cloud serve``)."""
+        async def reload() -> bool:
+            return self.server.reload_tls()
+
+        return bool(self.call(reload()))
 
     @property
     def http_url(self) -> str:

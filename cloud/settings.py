@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="Largest request body (HTTP) or message (gRPC) accepted; 413 above.")
     auth_token: SecretStr | None = Field(
         None, description="When set, every call except liveness/readiness needs 'Authorization: Bearer <token>'.")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) of the server: both transports then speak TLS only (HTTPS and "
+                          "gRPC over TLS, same ports). Needs tls_key. Re-read on SIGHUP.")
+    tls_key: Path | None = Field(None, description="PEM private key (unencrypted) of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA certificate(s): with it, both transports require a client certificate signed by "
+                          "one of them (mutual TLS); the client identity is its subject CN, else its first DNS SAN.")
     png_workers: int = Field(
         2, ge=0, le=256,
         description="Threads for PNG encoding of reconstructions (entropy decoding runs batched in the model's "
@@ -60,6 +67,18 @@ class Settings(BaseSettings):
         "auto", description="uvicorn's HTTP/1.1 implementation: httptools (auto: when installed; the cloud extra "
                             "installs it) parses in C; h11 is pure Python.")
     graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")
+    archive: Path | None = Field(
+        None, description="SQLite file of the archive: every classified stream is kept once (by content hash) with "
+                          "its answer, and the answers carry its id. None: no archive.")
+    archive_max_age_days: float | None = Field(
+        None, gt=0.0, description="Archive retention: entries older than this are deleted (None: kept).")
+    archive_max_mb: float | None = Field(
+        None, gt=0.0, description="Archive retention: the oldest entries are deleted while the database uses more "
+                                  "than this many MiB (None: no limit).")
+    archive_flush_ms: float = Field(
+        50.0, gt=0.0, le=10_000.0, description="Archive writes are committed in batches at most this often: a "
+                                               "SIGKILL loses at most this window of answers.")
+    archive_flush_entries: int = Field(256, ge=1, description="...or as soon as this many entries wait.")
     log_level: str = Field("info", description="Python logging level for the server's loggers.")
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn's access log).")
 
@@ -76,6 +95,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (--tls-cert FILE --tls-key FILE)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
     @property
     def token(self) -> str | None:

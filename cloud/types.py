@@ -15,6 +15,7 @@ INPUT_NAME = "BITSTREAM"
 PROBS_NAME = "PROBABILITIES"
 LABEL_NAME = "LABEL"
 NOVELTY_NAME = "novelty"  # calibrated models only: FP32 [B], above 1.0 = out of distribution
+ARCHIVE_ID_NAME = "archive_id"  # servers with an archive only: BYTES [B], each stream's archive id
 
 
 @dataclass

@@ -34,8 +34,36 @@ app.command("inspect")(commands.inspect)
 app.command("watch")(watch)
 
 SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
-_SERVER_HELP = "Cloud server: http://HOST:PORT or grpc://HOST:PORT."
+_SERVER_HELP = "Cloud server: http://HOST:PORT, https://HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT (TLS)."
 _TOKEN_HELP = "Bearer token, when the server wants one (or set VITCODEC_TOKEN)."
+_RETRY_HELP = ("Retry transient failures (server unreachable or restarting, 429/502/503/504, gRPC UNAVAILABLE) "
+               "with backoff for this many seconds in all (0: never retry).")
+
+
+def ca_cert_option() -> Any:
+    return typer.Option(None, "--ca-cert", envvar="VITCODEC_CA_CERT", show_envvar=False,
+                        help="PEM CA certificate that signed the server's certificate (https://, grpcs://; default: "
+                             "the system's CAs; or set VITCODEC_CA_CERT).")
+
+
+def client_cert_option() -> Any:
+    return typer.Option(None, "--client-cert", envvar="VITCODEC_CLIENT_CERT", show_envvar=False,
+                        help="PEM certificate of this device, for servers that require one (mutual TLS; or set "
+                             "VITCODEC_CLIENT_CERT).")
+
+
+def client_key_option() -> Any:
+    return typer.Option(None, "--client-key", envvar="VITCODEC_CLIENT_KEY", show_envvar=False,
+                        help="PEM private key of --client-cert (or set VITCODEC_CLIENT_KEY; default: in the "
+                             "certificate file).")
+
+
+def tls_options(ca_cert: Optional[Path], client_cert: Optional[Path], client_key: Optional[Path]) -> Any:
+    """The client's `TlsOptions`, or None when no TLS option was given."""
+    from vitcodec.edge.client import TlsOptions
+
+    options = TlsOptions(ca_cert, client_cert, client_key)
+    return None if options.empty else options
 
 
 def _is_intact_stream(data: bytes) -> bool:
@@ -101,14 +129,19 @@ def send(
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes to report per image (JSON output)."),
     token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+    retry_for: float = typer.Option(30.0, "--retry-for", min=0.0, help=_RETRY_HELP),
+    ca_cert: Optional[Path] = ca_cert_option(),
+    client_cert: Optional[Path] = client_cert_option(),
+    client_key: Optional[Path] = client_key_option(),
     outbox: Optional[Path] = typer.Option(None, "--outbox", help="Spool images that failed for a transient "
                                           "reason (server unreachable, timeouts, 5xx) into this outbox; "
                                           "`vitcodec-edge watch --outbox DIR` sends them later."),
 ) -> None:
     """Encode images on this device and classify them on the cloud server (bounded concurrency, retries).
 
-    Exit status 1 when any image failed (each failed file is listed on stderr), 2 on bad arguments."""
-    from vitcodec.edge.client import ClientError, connect
+    Exit status 1 when any image failed (each failed file is listed on stderr; a TLS failure is one error
+    line), 2 on bad arguments."""
+    from vitcodec.edge.client import ClientError, RetryPolicy, TlsFailure, connect
 
     if as_json and as_csv:
         abort("choose one of --json and --csv")
@@ -122,7 +155,8 @@ def send(
     with progress:
         streams, read_errors = _load_streams(files, model, progress)
         try:
-            client = connect(server, token=_token(token), timeout=timeout)
+            client = connect(server, token=_token(token), timeout=timeout, retry=RetryPolicy(total_s=retry_for),
+                             tls=tls_options(ca_cert, client_cert, client_key))
         except ValueError as exc:
             abort(str(exc))
         todo = [i for i, err in enumerate(read_errors) if not err]
@@ -134,6 +168,9 @@ def send(
             for j, outcome in client.classify_many([streams[i] for i in todo], concurrency=concurrency,
                                                    top_k=top_k):
                 i = todo[j]
+                if isinstance(outcome, TlsFailure):  # no image can get through: say it once
+                    progress.stop()
+                    abort(outcome.message, 1)
                 if isinstance(outcome, ClientError):
                     rows[i] = {"file": str(files[i]), "bytes": len(streams[i]), "error": outcome.message,
                                "status": outcome.status}
@@ -209,34 +246,48 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: 
 
 @app.command()
 def reconstruct(
-    file: Path = typer.Argument(..., help="An image (encoded here first) or a bitstream file."),
+    file: Optional[Path] = typer.Argument(None, help="An image (encoded here first) or a bitstream file; or "
+                                          "give --id."),
+    image_id: Optional[str] = typer.Option(None, "--id", help="Instead of FILE: the archive id of a stream the "
+                                           "server kept (the archive_id of a classify answer)."),
     server: str = typer.Option("http://127.0.0.1:8000", "--server", "-s", help=_SERVER_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the PNG."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
     token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds for the request."),
+    retry_for: float = typer.Option(30.0, "--retry-for", min=0.0, help=_RETRY_HELP),
+    ca_cert: Optional[Path] = ca_cert_option(),
+    client_cert: Optional[Path] = client_cert_option(),
+    client_key: Optional[Path] = client_key_option(),
 ) -> None:
-    """Ask the cloud server to reconstruct an image from its bitstream; writes a PNG of the original size."""
-    from vitcodec.edge.client import ClientError, connect
+    """Ask the cloud server to reconstruct an image from its bitstream (a file here, or --id of one the server
+    archived); writes a PNG of the original size."""
+    from vitcodec.edge.client import ClientError, RetryPolicy, connect
 
-    if not file.is_file():
-        abort(f"{file}: no such file")
-    streams, errors = _load_streams([file], model, None)
-    if errors[0]:
-        abort(errors[0])
+    if (file is None) == (image_id is None):
+        abort("give either FILE or --id ID (the archive id of a stream the server kept), not both")
+    streams: list[bytes] = [b""]
+    if file is not None:
+        if not file.is_file():
+            abort(f"{file}: no such file")
+        streams, errors = _load_streams([file], model, None)
+        if errors[0]:
+            abort(errors[0])
     try:
-        client = connect(server, token=_token(token), timeout=timeout)
+        client = connect(server, token=_token(token), timeout=timeout, retry=RetryPolicy(total_s=retry_for),
+                         tls=tls_options(ca_cert, client_cert, client_key))
     except ValueError as exc:
         abort(str(exc))
     with client:
         try:
-            result = client.reconstruct(streams[0])
+            result = client.reconstruct(streams[0]) if image_id is None else client.reconstruct_archived(image_id)
         except ClientError as exc:
-            abort(f"server answered {exc.status} {exc.code}: {exc.message}", 1)
+            abort(f"server answered {exc.status} {exc.code}: {exc.message}" if exc.status else exc.message, 1)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(result.png)
     h, w = result.image_size
-    stderr_console().print(f"wrote {output} ({w}x{h}, {len(streams[0])} bytes in, model {result.model}, "
+    source = f"{len(streams[0])} bytes in" if image_id is None else f"archive id {image_id}"
+    stderr_console().print(f"wrote {output} ({w}x{h}, {source}, model {result.model}, "
                     f"{result.latency_ms:.1f} ms)")
 
 

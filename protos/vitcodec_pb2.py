@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _vitcodec_pool.POOL.AddSerializedFile(b'\n\x0evitcodec.proto\x12\x0bvitcodec.v1\"K\n\x0f\x43lassifyRequest\x12\x0e\n\x06stream\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\n\n\x02id\x18\x04 \x01(\t\"?\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\";\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0bhttp_status\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x93\x03\n\x10\x43lassifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12$\n\x03top\x18\x06 \x03(\x0b\x32\x17.vitcodec.v1.ClassScore\x12\x11\n\tnum_bytes\x18\x07 \x01(\r\x12\x14\n\x0cheader_bytes\x18\x08 \x01(\r\x12\x0b\n\x03\x62pp\x18\t \x01(\x01\x12\x0e\n\x06height\x18\n \x01(\r\x12\r\n\x05width\x18\x0b \x01(\r\x12@\n\ntimings_ms\x18\x0c \x03(\x0b\x32,.vitcodec.v1.ClassifyResponse.TimingsMsEntry\x12!\n\x05\x65rror\x18\r \x01(\x0b\x32\x12.vitcodec.v1.Error\x12\x14\n\x07novelty\x18\x0e \x01(\x02H\x00\x88\x01\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_novelty\"?\n\x12ReconstructRequest\x12\x0e\n\x06stream\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\"\xf7\x01\n\x13ReconstructResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03png\x18\x04 \x01(\x0c\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x11\n\tnum_bytes\x18\x07 \x01(\r\x12\x43\n\ntimings_ms\x18\x08 \x03(\x0b\x32/.vitcodec.v1.ReconstructResponse.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"\xbc\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x0f\n\x07quality\x18\x05 \x01(\x05\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\r\n\x05width\x18\x08 \x01(\r\x12\x10\n\x08\x63hannels\x18\t \x01(\r\x12\r\n\x05state\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.vitcodec.v1.ModelInfo2\xcf\x02\n\x08VitCodec\x12I\n\x08\x43lassify\x12\x1c.vitcodec.v1.ClassifyRequest\x1a\x1d.vitcodec.v1.ClassifyResponse\"\x00\x12S\n\x0e\x43lassifyStream\x12\x1c.vitcodec.v1.ClassifyRequest\x1a\x1d.vitcodec.v1.ClassifyResponse\"\x00(\x01\x30\x01\x12R\n\x0bReconstruct\x12\x1f.vitcodec.v1.ReconstructRequest\x1a .vitcodec.v1.ReconstructResponse\"\x00\x12O\n\nListModels\x12\x1e.vitcodec.v1.ListModelsRequest\x1a\x1f.vitcodec.v1.ListModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _vitcodec_pool.POOL.AddSerializedFile(b'\n\x0evitcodec.proto\x12\x0bvitcodec.v1\"K\n\x0f\x43lassifyRequest\x12\x0e\n\x06stream\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\n\n\x02id\x18\x04 \x01(\t\"?\n\nClassScore\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\";\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0bhttp_status\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xa7\x03\n\x10\x43lassifyResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12$\n\x03top\x18\x06 \x03(\x0b\x32\x17.vitcodec.v1.ClassScore\x12\x11\n\tnum_bytes\x18\x07 \x01(\r\x12\x14\n\x0cheader_bytes\x18\x08 \x01(\r\x12\x0b\n\x03\x62pp\x18\t \x01(\x01\x12\x0e\n\x06height\x18\n \x01(\r\x12\r\n\x05width\x18\x0b \x01(\r\x12@\n\ntimings_ms\x18\x0c \x03(\x0b\x32,.vitcodec.v1.ClassifyResponse.TimingsMsEntry\x12!\n\x05\x65rror\x18\r \x01(\x0b\x32\x12.vitcodec.v1.Error\x12\x14\n\x07novelty\x18\x0e \x01(\x02H\x00\x88\x01\x01\x12\x12\n\narchive_id\x18\x0f \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_novelty\"?\n\x12ReconstructRequest\x12\x0e\n\x06stream\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\"\xf7\x01\n\x13ReconstructResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03png\x18\x04 \x01(\x0c\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\r\n\x05width\x18\x06 \x01(\r\x12\x11\n\tnum_bytes\x18\x07 \x01(\r\x12\x43\n\ntimings_ms\x18\x08 \x03(\x0b\x32/.vitcodec.v1.ReconstructResponse.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"\xbc\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x0f\n\x07quality\x18\x05 \x01(\x05\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\r\n\x05width\x18\x08 \x01(\r\x12\x10\n\x08\x63hannels\x18\t \x01(\r\x12\r\n\x05state\x18\n \x01(\t\x12\x0e\n\x06reason\x18\x0b \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.vitcodec.v1.ModelInfo\"\x80\x01\n\x11ListImagesRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12\x1b\n\x0emax_confidence\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05since\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\tB\x11\n\x0f_max_confidence\"\x9d\x01\n\x10Reclassification\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12$\n\x03top\x18\x05 \x03(\x0b\x32\x17.vitcodec.v1.ClassScore\x12\x14\n\x07novelty\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\n\n\x08_novelty\"\xbf\x02\n\tImageInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\t\x12\x0c\n\x04seen\x18\x04 \x01(\r\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08model_id\x18\x07 \x01(\t\x12\x0e\n\x06\x63lient\x18\x08 \x01(\t\x12$\n\x03top\x18\t \x03(\x0b\x32\x17.vitcodec.v1.ClassScore\x12\x14\n\x07novelty\x18\n \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tnum_bytes\x18\x0b \x01(\r\x12\x0e\n\x06height\x18\x0c \x01(\r\x12\r\n\x05width\x18\r \x01(\r\x12\x38\n\x11reclassifications\x18\x0e \x03(\x0b\x32\x1d.vitcodec.v1.ReclassificationB\n\n\x08_novelty\"Q\n\x12ListImagesResponse\x12&\n\x06images\x18\x01 \x03(\x0b\x32\x16.vitcodec.v1.ImageInfo\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x1d\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"&\n\x18GetReconstructionRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12\x44\x65leteImageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13\x44\x65leteImageResponse\x12\n\n\x02id\x18\x01 \x01(\t2\x98\x05\n\x08VitCodec\x12I\n\x08\x43lassify\x12\x1c.vitcodec.v1.ClassifyRequest\x1a\x1d.vitcodec.v1.ClassifyResponse\"\x00\x12S\n\x0e\x43lassifyStream\x12\x1c.vitcodec.v1.ClassifyRequest\x1a\x1d.vitcodec.v1.ClassifyResponse\"\x00(\x01\x30\x01\x12R\n\x0bReconstruct\x12\x1f.vitcodec.v1.ReconstructRequest\x1a .vitcodec.v1.ReconstructResponse\"\x00\x12O\n\nListModels\x12\x1e.vitcodec.v1.ListModelsRequest\x1a\x1f.vitcodec.v1.ListModelsResponse\"\x00\x12O\n\nListImages\x12\x1e.vitcodec.v1.ListImagesRequest\x1a\x1f.vitcodec.v1.ListImagesResponse\"\x00\x12\x42\n\x08GetImage\x12\x1c.vitcodec.v1.GetImageRequest\x1a\x16.vitcodec.v1.ImageInfo\"\x00\x12^\n\x11GetReconstruction\x12%.vitcodec.v1.GetReconstructionRequest\x1a .vitcodec.v1.ReconstructResponse\"\x00\x12R\n\x0b\x44\x65leteImage\x12\x1f.vitcodec.v1.DeleteImageRequest\x1a .vitcodec.v1.DeleteImageResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,21 +43,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERROR']._serialized_start=173
   _globals['_ERROR']._serialized_end=232
   _globals['_CLASSIFYRESPONSE']._serialized_start=235
-  _globals['_CLASSIFYRESPONSE']._serialized_end=638
-  _globals['_CLASSIFYRESPONSE_TIMINGSMSENTRY']._serialized_start=578
-  _globals['_CLASSIFYRESPONSE_TIMINGSMSENTRY']._serialized_end=626
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=640
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=703
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=706
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=953
-  _globals['_RECONSTRUCTRESPONSE_TIMINGSMSENTRY']._serialized_start=578
-  _globals['_RECONSTRUCTRESPONSE_TIMINGSMSENTRY']._serialized_end=626
-  _globals['_LISTMODELSREQUEST']._serialized_start=955
-  _globals['_LISTMODELSREQUEST']._serialized_end=974
-  _globals['_MODELINFO']._serialized_start=977
-  _globals['_MODELINFO']._serialized_end=1165
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1167
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1227
-  _globals['_VITCODEC']._serialized_start=1230
-  _globals['_VITCODEC']._serialized_end=1565
+  _globals['_CLASSIFYRESPONSE']._serialized_end=658
+  _globals['_CLASSIFYRESPONSE_TIMINGSMSENTRY']._serialized_start=598
+  _globals['_CLASSIFYRESPONSE_TIMINGSMSENTRY']._serialized_end=646
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=660
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=723
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=726
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=973
+  _globals['_RECONSTRUCTRESPONSE_TIMINGSMSENTRY']._serialized_start=598
+  _globals['_RECONSTRUCTRESPONSE_TIMINGSMSENTRY']._serialized_end=646
+  _globals['_LISTMODELSREQUEST']._serialized_start=975
+  _globals['_LISTMODELSREQUEST']._serialized_end=994
+  _globals['_MODELINFO']._serialized_start=997
+  _globals['_MODELINFO']._serialized_end=1185
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1187
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1247
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1250
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1378
+  _globals['_RECLASSIFICATION']._serialized_start=1381
+  _globals['_RECLASSIFICATION']._serialized_end=1538
+  _globals['_IMAGEINFO']._serialized_start=1541
+  _globals['_IMAGEINFO']._serialized_end=1860
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1862
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1943
+  _globals['_GETIMAGEREQUEST']._serialized_start=1945
+  _globals['_GETIMAGEREQUEST']._serialized_end=1974
+  _globals['_GETRECONSTRUCTIONREQUEST']._serialized_start=1976
+  _globals['_GETRECONSTRUCTIONREQUEST']._serialized_end=2014
+  _globals['_DELETEIMAGEREQUEST']._serialized_start=2016
+  _globals['_DELETEIMAGEREQUEST']._serialized_end=2048
+  _globals['_DELETEIMAGERESPONSE']._serialized_start=2050
+  _globals['_DELETEIMAGERESPONSE']._serialized_end=2083
+  _globals['_VITCODEC']._serialized_start=2086
+  _globals['_VITCODEC']._serialized_end=2750
 # @@protoc_insertion_point(module_scope)

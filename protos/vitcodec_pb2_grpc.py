@@ -54,6 +54,26 @@ class VitCodecStub:
                 request_serializer=vitcodec__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=vitcodec__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListImages = channel.unary_unary(
+                '/vitcodec.v1.VitCodec/ListImages',
+                request_serializer=vitcodec__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=vitcodec__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/vitcodec.v1.VitCodec/GetImage',
+                request_serializer=vitcodec__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=vitcodec__pb2.ImageInfo.FromString,
+                _registered_method=True)
+        self.GetReconstruction = channel.unary_unary(
+                '/vitcodec.v1.VitCodec/GetReconstruction',
+                request_serializer=vitcodec__pb2.GetReconstructionRequest.SerializeToString,
+                response_deserializer=vitcodec__pb2.ReconstructResponse.FromString,
+                _registered_method=True)
+        self.DeleteImage = channel.unary_unary(
+                '/vitcodec.v1.VitCodec/DeleteImage',
+                request_serializer=vitcodec__pb2.DeleteImageRequest.SerializeToString,
+                response_deserializer=vitcodec__pb2.DeleteImageResponse.FromString,
+                _registered_method=True)
 
 
 class VitCodecServicer:
@@ -88,6 +108,36 @@ class VitCodecServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListImages(self, request, context):
+        """The archive (a server started with --archive keeps every classified stream once, by content hash).
+        Without an archive each of these fails with NOT_FOUND; an unknown id is NOT_FOUND, a malformed cursor or
+        filter INVALID_ARGUMENT.
+        Archived images, newest first, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImage(self, request, context):
+        """One archived image: the answer it got and other models' answers (re-classifications).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReconstruction(self, request, context):
+        """The archived stream decoded to an image (PNG, original size), on demand; `id` echoes the image id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VitCodecServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +160,26 @@ def add_VitCodecServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=vitcodec__pb2.ListModelsRequest.FromString,
                     response_serializer=vitcodec__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=vitcodec__pb2.ListImagesRequest.FromString,
+                    response_serializer=vitcodec__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=vitcodec__pb2.GetImageRequest.FromString,
+                    response_serializer=vitcodec__pb2.ImageInfo.SerializeToString,
+            ),
+            'GetReconstruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReconstruction,
+                    request_deserializer=vitcodec__pb2.GetReconstructionRequest.FromString,
+                    response_serializer=vitcodec__pb2.ReconstructResponse.SerializeToString,
+            ),
+            'DeleteImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImage,
+                    request_deserializer=vitcodec__pb2.DeleteImageRequest.FromString,
+                    response_serializer=vitcodec__pb2.DeleteImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +290,114 @@ class VitCodec:
             '/vitcodec.v1.VitCodec/ListModels',
             vitcodec__pb2.ListModelsRequest.SerializeToString,
             vitcodec__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitcodec.v1.VitCodec/ListImages',
+            vitcodec__pb2.ListImagesRequest.SerializeToString,
+            vitcodec__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitcodec.v1.VitCodec/GetImage',
+            vitcodec__pb2.GetImageRequest.SerializeToString,
+            vitcodec__pb2.ImageInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReconstruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitcodec.v1.VitCodec/GetReconstruction',
+            vitcodec__pb2.GetReconstructionRequest.SerializeToString,
+            vitcodec__pb2.ReconstructResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitcodec.v1.VitCodec/DeleteImage',
+            vitcodec__pb2.DeleteImageRequest.SerializeToString,
+            vitcodec__pb2.DeleteImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

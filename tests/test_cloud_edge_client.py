@@ -189,3 +189,183 @@ def test_cli_send_encodes_in_batches_the_bytes_encode_writes(cloud_server, packa
             assert "error" not in sent and "error" not in stored, (sent, stored)
             assert sent["bytes"] == stored["bytes"] == len(written[image.stem])
             assert sent["label"] == stored["label"]
+
+
+# -- retries by time ----------------------------------------------------------------------------------------
+
+def test_retry_policy_spends_a_time_budget():
+    """Transient errors are retried while the budget lasts (capped backoff), a Retry-After longer than what is
+    left ends it, a count can bound it too, and permanent errors are never retried."""
+    import time
+
+    transient = ClientError("busy", 503, "UNAVAILABLE", retryable=True)
+    policy = RetryPolicy(total_s=10, backoff_s=0.1, max_backoff_s=0.4)
+    now = time.monotonic()
+    assert all(0 <= policy.next_pause(n, now, transient) <= 0.4 for n in range(1, 50))
+    assert policy.next_pause(1, now - 11, transient) is None  # budget spent
+    assert policy.next_pause(1, now, ClientError("bad", 400, "INVALID_ARGUMENT")) is None
+    assert policy.next_pause(1, now, ClientError("slow down", 429, retryable=True, retry_after=3)) >= 3
+    assert policy.next_pause(1, now, ClientError("later", 429, retryable=True, retry_after=60)) is None
+    assert RetryPolicy(attempts=2).next_pause(2, now, transient) is None
+    assert RetryPolicy(total_s=0).next_pause(1, now, transient) is None
+
+    calls = []
+
+    def fails() -> None:
+        calls.append(time.monotonic())
+        raise ClientError("busy", 503, "UNAVAILABLE", retryable=True)
+
+    started = time.monotonic()
+    with pytest.raises(ClientError) as info:
+        RetryPolicy(total_s=0.5, backoff_s=0.02, max_backoff_s=0.1).run(fails)
+    assert 0.5 <= time.monotonic() - started < 1.5 and len(calls) >= 4
+    assert f"gave up after {len(calls)} tries" in info.value.message
+
+
+class _ScriptedServer:
+    """A tiny HTTP server answering each request with the next (status, headers, body) of a script (the last
+    one repeats), recording when each request came."""
+
+    def __init__(self, script):
+        import http.server
+        import threading
+
+        self.script, self.times = list(script), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                import time
+
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                outer.times.append(time.monotonic())
+                status, headers, body = outer.script[min(len(outer.times), len(outer.script)) - 1]
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_429_honours_retry_after_and_400_is_never_retried():
+    ok = (200, {}, b'{"models": []}')
+    with _ScriptedServer([(429, {"Retry-After": "1"}, b'{"error": "slow down", "code": "UNAVAILABLE"}'), ok]) as srv:
+        with connect(srv.url, retry=RetryPolicy(total_s=10, backoff_s=0.01)) as client:
+            assert client.models() == []
+        assert len(srv.times) == 2 and srv.times[1] - srv.times[0] >= 0.95
+    bad = (400, {}, b'{"error": "checksum mismatch", "code": "INVALID_ARGUMENT"}')
+    for status in (400, 404, 409, 413):
+        with _ScriptedServer([(status, *bad[1:]), ok]) as srv:
+            with connect(srv.url, retry=RetryPolicy(total_s=10)) as client, pytest.raises(ClientError) as info:
+                client.classify(b"\xb1")
+            assert info.value.status == status and not info.value.retryable and len(srv.times) == 1
+    busy = (503, {}, b'{"error": "queue full", "code": "UNAVAILABLE"}')
+    with _ScriptedServer([busy]) as srv:
+        with connect(srv.url, retry=RetryPolicy(total_s=0.5, backoff_s=0.02)) as client, \
+                pytest.raises(ClientError) as info:
+            client.classify(b"\xb1")
+        assert info.value.status == 503 and len(srv.times) >= 3 and "gave up after" in info.value.message
+
+
+def test_grpc_invalid_argument_is_never_retried(cloud_server, edge_streams, scrape_metrics):
+    import httpx
+
+    def invalid() -> float:
+        text = httpx.get(f"{cloud_server.http_url}/metrics").text
+        return scrape_metrics(text, "vitcodec_requests_total", protocol="grpc",
+                              endpoint="/vitcodec.v1.VitCodec/Classify", code="INVALID_ARGUMENT")
+
+    before = invalid()
+    with connect(cloud_server.grpc_url, retry=RetryPolicy(total_s=10)) as client, \
+            pytest.raises(ClientError) as info:
+        client.classify(edge_streams[0][:-1])
+    assert info.value.code == "INVALID_ARGUMENT" and not info.value.retryable
+    assert invalid() - before == 1
+
+
+class _StartLater:
+    """Start a server on the given ports `delay` seconds after entering, in a thread; stop it on leaving."""
+
+    def __init__(self, start_server, delay: float, **ports) -> None:
+        import threading
+
+        self.start_server, self.delay, self.ports, self.servers = start_server, delay, ports, []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        time.sleep(self.delay)
+        self.servers.append(self.start_server(models=["fmnist-q2"], wait_ready=False, **self.ports))
+
+    def __enter__(self) -> "_StartLater":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thread.join(60)
+        for server in self.servers:
+            server.stop()
+
+
+def test_send_waits_for_a_server_that_starts_later(start_server, edge_streams, tmp_path):
+    """`send --retry-for` outlasts a server that comes up ~2 s later (refused connections, then 503 while its
+    model loads), and fails with a clear message when the budget is shorter."""
+    import time
+
+    from vitcodec.cloud.process import free_port
+
+    stream_file = tmp_path / "one.vcb"
+    stream_file.write_bytes(edge_streams[0])
+    runner = CliRunner()
+    http_port = free_port()
+    started = time.monotonic()
+    result = runner.invoke(app, ["send", str(stream_file), "--server", f"http://127.0.0.1:{http_port}", "--json",
+                                 "--retry-for", "1"])
+    assert result.exit_code == 1 and time.monotonic() - started < 5
+    assert "cannot reach" in result.output and "gave up after" in result.output, result.output
+
+    with _StartLater(start_server, 2.0, http_port=http_port, grpc_port=0):
+        started = time.monotonic()
+        result = runner.invoke(app, ["send", str(stream_file), "--server", f"http://127.0.0.1:{http_port}",
+                                     "--json", "--retry-for", "60"])
+        assert result.exit_code == 0, result.output
+        assert time.monotonic() - started >= 1.5 and '"model": "fmnist-q2"' in result.output
+
+
+def test_grpc_client_waits_for_a_server_that_starts_later(start_server, edge_streams):
+    import time
+
+    from vitcodec.cloud.process import free_port
+
+    grpc_port = free_port()
+    with connect(f"grpc://127.0.0.1:{grpc_port}", retry=RetryPolicy(total_s=0.5)) as client, \
+            pytest.raises(ClientError) as info:
+        client.classify(edge_streams[0])
+    assert info.value.code == "UNAVAILABLE" and "gave up after" in info.value.message
+    with _StartLater(start_server, 2.0, http_port=0, grpc_port=grpc_port):
+        started = time.monotonic()
+        with connect(f"grpc://127.0.0.1:{grpc_port}", retry=RetryPolicy(total_s=60)) as client:
+            # one ClassifyStream, broken (refused) then answered in band with UNAVAILABLE while the model loads
+            assert [r.model for _, r in client.classify_many(edge_streams[:3])] == ["fmnist-q2"] * 3
+            assert client.classify(edge_streams[0]).model == "fmnist-q2"
+        assert time.monotonic() - started >= 1.5

@@ -8,6 +8,10 @@ A calibrated model also says how unlike its training data an image is: ``novelty
 distance of the image's pooled features to the nearest class mean over a threshold chosen on validation data
 (about 4 % of in-distribution images exceed it). Above 1.0 the image is out of distribution. Uncalibrated
 models have no novelty (None), and neither do the answers of servers that predate it.
+
+A server that keeps an archive (``vitcodec-cloud serve --archive PATH``) stores every classified stream and
+returns its ``archive_id`` (a hash of the stream's bytes), with which the stream's entry and reconstruction
+can be fetched later; None from a server without an archive.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class ClassifyResult:
     timings_ms: dict[str, float] = field(default_factory=dict)  # the server's stages (decode, queue, ...)
     latency_ms: float = 0.0  # measured by a client, network included; 0 on the server
     novelty: float | None = None  # calibrated models only: > 1.0 means out of distribution
+    archive_id: str | None = None  # the stream's id in the server's archive; None when the server keeps none
 
     @property
     def out_of_distribution(self) -> bool | None:
@@ -70,7 +75,7 @@ class ClassifyResult:
                 "bpp": self.bpp, "image_size": list(self.image_size), "latency_ms": self.latency_ms,
                 "top_k": [{"index": s.index, "label": s.label, "probability": s.probability} for s in self.top],
                 "server_timings_ms": self.timings_ms, "novelty": self.novelty,
-                "out_of_distribution": self.out_of_distribution}
+                "out_of_distribution": self.out_of_distribution, "archive_id": self.archive_id}
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""One server interceptor for the gRPC transport: bearer-token auth (same rule as HTTP) and request metrics.
+"""One server interceptor for the gRPC transport: bearer-token auth (same rule as HTTP), request metrics and,
+with ``access_log``, one line per call (peer address, client identity under mTLS, method, status).
 
 Health checking, reflection and the v2 liveness/readiness RPCs stay open, like the HTTP probes."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +15,9 @@ import grpc
 from ..auth import check_bearer
 from ..errors import Unauthorized, describe
 from ..metrics import Metrics
+from ..tls import grpc_client_identity
+
+access_logger = logging.getLogger("vitcodec.cloud.grpc.access")
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 OPEN_METHODS = {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
@@ -49,9 +54,10 @@ def _denied(handler: grpc.RpcMethodHandler, exc: Unauthorized) -> grpc.RpcMethod
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, token: str | None) -> None:
+    def __init__(self, metrics: Metrics, token: str | None, access_log: bool = False) -> None:
         self.metrics = metrics
         self.token = token
+        self.access_log = access_log
         # method -> (its handler, the measured handler): built once per method, not once per call
         self._measured_handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -84,6 +90,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 else grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.observe_request("grpc", method, name, time.perf_counter() - started, failed=name != "OK")
+        if self.access_log:
+            identity = grpc_client_identity(context)
+            peer = context.peer() + (f" [{identity}]" if identity else "")
+            access_logger.info('%s - "%s" %s', peer, method, name)
 
     def _measured(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         metrics, record = self.metrics, self._record

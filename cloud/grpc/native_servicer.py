@@ -1,5 +1,6 @@
 """``vitcodec.v1.VitCodec``: the native gRPC service (unary classify / reconstruct, and a bidirectional stream for
-batch upload from the edge). The model is found from the model id in each stream's header."""
+batch upload from the edge). The model is found from the model id in each stream's header. With an archive,
+the archive's operations too (ListImages, GetImage, GetReconstruction, DeleteImage)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import grpc
 
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
-from vitcodec.results import ClassifyResult
+from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
 
+from ..archive import DEFAULT_LIMIT, ArchiveEntry, iso_time
 from ..dataplane import DEFAULT_TOP_K, DataPlane
 from ..errors import describe
 from .common import concurrent_stream, unary
@@ -27,6 +29,38 @@ def classify_to_proto(result: ClassifyResult, request_id: str = "", index: int =
     msg.timings_ms.update(result.timings_ms)
     if result.novelty is not None:  # calibrated models only; unset (HasField false) otherwise
         msg.novelty = result.novelty
+    if result.archive_id:
+        msg.archive_id = result.archive_id
+    return msg
+
+
+def _add_scores(target: Any, top: list[ClassScore]) -> None:
+    for score in top:
+        target.add(index=score.index, label=score.label, probability=score.probability)
+
+
+def image_to_proto(entry: ArchiveEntry, msg: pb.ImageInfo | None = None) -> pb.ImageInfo:
+    msg = msg if msg is not None else pb.ImageInfo()
+    msg.id, msg.created, msg.last_seen, msg.seen = entry.id, iso_time(entry.created_us), \
+        iso_time(entry.last_seen_us), entry.seen
+    msg.model, msg.version, msg.model_id, msg.client = entry.model, entry.version, entry.model_id, entry.client or ""
+    _add_scores(msg.top, entry.top)
+    if entry.novelty is not None:
+        msg.novelty = entry.novelty
+    msg.num_bytes, msg.height, msg.width = entry.num_bytes, entry.image_size[0], entry.image_size[1]
+    for again in entry.reclassifications:
+        r = msg.reclassifications.add(model=again.model, version=again.version, model_id=again.model_id,
+                                      created=iso_time(again.created_us))
+        _add_scores(r.top, again.top)
+        if again.novelty is not None:
+            r.novelty = again.novelty
+    return msg
+
+
+def reconstruction_to_proto(result: ReconstructResult, request_id: str = "") -> pb.ReconstructResponse:
+    msg = pb.ReconstructResponse(id=request_id, model=result.model, version=result.version, png=result.png,
+                                 height=result.image_size[0], width=result.image_size[1], num_bytes=result.num_bytes)
+    msg.timings_ms.update(result.timings_ms)
     return msg
 
 
@@ -59,11 +93,7 @@ class VitCodecServicer(pb_grpc.VitCodecServicer):
     @unary
     async def Reconstruct(self, request: pb.ReconstructRequest, context: Any) -> pb.ReconstructResponse:
         result = await self.plane.reconstruct(request.stream, model=request.model or None)
-        msg = pb.ReconstructResponse(id=request.id, model=result.model, version=result.version, png=result.png,
-                                     height=result.image_size[0], width=result.image_size[1],
-                                     num_bytes=result.num_bytes)
-        msg.timings_ms.update(result.timings_ms)
-        return msg
+        return reconstruction_to_proto(result, request.id)
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
@@ -74,6 +104,32 @@ class VitCodecServicer(pb_grpc.VitCodecServicer):
                            height=m.input_size[0], width=m.input_size[1], channels=m.channels, state=m.state,
                            reason=m.reason)
         return msg
+
+    # -- the archive -----------------------------------------------------------------------------------
+    @unary
+    async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+        page = await self.plane.list_images(
+            label=request.label or None,
+            max_confidence=request.max_confidence if request.HasField("max_confidence") else None,
+            since=request.since or None, limit=request.limit or DEFAULT_LIMIT, cursor=request.cursor or None)
+        msg = pb.ListImagesResponse(next_cursor=page.next_cursor or "")
+        for entry in page.images:
+            image_to_proto(entry, msg.images.add())
+        return msg
+
+    @unary
+    async def GetImage(self, request: pb.GetImageRequest, context: Any) -> pb.ImageInfo:
+        return image_to_proto(await self.plane.get_image(request.id))
+
+    @unary
+    async def GetReconstruction(self, request: pb.GetReconstructionRequest, context: Any) -> pb.ReconstructResponse:
+        result, _ = await self.plane.reconstruct_image(request.id)
+        return reconstruction_to_proto(result, request.id)
+
+    @unary
+    async def DeleteImage(self, request: pb.DeleteImageRequest, context: Any) -> pb.DeleteImageResponse:
+        await self.plane.delete_image(request.id)
+        return pb.DeleteImageResponse(id=request.id)
 
 
 def add_to_server(servicer: VitCodecServicer, server: grpc.aio.Server) -> None:

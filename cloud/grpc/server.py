@@ -39,11 +39,13 @@ class GrpcTransport:
             await self.health.set(name, status)
 
 
-def build_grpc_server(plane: DataPlane, settings: Settings, host: str | None = None) -> GrpcTransport:
-    """Create (not start) the server and bind its port; must be called inside the serving event loop."""
+def build_grpc_server(plane: DataPlane, settings: Settings, host: str | None = None,
+                      credentials: grpc.ServerCredentials | None = None) -> GrpcTransport:
+    """Create (not start) the server and bind its port (over TLS with `credentials`); must be called inside
+    the serving event loop."""
     limit = settings.max_body_bytes
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(plane.metrics, settings.token)],
+        interceptors=[ServerInterceptor(plane.metrics, settings.token, access_log=settings.access_log)],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
                  ("grpc.so_reuseport", 0)],
@@ -59,7 +61,7 @@ def build_grpc_server(plane: DataPlane, settings: Settings, host: str | None = N
     address = f"{host or settings.host}:{settings.grpc_port}"
     if ":" in (host or settings.host):  # IPv6 literal
         address = f"[{host or settings.host}]:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"gRPC cannot bind {address}")
     return GrpcTransport(server, health_servicer, port)

@@ -22,7 +22,7 @@ from ..dataplane import DataPlane
 from ..errors import ERROR_TABLE, HTTP_TO_GRPC, PayloadTooLarge, describe, is_known
 from ..metrics import Metrics
 from ..settings import Settings
-from . import native, v2
+from . import images, native, v2
 from .fastpath import HotRoutes
 from .schemas import InferRequestBody
 
@@ -137,12 +137,15 @@ def build_fastapi(plane: DataPlane, settings: Settings) -> FastAPI:
                   openapi_tags=[{"name": "v2", "description": "Open Inference Protocol (KServe v2)"},
                                 {"name": "v2 health", "description": "Probes; never need a token"},
                                 {"name": "native", "description": "vitcodec's own bitstream API"},
+                                {"name": "archive", "description": "The classified streams the server kept "
+                                                                   "(--archive)"},
                                 {"name": "operations", "description": "Prometheus metrics"}])
     app.state.plane = plane
     app.state.settings = settings
     app.include_router(v2.health_router)
     app.include_router(v2.router)
     app.include_router(native.router)
+    app.include_router(images.router)
     app.include_router(native.ops_router)
 
     async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

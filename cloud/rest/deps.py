@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the data plane, the settings, bearer-token auth and size-limited bodies."""
+"""FastAPI dependencies: the data plane, the settings, the mTLS client identity, bearer-token auth and
+size-limited bodies."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def get_plane(request: Request) -> DataPlane:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def client_identity(request: Request) -> str | None:
+    """The mTLS client identity of the request's connection (certificate subject CN, else first DNS SAN); None
+    without TLS client certificates (set by `vitcodec.cloud.tls.ClientIdentityMiddleware`)."""
+    return getattr(request.state, "client_identity", None)
 
 
 async def require_auth(request: Request) -> None:

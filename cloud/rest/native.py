@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from vitcodec.results import ClassifyResult
+from vitcodec.results import ClassifyResult, ReconstructResult
 
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST
@@ -32,6 +32,12 @@ _MODEL_QUERY = Query(None, description="Refuse the stream unless it was encoded 
                                        "the model id in the stream's header).")
 
 
+def reconstruction_headers(result: ReconstructResult) -> dict[str, str]:
+    return {"X-Vitcodec-Model": result.model, "X-Vitcodec-Model-Version": result.version,
+            "X-Vitcodec-Image-Size": f"{result.image_size[0]}x{result.image_size[1]}",
+            "Server-Timing": ", ".join(f"{k};dur={v:.3f}" for k, v in result.timings_ms.items() if k != "batch_size")}
+
+
 def classify_body(result: ClassifyResult) -> dict[str, Any]:
     top = [{"index": c.index, "label": c.label, "probability": c.probability} for c in result.top]
     return {
@@ -39,7 +45,7 @@ def classify_body(result: ClassifyResult) -> dict[str, Any]:
         "label": top[0]["label"], "confidence": top[0]["probability"], "top_k": top,
         "bytes": result.num_bytes, "header_bytes": result.header_bytes, "bpp": result.bpp,
         "image_size": list(result.image_size), "timings_ms": result.timings_ms,
-        "novelty": result.novelty, "out_of_distribution": result.out_of_distribution,
+        "novelty": result.novelty, "out_of_distribution": result.out_of_distribution, "id": result.archive_id,
     }
 
 
@@ -59,11 +65,7 @@ async def reconstruct(request: Request, model: str | None = _MODEL_QUERY,
                       plane: DataPlane = Depends(get_plane)) -> Response:
     stream = await read_body(request, get_settings(request).max_body_bytes)
     result = await plane.reconstruct(stream, model=model)
-    headers = {"X-Vitcodec-Model": result.model, "X-Vitcodec-Model-Version": result.version,
-               "X-Vitcodec-Image-Size": f"{result.image_size[0]}x{result.image_size[1]}",
-               "Server-Timing": ", ".join(f"{k};dur={v:.3f}" for k, v in result.timings_ms.items()
-                                          if k != "batch_size")}
-    return Response(result.png, media_type="image/png", headers=headers)
+    return Response(result.png, media_type="image/png", headers=reconstruction_headers(result))
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Served models, versions, ids and readiness")

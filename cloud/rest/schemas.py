@@ -22,6 +22,10 @@ class LiveResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
+    archive: str | None = Field(
+        None, description="Only on a server with an archive: 'ok', 'starting' or 'degraded' (writes are failing; "
+                          "classification goes on and the server stays ready). Absent without an archive.")
+    archive_error: str | None = Field(None, description="While the archive is degraded: its last error.")
 
 
 class ServerMetadataResponse(BaseModel):
@@ -152,6 +156,9 @@ class ClassifyResponse(BaseModel):
     out_of_distribution: bool | None = Field(
         None, description="novelty > 1.0: the image is unlike the training data, so treat the label with "
                           "caution. null when the model is not calibrated.")
+    id: str | None = Field(
+        None, description="The stream's id in the server's archive (GET /v1/images/{id}); null when the server "
+                          "keeps no archive (--archive).")
 
 
 class ModelInfo(BaseModel):
@@ -170,3 +177,46 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+# -- the archive (/v1/images) --------------------------------------------------------------------------
+
+class ReclassificationBody(BaseModel):
+    model: str
+    version: str
+    model_id: str
+    created: str = Field(description="When `vitcodec-cloud reclassify` computed it (ISO 8601, UTC).")
+    label: str
+    confidence: float
+    top_k: list[ClassScoreBody]
+    novelty: float | None = None
+
+
+class ImageInfo(BaseModel):
+    id: str = Field(description="The first 128 bits of the stream's SHA-256, in hex.")
+    created: str = Field(description="First classified (ISO 8601, UTC).")
+    last_seen: str = Field(description="Last classified (ISO 8601, UTC): the same stream sent again.")
+    seen: int = Field(description="Times this stream was classified.")
+    model: str
+    version: str
+    model_id: str
+    client: str | None = Field(None, description="The client's identity when the server knew one.")
+    label: str = Field(description="Top-1 label of the answer the stream got.")
+    confidence: float = Field(description="Top-1 probability.")
+    top_k: list[ClassScoreBody]
+    novelty: float | None = None
+    out_of_distribution: bool | None = None
+    bytes: int
+    image_size: tuple[int, int]
+    reclassifications: list[ReclassificationBody] = Field(
+        default_factory=list, description="Other models' answers (`vitcodec-cloud reclassify`); only in "
+                                          "GET /v1/images/{id}.")
+
+
+class ImageListResponse(BaseModel):
+    images: list[ImageInfo] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class DeletedResponse(BaseModel):
+    deleted: str = Field(description="The id of the entry deleted.")

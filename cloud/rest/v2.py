@@ -64,7 +64,15 @@ async def live(plane: DataPlane = Depends(get_plane)) -> Response:
 @health_router.get("/ready", response_model=ReadyResponse, summary="Server readiness (503 until every model is loaded)",
                    responses={503: {"model": ReadyResponse}})
 async def ready(plane: DataPlane = Depends(get_plane)) -> Response:
-    return _status_json(plane.ready(), "ready")
+    ok = plane.ready()
+    archive = plane.archive_status()
+    if archive is None:
+        return _status_json(ok, "ready")
+    # a degraded archive does not make the server unready: classification goes on, the state is shown
+    body: dict[str, Any] = {"ready": ok, "archive": archive.state}
+    if archive.error:
+        body["archive_error"] = archive.error
+    return Response(json.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
 
 @router.get("", response_model=ServerMetadataResponse, summary="Server metadata")

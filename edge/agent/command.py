@@ -18,7 +18,8 @@ from vitcodec.edge.agent.intake import SourcePolicy
 def watch(
     folders: Optional[list[Path]] = typer.Argument(None, help="Folders to watch (recursively) for images and .vcb "
                                                    "files; none: only drain the outbox."),
-    server: str = typer.Option(..., "--server", "-s", help="Cloud server: http://HOST:PORT or grpc://HOST:PORT."),
+    server: str = typer.Option(..., "--server", "-s", help="Cloud server: http://HOST:PORT, https://HOST:PORT, "
+                               "grpc://HOST:PORT or grpcs://HOST:PORT (TLS)."),
     outbox: Path = typer.Option(..., "--outbox", help="Spool folder (pending/, rejected/); created if missing."),
     results: Path = typer.Option(..., "--results", help="JSON-lines file the answers are appended to."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
@@ -39,6 +40,14 @@ def watch(
                                  "this many seconds old before it is read (files still being written)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes recorded per image."),
     token: Optional[str] = typer.Option(None, "--token", help="Bearer token (or set VITCODEC_TOKEN)."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", envvar="VITCODEC_CA_CERT", show_envvar=False,
+                                           help="PEM CA certificate that signed the server's certificate (https://, "
+                                                "grpcs://; or set VITCODEC_CA_CERT)."),
+    client_cert: Optional[Path] = typer.Option(None, "--client-cert", envvar="VITCODEC_CLIENT_CERT",
+                                               show_envvar=False, help="PEM certificate of this device, for "
+                                               "servers that require one (or set VITCODEC_CLIENT_CERT)."),
+    client_key: Optional[Path] = typer.Option(None, "--client-key", envvar="VITCODEC_CLIENT_KEY", show_envvar=False,
+                                              help="PEM private key of --client-cert (or set VITCODEC_CLIENT_KEY)."),
     as_json: bool = typer.Option(False, "--json", help="Structured logs: one JSON object per line on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log every image sent."),
     status_interval: float = typer.Option(10.0, "--status-interval", min=0.0, help="Seconds between status "
@@ -53,13 +62,15 @@ def watch(
     from vitcodec.edge.agent.runner import Agent, AgentConfig, AgentSetupError, install_signal_handlers
     from vitcodec.edge.agent.status import Reporter
     from vitcodec.edge.agent.uploader import Backoff
+    from vitcodec.edge.client import TlsOptions
 
     config = AgentConfig(
         watch=list(folders or []), server=server, outbox=outbox, results=results, model=model,
         token=token or os.environ.get("VITCODEC_TOKEN") or None, timeout_s=timeout, concurrency=concurrency,
         batch_size=batch_size, poll_s=poll, settle_s=settle, source_policy=source, done_dir=done_dir,
         max_pending=max_pending, max_outbox_bytes=int(max_outbox_mb * 2**20),
-        backoff=Backoff(min(0.5, max_backoff), max_backoff), top_k=top_k, threads=threads)
+        backoff=Backoff(min(0.5, max_backoff), max_backoff), top_k=top_k, threads=threads,
+        tls=TlsOptions(ca_cert, client_cert, client_key))
     reporter = Reporter(as_json=as_json, status_interval_s=status_interval, verbose=verbose)
     try:
         agent = Agent(config, reporter)

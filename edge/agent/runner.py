@@ -52,6 +52,7 @@ class AgentConfig:
     backoff: Backoff = field(default_factory=Backoff)
     top_k: int = 5
     threads: int | None = None
+    tls: Any = None  # vitcodec.edge.client.TlsOptions (CA, client certificate) for https:// and grpcs://
 
 
 class Agent:
@@ -96,10 +97,11 @@ class Agent:
 
         def make_client() -> Any:
             return connect(config.server, token=config.token, timeout=config.timeout_s,
-                           retry=RetryPolicy(attempts=1))  # retries are the uploader's (forever, with backoff)
+                           retry=RetryPolicy(attempts=1),  # retries are the uploader's (forever, with backoff)
+                           tls=config.tls)
 
         try:
-            make_client().close()  # a bad URL fails here, before anything starts
+            make_client().close()  # a bad URL or certificate file fails here, before anything starts
         except ValueError as exc:
             raise AgentSetupError(str(exc)) from None
         self.uploader = Uploader(self.outbox, self.results, reporter, make_client, config.concurrency,
