@@ -2,6 +2,7 @@
 
     vitcodec-cloud serve [--model-repo DIR] [--http-port 8000] [--grpc-port 8001] [--device cpu|cuda] ...
     vitcodec-cloud reclassify --archive FILE --model NAME [--since ISO8601]   # the archive through another model
+    vitcodec-cloud credentials add|revoke|list [NAME] --file FILE            # one bearer token per device
 
 Every option of ``serve`` also reads a ``VITCODEC_*`` environment variable (see `vitcodec.cloud.settings.Settings`); a flag
 given on the command line wins.
@@ -46,6 +47,9 @@ def serve(
                                                    "event loop)."),
     auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="VITCODEC_AUTH_TOKEN", show_envvar=False,
                                              help="Require 'Authorization: Bearer <token>' (or VITCODEC_AUTH_TOKEN)."),
+    credentials: Optional[Path] = typer.Option(None, "--credentials", help="Device credentials file (vitcodec-cloud "
+                                               "credentials add): each device's own token; its name becomes the "
+                                               "client identity. Re-read when it changes and on SIGHUP."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS and gRPC over TLS "
                                             "(same ports); re-read with the key on SIGHUP."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
@@ -67,6 +71,7 @@ def serve(
     """Serve every model of the repository over HTTP and gRPC until SIGTERM/SIGINT (then drain gracefully)."""
     from pydantic import ValidationError
 
+    from vitcodec.cloud.credentials import CredentialsError
     from vitcodec.cloud.server import CloudServer, run_event_loop
     from vitcodec.cloud.settings import Settings
     from vitcodec.cloud.tls import TlsConfigError
@@ -77,7 +82,7 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms, "max_body_bytes": max_body_bytes,
         "png_workers": png_workers, "event_loop": event_loop, "http_parser": http_parser, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
-        "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca, "credentials": credentials,
         "archive": archive, "archive_max_age_days": archive_max_age_days, "archive_max_mb": archive_max_mb,
     }
     try:
@@ -89,7 +94,7 @@ def serve(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         server = CloudServer(settings)
-    except TlsConfigError as exc:
+    except (TlsConfigError, CredentialsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if not server.repository.entries():
@@ -180,6 +185,75 @@ def reclassify(
                    f"(model id {report.model_id}) cannot decode them")
     if report.undecodable:
         typer.echo(f"skipped {len(report.undecodable)} streams whose payload did not decode")
+
+
+credentials_app = typer.Typer(name="credentials", no_args_is_help=True, add_completion=False,
+                              help="Device credentials: one bearer token per device (serve --credentials FILE). "
+                                   "The file keeps only salted hashes; a running server re-reads it by itself.")
+app.add_typer(credentials_app, name="credentials")
+
+
+def _credentials_file() -> Any:
+    return typer.Option(..., "--file", "-f", envvar="VITCODEC_CREDENTIALS", show_envvar=False,
+                        help="The credentials file of serve --credentials (or set VITCODEC_CREDENTIALS).")
+
+
+@credentials_app.command("add")
+def credentials_add(
+    name: str = typer.Argument(..., help="Device name (1-64 of A-Z a-z 0-9 . _ -): its client identity."),
+    file: Path = _credentials_file(),
+) -> None:
+    """Add device NAME and print its new token, once, on stdout (the file keeps only a salted hash of it);
+    creates FILE when it does not exist. Give the token to the device as VITCODEC_AUTH_TOKEN."""
+    from vitcodec.console import abort
+
+    from vitcodec.cloud.credentials import CredentialsError, add_device
+
+    try:
+        token, created = add_device(file, name)
+    except CredentialsError as exc:
+        abort(str(exc))
+    typer.echo(token)
+    typer.echo(f"added device {name} to {file}{' (created)' if created else ''}; its token is printed above, "
+               "this once: it is stored nowhere", err=True)
+
+
+@credentials_app.command("revoke")
+def credentials_revoke(
+    name: str = typer.Argument(..., help="The device to remove."),
+    file: Path = _credentials_file(),
+) -> None:
+    """Remove device NAME: a running server refuses its token after its next reload (the file's change is
+    noticed within seconds; SIGHUP at once); the other devices keep working."""
+    from vitcodec.console import abort
+
+    from vitcodec.cloud.credentials import CredentialsError, revoke_device
+
+    try:
+        revoke_device(file, name)
+    except CredentialsError as exc:
+        abort(str(exc))
+    typer.echo(f"revoked device {name} in {file}", err=True)
+
+
+@credentials_app.command("list")
+def credentials_list(file: Path = _credentials_file()) -> None:
+    """The devices of FILE with their creation times (tokens are never stored, so never shown)."""
+    from vitcodec.console import abort
+
+    from vitcodec.cloud.credentials import CredentialsError, read_credentials
+
+    try:
+        devices = read_credentials(file)
+    except CredentialsError as exc:
+        abort(str(exc))
+    if not devices:
+        typer.echo(f"no devices in {file}", err=True)
+        return
+    width = max(len("NAME"), *(len(n) for n in devices))
+    typer.echo(f"{'NAME':<{width}}  CREATED")
+    for device in sorted(devices.values(), key=lambda d: d.line):
+        typer.echo(f"{device.name:<{width}}  {device.created}")
 
 
 def _label_order(labels: list[str]) -> Any:

@@ -16,6 +16,10 @@ With an archive (``--archive``, `archive.py`), every classified stream is queued
 answer is computed (the write commits later, off the request path) and the answer carries the stream's
 archive id: `ClassifyResult.archive_id` natively, an extra v2 output ``archive_id`` (BYTES [B]) returned by
 default, like ``novelty``. The archive's own operations (list, get, reconstruct, delete) are here too.
+
+The transports pass the caller's identity (``client``: the device name of its token, else its mTLS identity);
+it goes into the archive and back in the answer: `ClassifyResult.client`, and the v2 response parameter
+``client`` when it is known.
 """
 
 from __future__ import annotations
@@ -227,7 +231,7 @@ class DataPlane:
     async def classify(self, stream: bytes, model: str | None = None, version: str | None = None,
                        top_k: int = DEFAULT_TOP_K, client: str | None = None) -> ClassifyResult:
         """Top-k classes of one stream. `client`: the caller's identity when the transport knows one (kept
-        in the archive)."""
+        in the archive, and returned in the answer)."""
         t0 = time.perf_counter()
         self._check_open()
         if top_k < 1:
@@ -245,7 +249,7 @@ class DataPlane:
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
         return ClassifyResult(entry.name, entry.version, entry.model_id.hex(), top, routed.total_bytes,
                               routed.header_bytes, tuple(routed.header.image_size), timings,
-                              novelty=scores.novelty, archive_id=archive_id)
+                              novelty=scores.novelty, archive_id=archive_id, client=client)
 
     def _keep(self, stream: bytes, routed: RoutedStream, scores: Scores, client: str | None) -> str | None:
         """Queue a classified stream for the archive (the write commits later, off the request path); its
@@ -353,7 +357,7 @@ class DataPlane:
             archive_ids = [self._keep(bytes(stream), routed, score, client)
                            for stream, (score, routed) in zip(streams, results)]
         return InferResponse(entry.name, entry.version, self._outputs(entry, probs, novelty, wanted, archive_ids),
-                             id=request.id)
+                             id=request.id, parameters={"client": client} if client else {})
 
     @staticmethod
     def _outputs(entry: ModelEntry, probs: np.ndarray, novelty: np.ndarray | None,

@@ -48,6 +48,9 @@ class Metrics:
                                  ("model", "kind"), registry=r)
         self.model_ready = Gauge("vitcodec_model_ready", "1 when the model version is loaded and serving.",
                                  ("model", "version"), registry=r)
+        self.auth_failures = Counter("vitcodec_auth_failures", "Requests refused for their bearer token, by reason "
+                                     "(missing, malformed, unknown device, revoked device, invalid token); never "
+                                     "by device.", ("reason",), registry=r)
         # the archive (--archive): absent from the figures' meaning when it is off (they stay at 0)
         self.archive_writes = Counter("vitcodec_archive_writes", "Classified streams committed to the archive "
                                       "(a stream seen again counts again).", registry=r)

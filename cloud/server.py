@@ -5,7 +5,8 @@ Lifecycle: `start()` binds both ports and serves at once (liveness true, readine
 models in a worker thread; readiness turns true (HTTP ``/v2/health/ready``, gRPC ``ServerReady`` and the
 health service) when every model is loaded. `stop()` drains: readiness false, no new connections or RPCs,
 in-flight requests finish (bounded by ``graceful_timeout_s``), batch queues empty, then threads stop.
-SIGTERM and SIGINT trigger `stop()` in `serve()`; with TLS, SIGHUP re-reads the certificate files (`reload_tls`).
+SIGTERM and SIGINT trigger `stop()` in `serve()`; SIGHUP re-reads the TLS certificate files (`reload_tls`) and the
+device credentials file (`reload_credentials`, which a poll of the file's mtime also calls when it changes).
 
 `BackgroundServer` runs the same server in a thread with its own loop (tests, benchmarks, notebooks).
 """
@@ -26,8 +27,10 @@ from typing import Any
 import uvicorn
 
 from .archive import ArchiveStore, SqliteArchive
+from .auth import Authenticator
 from .backends import make_loader
 from .batching import BatchingEngine
+from .credentials import CredentialsError
 from .dataplane import DataPlane
 from .grpc import GrpcTransport, build_grpc_server
 from .metrics import Metrics
@@ -105,6 +108,9 @@ class CloudServer:
         self.peers = PeerIdentities()
         self._access_filter: AccessLogIdentity | None = None
         self.metrics = Metrics()
+        # then the credentials file: one that does not parse stops the start too (CredentialsError)
+        self.auth = Authenticator.from_settings(settings, self.metrics)
+        self._credentials_task: asyncio.Task | None = None
         self.repository = repository or ModelRepository(
             settings.model_repo or None, settings.models or None, device=settings.device,
             loader=make_loader(settings.backend, settings.device, settings.intra_op_threads))
@@ -151,16 +157,16 @@ class CloudServer:
         self.plane = DataPlane(self.repository, self.engine, self.metrics,
                                max_streams_per_request=s.max_streams_per_request, max_tokens_factor=s.max_tokens_factor,
                                archive=self.archive)
-        app = create_app(self.plane, s)
+        app = create_app(self.plane, s, self.auth)
         http: Any = s.http_parser
         tls_options: dict[str, Any] = {}
         if self.tls is not None:
             app = ClientIdentityMiddleware(app, self.peers)
             http = tls_http_protocol(_http_protocol_class(s.http_parser), self.peers)
             tls_options["ssl_context_factory"] = self.tls.ssl_context_factory
-            if self.tls.mutual and s.access_log:
-                self._access_filter = AccessLogIdentity(self.peers)
-                logging.getLogger("uvicorn.access").addFilter(self._access_filter)
+        if s.access_log and ((self.tls is not None and self.tls.mutual) or self.auth.store is not None):
+            self._access_filter = AccessLogIdentity(self.peers)  # device names and mTLS identities
+            logging.getLogger("uvicorn.access").addFilter(self._access_filter)
         sock = _bind(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=s.log_level.lower(),
@@ -175,7 +181,8 @@ class CloudServer:
             await asyncio.sleep(0.01)
         try:
             self._grpc = build_grpc_server(self.plane, s,
-                                           credentials=self.tls.grpc_credentials() if self.tls else None)
+                                           credentials=self.tls.grpc_credentials() if self.tls else None,
+                                           auth=self.auth)
         except Exception:
             self._http.should_exit = True
             await self._http_task
@@ -187,6 +194,21 @@ class CloudServer:
                  "" if self.tls is None else " (mutual TLS)" if self.tls.mutual else " (TLS)",
                  len(self.repository.entries()))
         self._load_task = asyncio.create_task(self._load_models(), name="vitcodec-load")
+        if self.auth.store is not None and s.credentials_poll_s > 0:
+            self._credentials_task = asyncio.create_task(self._watch_credentials(s.credentials_poll_s),
+                                                         name="vitcodec-credentials")
+
+    async def _watch_credentials(self, every_s: float) -> None:
+        """Reload the credentials file when its mtime (size, inode) changes; a bad file is reported once."""
+        store = self.auth.store
+        assert store is not None
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                if store.changed():
+                    self.reload_credentials()
+            except Exception:  # noqa: BLE001 - the watch must outlive any surprise
+                log.exception("checking the credentials file for changes failed")
 
     async def _load_models(self) -> None:
         loop = asyncio.get_running_loop()
@@ -220,6 +242,8 @@ class CloudServer:
             return
         log.info("shutting down: draining in-flight requests (at most %.0f s)", self.settings.graceful_timeout_s)
         self.plane.draining = True
+        if self._credentials_task is not None:
+            self._credentials_task.cancel()
         waits = []
         if self._grpc is not None:
             await self._grpc.set_serving(False)
@@ -256,17 +280,42 @@ class CloudServer:
         log.info("TLS certificate reloaded from %s (new connections use it)", self.tls.cert)
         return True
 
+    def reload_credentials(self) -> bool:
+        """Re-read the device credentials file (SIGHUP, or its mtime changed): from the next request on, removed
+        devices are refused and added ones accepted. A file that does not parse is logged and the previous
+        credentials stay. Call on the server's loop."""
+        store = self.auth.store
+        if store is None:
+            log.warning("credentials reload asked for, but the server has no credentials file")
+            return False
+        try:
+            added, removed = store.reload()
+        except CredentialsError as exc:
+            log.error("credentials reload failed, still using the previous credentials (%d devices): %s",
+                      len(store.names), exc)
+            return False
+        log.info("credentials reloaded from %s: %d devices (added: %s; removed: %s)", store.path,
+                 len(store.names), ", ".join(added) or "none", ", ".join(removed) or "none")
+        return True
+
+    def _on_sighup(self) -> None:
+        if self.tls is not None:
+            self.reload_tls()
+        if self.auth.store is not None:
+            self.reload_credentials()
+
     async def serve(self) -> None:
-        """Start, serve until SIGTERM/SIGINT (or `stop()`), then shut down gracefully; SIGHUP reloads TLS."""
+        """Start, serve until SIGTERM/SIGINT (or `stop()`), then shut down gracefully; SIGHUP reloads the TLS
+        files and the credentials file."""
         await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        if self.tls is not None:
+        if self.tls is not None or self.auth.store is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+                loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             waiter = asyncio.create_task(stop.wait())
             done_http = self._http_task
@@ -343,6 +392,13 @@ class BackgroundServer:
         """`CloudServer.reload_tls` on the server's loop (what SIGHUP does to ``vitcodec-cloud serve``)."""
         async def reload() -> bool:
             return self.server.reload_tls()
+
+        return bool(self.call(reload()))
+
+    def reload_credentials(self) -> bool:
+        """`CloudServer.reload_credentials` on the server's loop (what SIGHUP does to ``vitcodec-cloud serve``)."""
+        async def reload() -> bool:
+            return self.server.reload_credentials()
 
         return bool(self.call(reload()))
 

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="Largest request body (HTTP) or message (gRPC) accepted; 413 above.")
     auth_token: SecretStr | None = Field(
         None, description="When set, every call except liveness/readiness needs 'Authorization: Bearer <token>'.")
+    credentials: Path | None = Field(
+        None, description="Device credentials file (one line per device: NAME CREATED HASH; written by "
+                          "'vitcodec-cloud credentials'): every call except liveness/readiness then needs a "
+                          "device's token (or auth_token, when both are set), and the device name becomes the "
+                          "client identity. Re-read when it changes and on SIGHUP.")
+    credentials_poll_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="How often the credentials file's mtime is checked for a reload "
+                                            "(0: only on SIGHUP).")
     tls_cert: Path | None = Field(
         None, description="PEM certificate (chain) of the server: both transports then speak TLS only (HTTPS and "
                           "gRPC over TLS, same ports). Needs tls_key. Re-read on SIGHUP.")

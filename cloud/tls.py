@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .auth import CURRENT_DEVICE
+
 log = logging.getLogger("vitcodec.cloud.tls")
 
 
@@ -248,7 +250,9 @@ class ClientIdentityMiddleware:
 
 class AccessLogIdentity(logging.Filter):
     """On uvicorn's access logger: writes the client identity after the client address,
-    ``127.0.0.1:50412 [edge-7] - "POST /v1/classify HTTP/1.1" 200``."""
+    ``127.0.0.1:50412 [edge-7] - "POST /v1/classify HTTP/1.1" 200``: the device name of the request's token
+    (``--credentials``; uvicorn logs from the request's own task, where `auth.CURRENT_DEVICE` holds it), else
+    the connection's mTLS identity."""
 
     def __init__(self, peers: PeerIdentities) -> None:
         super().__init__()
@@ -257,7 +261,7 @@ class AccessLogIdentity(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args and isinstance(args[0], str) and "[" not in args[0]:
-            identity = self.peers.get_text(args[0])
+            identity = CURRENT_DEVICE.get() or self.peers.get_text(args[0])
             if identity:
                 record.args = (f"{args[0]} [{identity}]", *args[1:])
         return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +34,8 @@ app.command("watch")(watch)
 
 SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
 _SERVER_HELP = "Cloud server: http://HOST:PORT, https://HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT (TLS)."
-_TOKEN_HELP = "Bearer token, when the server wants one (or set VITCODEC_TOKEN)."
+_TOKEN_HELP = ("Bearer token, when the server wants one: the device's own token or the shared one (or set "
+               "VITCODEC_AUTH_TOKEN; VITCODEC_TOKEN, deprecated, is still read).")
 _RETRY_HELP = ("Retry transient failures (server unreachable or restarting, 429/502/503/504, gRPC UNAVAILABLE) "
                "with backoff for this many seconds in all (0: never retry).")
 
@@ -115,7 +115,9 @@ def _load_streams(files: list[Path], model: Optional[str], progress: Progress | 
 
 
 def _token(token: Optional[str]) -> Optional[str]:
-    return token or os.environ.get("VITCODEC_TOKEN") or None
+    from vitcodec.edge.client import env_token
+
+    return env_token(token)
 
 
 @app.command()

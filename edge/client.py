@@ -360,7 +360,7 @@ def _result_from_json(body: dict[str, Any], latency_ms: float) -> ClassifyResult
                           num_bytes=int(body["bytes"]), header_bytes=int(body["header_bytes"]),
                           image_size=tuple(body["image_size"]), timings_ms=dict(body.get("timings_ms", {})),
                           latency_ms=latency_ms, novelty=_optional_float(body.get("novelty")),
-                          archive_id=body.get("id") or None)
+                          archive_id=body.get("id") or None, client=body.get("client") or None)
 
 
 def _optional_float(value: Any) -> float | None:
@@ -504,7 +504,7 @@ def _result_from_proto(msg: pb.ClassifyResponse, latency_ms: float) -> ClassifyR
                           num_bytes=msg.num_bytes, header_bytes=msg.header_bytes, image_size=(msg.height, msg.width),
                           timings_ms=dict(msg.timings_ms), latency_ms=latency_ms,
                           novelty=msg.novelty if msg.HasField("novelty") else None,
-                          archive_id=msg.archive_id or None)
+                          archive_id=msg.archive_id or None, client=msg.client or None)
 
 
 def _grpc_error(exc: grpc.RpcError) -> ClientError:
@@ -716,6 +716,16 @@ def _verify_detail(message: str) -> str | None:
     if not found:
         return None
     return rest.rsplit(": OK", 1)[0].strip() or None
+
+
+TOKEN_ENV = "VITCODEC_AUTH_TOKEN"  # the server's name for its token; one name on both sides
+DEPRECATED_TOKEN_ENV = "VITCODEC_TOKEN"  # what the edge read before: still read, after TOKEN_ENV
+
+
+def env_token(token: str | None = None) -> str | None:
+    """`token` when given, else ``VITCODEC_AUTH_TOKEN``, else the deprecated ``VITCODEC_TOKEN``; None when
+    none is set (the CLIs' ``--token``)."""
+    return token or os.environ.get(TOKEN_ENV) or os.environ.get(DEPRECATED_TOKEN_ENV) or None
 
 
 def connect(url: str, token: str | None = None, timeout: float = 30.0,

@@ -11,7 +11,8 @@ models have no novelty (None), and neither do the answers of servers that predat
 
 A server that keeps an archive (``vitcodec-cloud serve --archive PATH``) stores every classified stream and
 returns its ``archive_id`` (a hash of the stream's bytes), with which the stream's entry and reconstruction
-can be fetched later; None from a server without an archive.
+can be fetched later; None from a server without an archive. ``client`` is who the server took the caller for
+(the device name of its token, else its mTLS certificate's identity); None when it did not know.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ClassifyResult:
     latency_ms: float = 0.0  # measured by a client, network included; 0 on the server
     novelty: float | None = None  # calibrated models only: > 1.0 means out of distribution
     archive_id: str | None = None  # the stream's id in the server's archive; None when the server keeps none
+    client: str | None = None  # who the server took the caller for (device name, else mTLS identity); None: unknown
 
     @property
     def out_of_distribution(self) -> bool | None:
@@ -75,7 +77,8 @@ class ClassifyResult:
                 "bpp": self.bpp, "image_size": list(self.image_size), "latency_ms": self.latency_ms,
                 "top_k": [{"index": s.index, "label": s.label, "probability": s.probability} for s in self.top],
                 "server_timings_ms": self.timings_ms, "novelty": self.novelty,
-                "out_of_distribution": self.out_of_distribution, "archive_id": self.archive_id}
+                "out_of_distribution": self.out_of_distribution, "archive_id": self.archive_id,
+                "client": self.client}
 
 
 @dataclass

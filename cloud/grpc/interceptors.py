@@ -1,5 +1,7 @@
 """One server interceptor for the gRPC transport: bearer-token auth (same rule as HTTP), request metrics and,
-with ``access_log``, one line per call (peer address, client identity under mTLS, method, status).
+with ``access_log``, one line per call (peer address, client identity, method, status). The client identity
+is the device name of the call's token (``--credentials``), else the mTLS certificate's identity; the
+servicers read it with `call_identity`.
 
 Health checking, reflection and the v2 liveness/readiness RPCs stay open, like the HTTP probes."""
 
@@ -12,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from ..auth import check_bearer
+from ..auth import CURRENT_DEVICE, Authenticator
 from ..errors import Unauthorized, describe
 from ..metrics import Metrics
 from ..tls import grpc_client_identity
@@ -22,6 +24,12 @@ access_logger = logging.getLogger("vitcodec.cloud.grpc.access")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 OPEN_METHODS = {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
 MEASURED_PREFIXES = ("/inference.", "/vitcodec.")
+
+
+def call_identity(context: Any) -> str | None:
+    """The client identity of the RPC being handled: its token's device name (set by the interceptor in the
+    RPC's context), else its mTLS client certificate's identity; None when neither is known."""
+    return CURRENT_DEVICE.get() or grpc_client_identity(context)
 
 
 def _is_open(method: str) -> bool:
@@ -54,9 +62,9 @@ def _denied(handler: grpc.RpcMethodHandler, exc: Unauthorized) -> grpc.RpcMethod
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, token: str | None, access_log: bool = False) -> None:
+    def __init__(self, metrics: Metrics, auth: Authenticator | str | None, access_log: bool = False) -> None:
         self.metrics = metrics
-        self.token = token
+        self.auth = auth if isinstance(auth, Authenticator) else Authenticator(auth, None, metrics)
         self.access_log = access_log
         # method -> (its handler, the measured handler): built once per method, not once per call
         self._measured_handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -67,10 +75,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if handler is None:
             return handler
-        if self.token and not _is_open(method):
+        if self.auth.enabled and not _is_open(method):
             metadata = dict(details.invocation_metadata or ())
-            try:
-                check_bearer(metadata.get("authorization"), self.token)
+            try:  # sets CURRENT_DEVICE in this RPC's context, which its handler runs in
+                await self.auth.authenticate(metadata.get("authorization"))
             except Unauthorized as exc:
                 self.metrics.observe_request("grpc", method, "UNAUTHENTICATED", 0.0, failed=True)
                 return _denied(handler, exc)
@@ -91,7 +99,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.observe_request("grpc", method, name, time.perf_counter() - started, failed=name != "OK")
         if self.access_log:
-            identity = grpc_client_identity(context)
+            identity = call_identity(context)
             peer = context.peer() + (f" [{identity}]" if identity else "")
             access_logger.info('%s - "%s" %s', peer, method, name)
 

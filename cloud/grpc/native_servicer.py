@@ -17,6 +17,7 @@ from ..archive import DEFAULT_LIMIT, ArchiveEntry, iso_time
 from ..dataplane import DEFAULT_TOP_K, DataPlane
 from ..errors import describe
 from .common import concurrent_stream, unary
+from .interceptors import call_identity
 
 
 def classify_to_proto(result: ClassifyResult, request_id: str = "", index: int = 0) -> pb.ClassifyResponse:
@@ -31,6 +32,8 @@ def classify_to_proto(result: ClassifyResult, request_id: str = "", index: int =
         msg.novelty = result.novelty
     if result.archive_id:
         msg.archive_id = result.archive_id
+    if result.client:
+        msg.client = result.client
     return msg
 
 
@@ -69,19 +72,21 @@ class VitCodecServicer(pb_grpc.VitCodecServicer):
         self.plane = plane
         self.stream_concurrency = stream_concurrency
 
-    async def _classify(self, request: pb.ClassifyRequest) -> ClassifyResult:
+    async def _classify(self, request: pb.ClassifyRequest, client: str | None) -> ClassifyResult:
         return await self.plane.classify(request.stream, model=request.model or None,
-                                         top_k=request.top_k or DEFAULT_TOP_K)
+                                         top_k=request.top_k or DEFAULT_TOP_K, client=client)
 
     @unary
     async def Classify(self, request: pb.ClassifyRequest, context: Any) -> pb.ClassifyResponse:
-        return classify_to_proto(await self._classify(request), request.id)
+        return classify_to_proto(await self._classify(request, call_identity(context)), request.id)
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
                              context: Any) -> AsyncIterator[pb.ClassifyResponse]:
+        client = call_identity(context)
+
         async def handle(index: int, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
             try:
-                return classify_to_proto(await self._classify(request), request.id, index)
+                return classify_to_proto(await self._classify(request, client), request.id, index)
             except Exception as exc:  # one bad stream fails its own response, not the whole upload
                 info = describe(exc)
                 return pb.ClassifyResponse(id=request.id, index=index, error=pb.Error(

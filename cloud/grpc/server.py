@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from vitcodec.protos import grpc_service_pb2, vitcodec_pb2
 
+from ..auth import Authenticator
 from ..dataplane import DataPlane
 from ..settings import Settings
 from . import native_servicer, v2_servicer
@@ -40,12 +41,16 @@ class GrpcTransport:
 
 
 def build_grpc_server(plane: DataPlane, settings: Settings, host: str | None = None,
-                      credentials: grpc.ServerCredentials | None = None) -> GrpcTransport:
+                      credentials: grpc.ServerCredentials | None = None,
+                      auth: Authenticator | None = None) -> GrpcTransport:
     """Create (not start) the server and bind its port (over TLS with `credentials`); must be called inside
-    the serving event loop."""
+    the serving event loop. `auth`: who may call (default: from the settings)."""
     limit = settings.max_body_bytes
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(plane.metrics, settings.token, access_log=settings.access_log)],
+        interceptors=[ServerInterceptor(plane.metrics,
+                                        auth if auth is not None else Authenticator.from_settings(settings,
+                                                                                                  plane.metrics),
+                                        access_log=settings.access_log)],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
                  ("grpc.so_reuseport", 0)],

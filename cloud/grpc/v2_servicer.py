@@ -17,6 +17,7 @@ from ..errors import InvalidRequest, describe
 from ..tensors import DATATYPES, deserialize_bytes, numeric_from_bytes, numeric_to_bytes, serialize_bytes
 from ..types import InferInput, InferRequest, InferResponse, RequestedOutput
 from .common import concurrent_stream, unary
+from .interceptors import call_identity
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -134,13 +135,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return response_to_proto(await self.plane.infer(request_from_proto(request)))
+        return response_to_proto(await self.plane.infer(request_from_proto(request), client=call_identity(context)))
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        client = call_identity(context)
+
         async def handle(index: int, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
-                result = await self.plane.infer(request_from_proto(request))
+                result = await self.plane.infer(request_from_proto(request), client=client)
                 return pb.ModelStreamInferResponse(infer_response=response_to_proto(result))
             except Exception as exc:  # errors travel in the stream, which stays open
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,

@@ -18,11 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import vitcodec
 
+from ..auth import Authenticator
 from ..dataplane import DataPlane
 from ..errors import ERROR_TABLE, HTTP_TO_GRPC, PayloadTooLarge, describe, is_known
 from ..metrics import Metrics
 from ..settings import Settings
-from . import images, native, v2
+from . import images, native, review, v2
 from .fastpath import HotRoutes
 from .schemas import InferRequestBody
 
@@ -122,16 +123,17 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def create_app(plane: DataPlane, settings: Settings) -> ASGIApp:
+def create_app(plane: DataPlane, settings: Settings, auth: Authenticator | None = None) -> ASGIApp:
     """The ASGI app uvicorn serves: metrics and the body limit around every request, the hot routes answered
     directly (fastpath.py), everything else by the FastAPI app. The three layers sit outside FastAPI, so the hot
     requests skip its own middleware stack too (error, telemetry and body-limit layers, exception handlers)."""
-    inner = HotRoutes(build_fastapi(plane, settings), plane, settings)
+    auth = auth if auth is not None else Authenticator.from_settings(settings, plane.metrics)
+    inner = HotRoutes(build_fastapi(plane, settings, auth), plane, settings, auth)
     # metrics outermost: it sees every answer, 413s included
     return MetricsMiddleware(BodyLimitMiddleware(inner, settings.max_body_bytes), plane.metrics)
 
 
-def build_fastapi(plane: DataPlane, settings: Settings) -> FastAPI:
+def build_fastapi(plane: DataPlane, settings: Settings, auth: Authenticator | None = None) -> FastAPI:
     """Every route, documented (OpenAPI), with the error table as exception handlers."""
     app = FastAPI(title="vitcodec cloud", version=vitcodec.__version__, description=DESCRIPTION,
                   openapi_tags=[{"name": "v2", "description": "Open Inference Protocol (KServe v2)"},
@@ -142,10 +144,12 @@ def build_fastapi(plane: DataPlane, settings: Settings) -> FastAPI:
                                 {"name": "operations", "description": "Prometheus metrics"}])
     app.state.plane = plane
     app.state.settings = settings
+    app.state.auth = auth if auth is not None else Authenticator.from_settings(settings, plane.metrics)
     app.include_router(v2.health_router)
     app.include_router(v2.router)
     app.include_router(native.router)
     app.include_router(images.router)
+    app.include_router(review.router)  # the review page (/ui), HTML for browsers
     app.include_router(native.ops_router)
 
     async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

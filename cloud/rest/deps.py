@@ -1,5 +1,5 @@
-"""FastAPI dependencies: the data plane, the settings, the mTLS client identity, bearer-token auth and
-size-limited bodies."""
+"""FastAPI dependencies: the data plane, the settings, the client identity (device name or mTLS identity),
+bearer-token auth and size-limited bodies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import zlib
 
 from fastapi import Request
 
-from ..auth import check_bearer
 from ..dataplane import DataPlane
 from ..errors import InvalidRequest, PayloadTooLarge
 from ..settings import Settings
@@ -22,13 +21,16 @@ def get_settings(request: Request) -> Settings:
 
 
 def client_identity(request: Request) -> str | None:
-    """The mTLS client identity of the request's connection (certificate subject CN, else first DNS SAN); None
-    without TLS client certificates (set by `vitcodec.cloud.tls.ClientIdentityMiddleware`)."""
-    return getattr(request.state, "client_identity", None)
+    """Who is calling: the device name of its token (``--credentials``, set by `require_auth`), else the mTLS
+    client identity of the request's connection (certificate subject CN, else first DNS SAN, set by
+    `vitcodec.cloud.tls.ClientIdentityMiddleware`); None when neither is known."""
+    state = request.state
+    return getattr(state, "device", None) or getattr(state, "client_identity", None)
 
 
 async def require_auth(request: Request) -> None:
-    check_bearer(request.headers.get("authorization"), request.app.state.settings.token)
+    """401 unless the request carries a token the server accepts (`vitcodec.cloud.auth.Authenticator`)."""
+    request.state.device = await request.app.state.auth.authenticate(request.headers.get("authorization"))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..auth import check_bearer
+from ..auth import Authenticator
 from ..dataplane import DataPlane
 from ..settings import Settings
 from .deps import inflate_body
@@ -45,10 +45,12 @@ _CLASSIFY_ROUTE = _Route("/v1/classify")
 class HotRoutes:
     """ASGI layer answering the v2 infer and native classify POSTs directly (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, plane: DataPlane, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane, settings: Settings,
+                 auth: Authenticator | None = None) -> None:
         self.app = app
         self.plane = plane
         self.settings = settings
+        self.auth = auth if auth is not None else Authenticator.from_settings(settings, plane.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string") \
@@ -76,28 +78,32 @@ class HotRoutes:
             if key in _HEADERS and key not in headers:
                 headers[key] = value.decode("latin-1")
         try:
-            check_bearer(headers.get(b"authorization"), self.settings.token)
+            device = await self.auth.authenticate(headers.get(b"authorization")) if self.auth.enabled else None
             body = await _read(receive)
             if body is None:  # the client went away
                 return
             body = inflate_body(body, headers.get(b"content-encoding"), self.settings.max_body_bytes)
-            response = await handler(body, headers, *args)
+            # the client identity: the token's device name, else the mTLS identity (tls.ClientIdentityMiddleware)
+            client = device or (scope.get("state") or {}).get("client_identity")
+            response = await handler(body, headers, client, *args)
         except Exception as exc:  # noqa: BLE001 - every error is answered through the error table
             response = error_response(exc)
         await response(scope, receive, send)
 
-    async def _infer(self, body: bytes, headers: dict[bytes, str], name: str, version: str | None) -> Any:
+    async def _infer(self, body: bytes, headers: dict[bytes, str], client: str | None, name: str,
+                     version: str | None) -> Any:
         from .v2 import parse_infer_request, render_infer_response
 
         request, binary_default = parse_infer_request(body, headers.get(b"inference-header-content-length"),
                                                       name, version)
-        return render_infer_response(await self.plane.infer(request), request, binary_default)
+        return render_infer_response(await self.plane.infer(request, client=client), request, binary_default)
 
-    async def _classify(self, body: bytes, headers: dict[bytes, str]) -> Any:
+    async def _classify(self, body: bytes, headers: dict[bytes, str], client: str | None) -> Any:
         from .native import classify_body
 
         # validated and dumped by the response model, as FastAPI does for the route
-        body_model = _CLASSIFY_RESPONSE.validate_python(classify_body(await self.plane.classify(body)))
+        result = await self.plane.classify(body, client=client)
+        body_model = _CLASSIFY_RESPONSE.validate_python(classify_body(result))
         return Response(_CLASSIFY_RESPONSE.dump_json(body_model, by_alias=True), media_type="application/json")
 
 

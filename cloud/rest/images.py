@@ -1,6 +1,7 @@
 """The archive over HTTP (``/v1/images``): list the classified streams the server kept, read one entry, get its
 reconstruction (decoded on demand, cached), delete it. Needs ``--archive``; without it every route is a 404
-that says so. The bearer token applies as on every other route."""
+that says so. The bearer token applies as on every other route; the GET routes also accept the review page's
+session cookie (session.py), so that a browser logged in at ``/ui/login`` can load the thumbnails."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from ..archive import DEFAULT_LIMIT, MAX_LIMIT
 from ..dataplane import DataPlane
-from .deps import get_plane, require_auth
+from .deps import get_plane
 from .native import reconstruction_headers
 from .schemas import DeletedResponse, ErrorBody, ImageInfo, ImageListResponse
+from .session import require_auth_or_session
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 503)}
 
-router = APIRouter(prefix="/v1/images", tags=["archive"], dependencies=[Depends(require_auth)], responses=_ERRORS)
+router = APIRouter(prefix="/v1/images", tags=["archive"], dependencies=[Depends(require_auth_or_session)], responses=_ERRORS)
 
 
 @router.get("", response_model=ImageListResponse, summary="Archived images, newest first (paginated)")

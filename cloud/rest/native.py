@@ -11,7 +11,7 @@ from vitcodec.results import ClassifyResult, ReconstructResult
 
 from ..dataplane import DataPlane
 from ..metrics import CONTENT_TYPE_LATEST
-from .deps import get_plane, get_settings, read_body, require_auth
+from .deps import client_identity, get_plane, get_settings, read_body, require_auth
 from .schemas import ClassifyResponse, ErrorBody, ModelInfo, ModelsResponse
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -46,6 +46,7 @@ def classify_body(result: ClassifyResult) -> dict[str, Any]:
         "bytes": result.num_bytes, "header_bytes": result.header_bytes, "bpp": result.bpp,
         "image_size": list(result.image_size), "timings_ms": result.timings_ms,
         "novelty": result.novelty, "out_of_distribution": result.out_of_distribution, "id": result.archive_id,
+        "client": result.client,
     }
 
 
@@ -55,7 +56,7 @@ async def classify(request: Request, model: str | None = _MODEL_QUERY,
                    top_k: int = Query(5, ge=1, le=1000, description="How many classes to return."),
                    plane: DataPlane = Depends(get_plane)) -> dict[str, Any]:
     stream = await read_body(request, get_settings(request).max_body_bytes)
-    return classify_body(await plane.classify(stream, model=model, top_k=top_k))
+    return classify_body(await plane.classify(stream, model=model, top_k=top_k, client=client_identity(request)))
 
 
 @router.post("/reconstruct", summary="Decode one bitstream to an image (PNG, original size)",

@@ -159,6 +159,9 @@ class ClassifyResponse(BaseModel):
     id: str | None = Field(
         None, description="The stream's id in the server's archive (GET /v1/images/{id}); null when the server "
                           "keeps no archive (--archive).")
+    client: str | None = Field(
+        None, description="Who the server took the caller for: the device name of its token (--credentials), "
+                          "else the subject of its mTLS client certificate; null when neither is known.")
 
 
 class ModelInfo(BaseModel):

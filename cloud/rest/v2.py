@@ -29,7 +29,7 @@ from ..tensors import (
     serialize_bytes,
 )
 from ..types import InferInput, InferRequest, InferResponse, RequestedOutput
-from .deps import get_plane, get_settings, read_body, require_auth
+from .deps import client_identity, get_plane, get_settings, read_body, require_auth
 from .schemas import (
     ErrorBody,
     InferRequestBody,
@@ -129,7 +129,7 @@ async def infer(name: str, request: Request, version: str | None = None,
                 plane: DataPlane = Depends(get_plane)) -> Response:
     body = await read_body(request, get_settings(request).max_body_bytes)
     infer_request, binary_default = parse_infer_request(body, request.headers.get(HEADER_LENGTH), name, version)
-    result = await plane.infer(infer_request)
+    result = await plane.infer(infer_request, client=client_identity(request))
     return render_infer_response(result, infer_request, binary_default)
 
 

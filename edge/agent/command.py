@@ -6,7 +6,6 @@ unknown model, unusable outbox or results file), 130 on a second signal.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +38,8 @@ def watch(
     settle: float = typer.Option(1.0, "--settle", min=0.0, help="A file must be unchanged for two scans and "
                                  "this many seconds old before it is read (files still being written)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes recorded per image."),
-    token: Optional[str] = typer.Option(None, "--token", help="Bearer token (or set VITCODEC_TOKEN)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Bearer token: the device's own or the shared one "
+                                        "(or set VITCODEC_AUTH_TOKEN; VITCODEC_TOKEN, deprecated, is still read)."),
     ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", envvar="VITCODEC_CA_CERT", show_envvar=False,
                                            help="PEM CA certificate that signed the server's certificate (https://, "
                                                 "grpcs://; or set VITCODEC_CA_CERT)."),
@@ -62,11 +62,11 @@ def watch(
     from vitcodec.edge.agent.runner import Agent, AgentConfig, AgentSetupError, install_signal_handlers
     from vitcodec.edge.agent.status import Reporter
     from vitcodec.edge.agent.uploader import Backoff
-    from vitcodec.edge.client import TlsOptions
+    from vitcodec.edge.client import TlsOptions, env_token
 
     config = AgentConfig(
         watch=list(folders or []), server=server, outbox=outbox, results=results, model=model,
-        token=token or os.environ.get("VITCODEC_TOKEN") or None, timeout_s=timeout, concurrency=concurrency,
+        token=env_token(token), timeout_s=timeout, concurrency=concurrency,
         batch_size=batch_size, poll_s=poll, settle_s=settle, source_policy=source, done_dir=done_dir,
         max_pending=max_pending, max_outbox_bytes=int(max_outbox_mb * 2**20),
         backoff=Backoff(min(0.5, max_backoff), max_backoff), top_k=top_k, threads=threads,
