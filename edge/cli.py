@@ -19,7 +19,7 @@ from rich.table import Table
 
 from vitcodec.console import abort, stderr_console, table_console
 from vitcodec.edge import commands
-from vitcodec.edge.agent.command import watch
+from vitcodec.edge.agent.command import requeue, watch
 
 app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode images to bitstreams, send them to "
                   "the cloud for classification or reconstruction.", no_args_is_help=True,
@@ -29,8 +29,10 @@ app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode image
 app.command("encode")(commands.encode)
 app.command("inspect")(commands.inspect)
 
-# `watch`, the store-and-forward agent, lives in edge/agent/ (docs/edge-agent.md).
+# `watch`, the store-and-forward agent, and `requeue` (refused streams back to its outbox) live in edge/agent/
+# (docs/edge-agent.md).
 app.command("watch")(watch)
+app.command("requeue")(requeue)
 
 SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
 _SERVER_HELP = "Cloud server: http://HOST:PORT, https://HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT (TLS)."
@@ -210,6 +212,7 @@ def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[st
 
 
 UNFAMILIAR = "(unfamiliar)"  # after the label in the table: the image is unlike the model's training data
+FAILED = "(failed)"  # in the label column of an image without an answer; the reason is in the error column
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: int) -> None:
@@ -228,20 +231,26 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: 
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
         return
     # a calibrated model scores each image's novelty: show it, and flag the label of an unfamiliar image
+    from rich.markup import escape
+
     novelty = any(row.get("novelty") is not None for row in rows)
+    failed = any("error" in row for row in rows)  # an error gets its own column, never the label's
     table = Table(title=None)
-    for name, justify in (("file", "left"), ("bytes", "right"), ("bpp", "right"), ("label", "left"),
-                          ("confidence", "right"), ("latency", "right")) + ((("novelty", "right"),) if novelty else ()):
+    columns = [("file", "left"), ("bytes", "right"), ("bpp", "right"), ("label", "left"), ("confidence", "right"),
+               ("latency", "right")] + [("novelty", "right")] * novelty + [("error", "left")] * failed
+    for name, justify in columns:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         if "error" in row:
-            cells = [row["file"], str(row.get("bytes", "")), "", f"[red]{row['error']}[/red]", "", ""]
+            cells = [escape(row["file"]), str(row.get("bytes", "")), "", f"[red]{FAILED}[/red]", "", ""]
         else:
-            label = row["label"] + (f" [yellow]{UNFAMILIAR}[/yellow]" if row.get("out_of_distribution") else "")
-            cells = [row["file"], str(row["bytes"]), f"{row['bpp']:.3f}", label, f"{row['confidence']:.3f}",
+            label = escape(row["label"]) + (f" [yellow]{UNFAMILIAR}[/yellow]" if row.get("out_of_distribution") else "")
+            cells = [escape(row["file"]), str(row["bytes"]), f"{row['bpp']:.3f}", label, f"{row['confidence']:.3f}",
                      f"{row['latency_ms']:.1f} ms"]
         if novelty:
             cells.append("" if row.get("novelty") is None else f"{row['novelty']:.2f}")
+        if failed:
+            cells.append(f"[red]{escape(str(row['error']))}[/red]" if "error" in row else "")
         table.add_row(*cells)
     table_console().print(table)
 

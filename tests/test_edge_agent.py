@@ -23,8 +23,8 @@ from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey, entry_id
 from vitcodec.edge.agent.results import ResultsLog
 from vitcodec.edge.agent.uploader import Backoff
 
-FAST = ["--poll", "0.1", "--settle", "0.1", "--timeout", "3", "--max-backoff", "0.5", "--json",
-        "--status-interval", "1"]
+FAST = ["--poll", "0.1", "--settle", "0.1", "--unreadable-after", "1", "--timeout", "3", "--max-backoff", "0.5",
+        "--json", "--status-interval", "1"]
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 

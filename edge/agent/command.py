@@ -1,7 +1,8 @@
-"""``vitcodec-edge watch``: the typer command in front of `runner.Agent` (registered in ``edge/cli.py``).
+"""``vitcodec-edge watch``: the typer command in front of `runner.Agent`, and ``vitcodec-edge requeue``, which
+puts refused streams back into the outbox (both registered in ``edge/cli.py``).
 
-Exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 when it cannot start (bad arguments, missing folder,
-unknown model, unusable outbox or results file), 130 on a second signal.
+Exit status of ``watch``: 0 after a clean stop (SIGINT/SIGTERM), 2 when it cannot start (bad arguments,
+missing folder, unknown model, unusable outbox or results file), 130 on a second signal.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def watch(
     poll: float = typer.Option(0.5, "--poll", min=0.01, help="Seconds between folder scans."),
     settle: float = typer.Option(1.0, "--settle", min=0.0, help="A file must be unchanged for two scans and "
                                  "this many seconds old before it is read (files still being written)."),
+    unreadable_after: float = typer.Option(10.0, "--unreadable-after", min=0.0, help="A file that does not "
+                                           "decode is reported as unreadable only once it has been unchanged "
+                                           "this long (a writer that paused mid-file finishes it meanwhile)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes recorded per image."),
     token: Optional[str] = typer.Option(None, "--token", help="Bearer token: the device's own or the shared one "
                                         "(or set VITCODEC_AUTH_TOKEN; VITCODEC_TOKEN, deprecated, is still read)."),
@@ -70,7 +74,7 @@ def watch(
         batch_size=batch_size, poll_s=poll, settle_s=settle, source_policy=source, done_dir=done_dir,
         max_pending=max_pending, max_outbox_bytes=int(max_outbox_mb * 2**20),
         backoff=Backoff(min(0.5, max_backoff), max_backoff), top_k=top_k, threads=threads,
-        tls=TlsOptions(ca_cert, client_cert, client_key))
+        tls=TlsOptions(ca_cert, client_cert, client_key), unreadable_after_s=unreadable_after)
     reporter = Reporter(as_json=as_json, status_interval_s=status_interval, verbose=verbose)
     try:
         agent = Agent(config, reporter)
@@ -82,3 +86,50 @@ def watch(
         raise typer.Exit(2) from None
     install_signal_handlers(agent)
     raise typer.Exit(agent.run())
+
+
+def requeue(
+    outbox: Path = typer.Option(..., "--outbox", help="The agent's outbox folder (the one given to watch)."),
+    ids: Optional[list[str]] = typer.Argument(None, help="Ids of refused streams (the names in OUTBOX/rejected/, "
+                                              "the `id` of their results line); none: every one."),
+    list_only: bool = typer.Option(False, "--list", help="Only list the refused streams (id, status, file)."),
+) -> None:
+    """Send streams the server refused for good (OUTBOX/rejected/) again, once the server was fixed (the model
+    deployed, a limit raised): they go back to OUTBOX/pending/ under a new id, and a running `watch` picks them
+    up within seconds (or at its next start). Their earlier `"rejected": true` lines stay in the results; the
+    new answer names the old id in `requeued_from`."""
+    import json
+
+    from rich.markup import escape
+
+    from vitcodec.console import abort, stderr_console
+    from vitcodec.edge.agent.outbox import Outbox
+
+    if not (outbox / "pending").is_dir():
+        abort(f"{outbox}: not an outbox (no pending/ folder)")
+    try:
+        box = Outbox(outbox)
+        known = box.rejected()
+    except OSError as exc:
+        abort(f"{outbox}: cannot use the outbox ({exc.strerror or exc})")
+    err = stderr_console()
+    if list_only:
+        for rid in known:
+            try:
+                note = json.loads((box.rejected_dir / f"{rid}.json").read_text())
+            except (OSError, ValueError):
+                note = {}
+            print(f"{rid}\t{note.get('status', '')}\t{note.get('code', '')}\t"
+                  f"{note.get('file') or note.get('source', {}).get('path', '')}\t{note.get('error', '')}")
+        return
+    unknown = [i for i in ids or [] if i not in known]
+    if unknown:
+        abort(f"not in {box.rejected_dir}: {', '.join(unknown)}")
+    chosen = list(ids) if ids else known
+    try:
+        entries = box.requeue(chosen)
+    except (OSError, ValueError, KeyError) as exc:
+        abort(f"{box.rejected_dir}: cannot requeue ({exc})")
+    err.print(escape(f"requeued {len(entries)} refused stream(s) from {box.rejected_dir} to {box.pending_dir}; a "
+                     "running `vitcodec-edge watch` sends them within seconds, otherwise its next start does"),
+              soft_wrap=True)

@@ -13,6 +13,8 @@ the safest producer still writes to a temporary name and renames.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
 import time
@@ -41,6 +43,16 @@ class Candidate:
     path: Path
     root: Path  # the watched folder it was found in (for the layout under the done folder)
     key: SourceKey
+    ctime_ns: int = 0  # changes with chmod/chown too: a file refused for its permissions is tried again
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (OSError when it cannot be read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _wanted(name: str) -> bool:
@@ -50,8 +62,11 @@ def _wanted(name: str) -> bool:
     return Path(lower).suffix in IMAGE_SUFFIXES or lower.endswith(STREAM_SUFFIX)
 
 
-def walk(root: Path, exclude: Iterable[Path]) -> Iterator[os.DirEntry[str]]:
-    """Files under `root` (recursive, no symlinked folders), skipping hidden folders and `exclude`d ones."""
+def walk(root: Path, exclude: Iterable[Path],
+         on_error: Callable[[str, OSError], None] | None = None) -> Iterator[os.DirEntry[str]]:
+    """Files under `root` (recursive, no symlinked folders), skipping hidden folders and `exclude`d ones. A
+    sub-folder that cannot be listed (permissions) goes to `on_error`; one that vanished meanwhile does not,
+    nor does `root` itself (the runner watches the roots)."""
     excluded = {os.path.realpath(p) for p in exclude}
     stack = [str(root)]
     while stack:
@@ -67,8 +82,10 @@ def walk(root: Path, exclude: Iterable[Path]) -> Iterator[os.DirEntry[str]]:
                             yield item
                     except OSError:
                         continue
-        except OSError:
-            continue  # a folder that vanished or cannot be listed: reported once by the runner
+        except OSError as exc:
+            if on_error is not None and folder != str(root) and exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                on_error(folder, exc)
+            continue
 
 
 class StabilityTracker:
@@ -78,20 +95,23 @@ class StabilityTracker:
         self.settle_s = settle_s
         self._last: dict[str, tuple[int, int]] = {}
 
-    def scan(self, roots: list[Path], exclude: list[Path], skip: Callable[[Candidate], bool]) -> list[Candidate]:
-        """Finished files not `skip`ped, in name order; forgets files that disappeared."""
+    def scan(self, roots: list[Path], exclude: list[Path], skip: Callable[[Candidate], bool],
+             on_error: Callable[[str, OSError], None] | None = None) -> list[Candidate]:
+        """Finished files not `skip`ped, in name order; forgets files that disappeared. Sub-folders that
+        cannot be listed go to `on_error` (every scan: the caller says it once)."""
         now_ns = time.time_ns()
         seen: dict[str, tuple[int, int]] = {}
         ready: list[Candidate] = []
         for root in roots:
-            for item in walk(root, exclude):
+            for item in walk(root, exclude, on_error):
                 try:
                     st = item.stat()
                 except OSError:
                     continue
                 sig = (st.st_size, st.st_mtime_ns)
                 seen[item.path] = sig
-                cand = Candidate(Path(item.path), root, SourceKey(item.path, st.st_size, st.st_mtime_ns))
+                cand = Candidate(Path(item.path), root, SourceKey(item.path, st.st_size, st.st_mtime_ns),
+                                 st.st_ctime_ns)
                 if skip(cand):
                     continue
                 if self._last.get(item.path) == sig and now_ns - st.st_mtime_ns >= self.settle_s * 1e9:
@@ -111,6 +131,7 @@ class Encoded:
 class Unreadable:
     candidate: Candidate
     message: str
+    undecodable: bool = False  # read, but not an image/stream: perhaps still being written (a paused writer)
 
 
 def encode_batch(encoder, batch: list[Candidate]) -> list[Encoded | Unreadable]:
@@ -130,7 +151,7 @@ def encode_batch(encoder, batch: list[Candidate]) -> list[Encoded | Unreadable]:
             continue
         # a damaged stream still goes to the server, whose refusal (400, with its reason) lands in rejected/
         out[i] = Encoded(cand, data) if looks_like_stream(data) else Unreadable(
-            cand, f"{cand.path}: not a vitcodec bitstream")
+            cand, f"{cand.path}: not a vitcodec bitstream", undecodable=True)
     if slots:
         for item in encode_batches(encoder, [batch[i].path for i in slots], batch_size=len(slots)):
             cand = batch[slots[item.index]]
@@ -139,7 +160,8 @@ def encode_batch(encoder, batch: list[Candidate]) -> list[Encoded | Unreadable]:
             else:
                 message = item.error
                 out[slots[item.index]] = Unreadable(
-                    cand, message if message.startswith(str(cand.path)) else f"{cand.path}: {message}")
+                    cand, message if message.startswith(str(cand.path)) else f"{cand.path}: {message}",
+                    undecodable="not a readable image" in message)
     return [o for o in out if o is not None]
 
 

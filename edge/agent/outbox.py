@@ -6,6 +6,8 @@ Layout under the outbox folder::
     pending/<id>.entry     JSON metadata line, b"\\n", then the bitstream (one file: one atomic rename)
     tmp/                   entries being written (removed at start: a crash mid-write leaves only these)
     rejected/<id>.vcb      streams the server refused for good, next to <id>.json holding its message
+    ledger.jsonl           one line per answered entry (id, source): the exactly-once record (`results`),
+                           kept here because the results file may be rotated or deleted under the agent
 
 Why one file per entry: the rename is the commit point, so no index file can disagree with the entries. The
 entry id (`entry_id`) is a hash of the bitstream, the source path and its mtime: the same unchanged file always
@@ -14,6 +16,7 @@ gets the same id, which is what lets `results` recognise an answer already given
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,26 +27,59 @@ from pathlib import Path
 from typing import Any
 
 ENTRY_SUFFIX = ".entry"
+LEDGER_NAME = "ledger.jsonl"
 
 
 class OutboxFull(Exception):
     """Adding these entries would pass the count or size limit; nothing was written."""
 
 
+class OutboxWriteError(OSError):
+    """Writing a batch failed part way (disk full, I/O error): `committed` holds the entries that were written
+    and made durable before the failure (the caller must still send them); the rest were not written."""
+
+    def __init__(self, exc: OSError, committed: list["Entry"]) -> None:
+        super().__init__(exc.errno, exc.strerror or str(exc))
+        self.committed = committed
+
+
+def path_fields(path: str, name: str = "path") -> dict[str, str]:
+    """A file name for a JSON record, without loss: `name` is always valid Unicode (undecodable bytes shown as
+    U+FFFD, so jq and pandas read it); a name that is not UTF-8 also gets `name`_b64, its exact bytes."""
+    raw = os.fsencode(path)
+    try:
+        return {name: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {name: raw.decode("utf-8", "replace"), f"{name}_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def path_from_fields(d: dict[str, Any], name: str = "path") -> str:
+    """The file name `path_fields` stored (exact bytes when it carried them)."""
+    if d.get(f"{name}_b64"):
+        return os.fsdecode(base64.b64decode(d[f"{name}_b64"]))
+    return str(d[name])
+
+
 @dataclass(frozen=True)
 class SourceKey:
-    """A source file as it was when encoded: a changed file (new size or mtime) is a new image."""
+    """A source file as it was when encoded: a changed file (new size or mtime) is a new version. `sha256`
+    (of the file's bytes) is carried along but not part of the identity: it tells intake that a file whose
+    mtime changed (``touch``) still holds an image already sent."""
 
     path: str
     size: int
     mtime_ns: int
+    sha256: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+        d: dict[str, Any] = {**path_fields(self.path), "size": self.size, "mtime_ns": self.mtime_ns}
+        if self.sha256:
+            d["sha256"] = self.sha256
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SourceKey":
-        return cls(str(d["path"]), int(d["size"]), int(d["mtime_ns"]))
+        return cls(path_from_fields(d), int(d["size"]), int(d["mtime_ns"]), d.get("sha256") or None)
 
 
 def entry_id(stream: bytes, source: SourceKey) -> str:
@@ -104,6 +140,7 @@ class Outbox:
         self.pending_dir = self.root / "pending"
         self.tmp_dir = self.root / "tmp"
         self.rejected_dir = self.root / "rejected"
+        self.ledger_path = self.root / LEDGER_NAME
         self.max_count, self.max_bytes = max_count, max_bytes
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
@@ -116,17 +153,36 @@ class Outbox:
 
     def load(self) -> tuple[list[Entry], list[str]]:
         """Every committed entry (oldest first) and one message per unreadable entry file (left in place)."""
+        entries, problems = self._read_all(self.pending_dir.glob(f"*{ENTRY_SUFFIX}"))
+        with self._lock:
+            self._sizes = {e.id: e.size for e in entries}
+        return entries, problems
+
+    def adopt(self) -> list[Entry]:
+        """Entries that appeared in pending/ behind this process's back (``vitcodec-edge requeue``, ``send
+        --outbox`` while ``watch`` runs), now counted; damaged ones are left for `load` to report."""
+        with self._lock:
+            known = set(self._sizes)
+        fresh = [p for p in self.pending_dir.glob(f"*{ENTRY_SUFFIX}") if p.name[:-len(ENTRY_SUFFIX)] not in known]
+        entries, _ = self._read_all(fresh)
+        with self._lock:
+            entries = [e for e in entries if e.id not in self._sizes]
+            for e in entries:
+                self._sizes[e.id] = e.size
+        return entries
+
+    def _read_all(self, paths: Any) -> tuple[list[Entry], list[str]]:
         entries, problems = [], []
-        for path in self.pending_dir.glob(f"*{ENTRY_SUFFIX}"):
+        for path in paths:
             try:
                 entry = self._read_entry(path)
+            except FileNotFoundError:
+                continue  # sent and removed meanwhile
             except (OSError, ValueError, KeyError) as exc:
                 problems.append(f"{path}: damaged outbox entry ({exc}); left in place")
                 continue
             entries.append(entry)
         entries.sort(key=lambda e: (e.created, e.id))
-        with self._lock:
-            self._sizes = {e.id: e.size for e in entries}
         return entries, problems
 
     @staticmethod
@@ -173,28 +229,37 @@ class Outbox:
     # -- writing ------------------------------------------------------------------------------------------
 
     def put(self, items: list[tuple[bytes, SourceKey, str | None, dict[str, Any]]]) -> list[Entry]:
-        """Commit (stream, source, model, extra metadata) items; durable when this returns. An item whose
-        entry already exists is not written again. Raises `OutboxFull` (nothing written) or `OSError`
-        (entries before the failing one are committed, and returned by `load` after a restart)."""
+        """Commit (stream, source, model, extra metadata) items in order; durable when this returns. An item
+        whose entry already exists is not written again. Raises `OutboxFull` (nothing written) or
+        `OutboxWriteError` (an OSError: disk full, I/O error) whose `committed` are the entries written
+        before the failing one, durable and to be sent like any other; the rest were not written."""
         sizes = [len(s) + 512 for s, *_ in items]
         if not self.room_for(len(items), sum(sizes)):
             raise OutboxFull(f"outbox full ({self.count()} entries, {self.total_bytes() / 2**20:.1f} MiB)")
         entries: list[Entry] = []
+        failure: OSError | None = None
         now = time.time()
-        try:
-            for stream, source, model, extra in items:
-                eid = entry_id(stream, source)
-                path = self.pending_dir / f"{eid}{ENTRY_SUFFIX}"
-                meta = {"id": eid, "source": source.as_dict(), "model": model, "created": now, **extra}
-                data = json.dumps(meta).encode() + b"\n" + stream
+        for stream, source, model, extra in items:
+            eid = entry_id(stream, source)
+            path = self.pending_dir / f"{eid}{ENTRY_SUFFIX}"
+            meta = {"id": eid, "source": source.as_dict(), "model": model, "created": now, **extra}
+            data = json.dumps(meta).encode() + b"\n" + stream
+            try:
                 if not path.exists():
                     write_atomic(path, data, self.tmp_dir, sync_dir=False)
-                with self._lock:
-                    self._sizes[eid] = len(data)
-                entries.append(Entry(eid, source, model, now, path, len(data), meta))
-        finally:
-            if entries:
+            except OSError as exc:
+                failure = exc
+                break
+            with self._lock:
+                self._sizes[eid] = len(data)
+            entries.append(Entry(eid, source, model, now, path, len(data), meta))
+        if entries:
+            try:
                 fsync_dir(self.pending_dir)  # one folder sync commits the whole batch
+            except OSError as exc:  # not known to be durable: the caller tries the batch again (files are kept)
+                raise OutboxWriteError(exc, []) from None
+        if failure is not None:
+            raise OutboxWriteError(failure, entries) from None
         return entries
 
     def remove(self, entry: Entry) -> None:
@@ -210,9 +275,49 @@ class Outbox:
         target = self.rejected_dir / f"{entry.id}.vcb"
         write_atomic(target, stream, self.tmp_dir, sync_dir=False)
         note = {"id": entry.id, "source": entry.source.as_dict(), "model": entry.model, **refusal}
+        if entry.meta.get("file"):
+            note["file"] = entry.meta["file"]
         write_atomic(self.rejected_dir / f"{entry.id}.json", (json.dumps(note, indent=1) + "\n").encode(),
                      self.tmp_dir)
         return target
+
+    def rejected(self) -> list[str]:
+        """Ids of the streams kept in rejected/ (oldest first)."""
+        notes = sorted(self.rejected_dir.glob("*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [p.stem for p in notes if (self.rejected_dir / f"{p.stem}.vcb").is_file()]
+
+    def requeue(self, ids: list[str]) -> list[Entry]:
+        """Move refused streams back to pending/ (after the server was fixed: model deployed, limit raised),
+        each under a new id derived from the old one (`requeue_id`), since the old id is answered (refused)
+        in the results and would be skipped. Crash-safe: the pending entry is durable before rejected/ loses
+        the stream, and running this again after a crash gives the same id (never two entries)."""
+        entries = []
+        for old in ids:
+            note_path, stream_path = self.rejected_dir / f"{old}.json", self.rejected_dir / f"{old}.vcb"
+            note = json.loads(note_path.read_text())
+            stream = stream_path.read_bytes()
+            source = SourceKey.from_dict(note["source"])
+            eid = requeue_id(old)
+            path = self.pending_dir / f"{eid}{ENTRY_SUFFIX}"
+            meta = {"id": eid, "source": source.as_dict(), "model": note.get("model"), "created": time.time(),
+                    "requeued_from": old}
+            if note.get("file"):
+                meta["file"] = note["file"]
+            data = json.dumps(meta).encode() + b"\n" + stream
+            if not path.exists():
+                write_atomic(path, data, self.tmp_dir)
+            stream_path.unlink(missing_ok=True)
+            note_path.unlink(missing_ok=True)
+            fsync_dir(self.rejected_dir)
+            with self._lock:
+                self._sizes[eid] = len(data)
+            entries.append(Entry(eid, source, meta["model"], meta["created"], path, len(data), meta))
+        return entries
+
+
+def requeue_id(old_id: str) -> str:
+    """The id of a requeued refusal: new (the old one is answered), and the same if requeue runs twice."""
+    return hashlib.sha256(f"{old_id}:requeue".encode()).hexdigest()[:32]
 
 
 def spool_files(root: Path, files: list[Path], streams: list[bytes], model: str | None) -> list[Entry]:

@@ -13,6 +13,12 @@ Failures are sorted in two:
   with capped exponential backoff and jitter, per entry and, for server-wide trouble, for all workers at once
   (one gate), so an outage does not become a storm of doomed calls.
 
+While the server is unreachable, a prober asks its readiness (``GET /v2/health/ready`` or gRPC
+``ServerReady``, both open without a token) every `PROBE_INTERVAL_S` on a fresh connection; when it turns from
+not ready to ready, the gate opens and every waiting entry is due at once, so uploads resume within about a
+second of the server being back instead of after the remaining backoff (up to ``--max-backoff``). Only that
+transition opens the gate: a server that is up but answers 503 (overloaded) keeps its backoff.
+
 Exactly once: an answer is appended (fsynced) to the results before its entry is removed; an entry whose id
 is already answered is removed without being sent.
 """
@@ -28,14 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vitcodec.edge.agent.outbox import Entry, Outbox
-from vitcodec.edge.agent.results import ResultsLog
+from vitcodec.edge.agent.outbox import Entry, Outbox, path_fields
+from vitcodec.edge.agent.results import LedgerError, ResultsLog
 from vitcodec.edge.agent.status import Reporter, now_iso
 
 PERMANENT_STATUS = frozenset({400, 404, 409, 413, 415, 422})
 SERVER_WIDE_STATUS = frozenset({0, 429, 502, 503, 504})
 SERVER_WIDE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN"})
 RECONNECT_AFTER_S = 5.0  # a fresh channel after this long without success (gRPC's own reconnect backoff grows to minutes)
+PROBE_INTERVAL_S = 1.0  # readiness probes while the server is unreachable
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,9 @@ class Uploader:
         self._retired: list[tuple[float, Any]] = []
         self._client_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._prober: threading.Thread | None = None
+        self._down = False  # server-wide failures since the last success: the prober runs
+        self._probe_saw_down = False  # the prober found the server not ready during this outage
 
     # -- queue --------------------------------------------------------------------------------------------
 
@@ -131,6 +141,8 @@ class Uploader:
             t = threading.Thread(target=self._work, name=f"vitcodec-upload-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        self._prober = threading.Thread(target=self._probe_loop, name="vitcodec-probe", daemon=True)
+        self._prober.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """No new sends; wait for the calls in flight to finish (each is bounded by the client's timeout)."""
@@ -139,6 +151,8 @@ class Uploader:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+        if self._prober is not None:
+            self._prober.join(1.0)  # a probe in progress is not waited out: its answer no longer matters
         with self._client_lock:
             for _, client in self._retired + ([(0.0, self._client)] if self._client is not None else []):
                 _close(client)
@@ -169,6 +183,13 @@ class Uploader:
 
     def _process(self, entry: Entry) -> None:
         if entry.id in self.results:  # answered before a crash, entry not yet removed: drop, do not resend
+            try:
+                self.results.flush_ledger()  # the answer's ledger line first (a failed write left it behind)
+            except OSError as exc:
+                self.reporter.error("results_error", f"{self.results.ledger_path}: cannot write the ledger "
+                                    f"({exc.strerror or exc}); {entry.source.path} stays in the outbox")
+                self._retry_later(entry, self.backoff.cap_s)
+                return
             self._remove(entry)
             return
         try:
@@ -194,9 +215,11 @@ class Uploader:
             self._transient(entry, ClientError(f"{type(exc).__name__}: {exc}", 0, "UNAVAILABLE", True))
             return
         self._succeeded()
-        record = {"id": entry.id, "file": entry.source.path, "source": entry.source.as_dict(),
+        record = {"id": entry.id, **path_fields(entry.source.path, "file"), "source": entry.source.as_dict(),
                   "encoded_with": entry.model, **result.as_dict(), "attempts": self._failures.get(entry.id, 0) + 1,
                   "time": now_iso()}
+        if entry.meta.get("requeued_from"):
+            record["requeued_from"] = entry.meta["requeued_from"]
         if self._record(entry, record):
             self.reporter.add(sent=1)
             self.reporter.event("sent", f"{entry.source.path}: {record.get('label')} "
@@ -207,6 +230,11 @@ class Uploader:
         """Results first (durable), outbox entry second. False when the answer could not be written."""
         try:
             written = self.results.append(record)
+        except LedgerError as exc:  # the answer is written (and counts); the entry waits for the ledger
+            self.reporter.error("results_error", f"{exc.strerror}; {entry.source.path} is answered and stays in "
+                                "the outbox until the ledger can be written")
+            self._retry_later(entry, self.backoff.cap_s)
+            return True
         except OSError as exc:
             self.reporter.error("results_error", f"{self.results.path}: cannot append the answer for "
                                 f"{entry.source.path} ({exc.strerror or exc}); it stays in the outbox")
@@ -232,9 +260,11 @@ class Uploader:
             self.reporter.error("outbox_error", f"{entry.source.path}: cannot write rejected/ ({err.strerror or err})")
             self._retry_later(entry, self.backoff.cap_s)
             return
-        record = {"id": entry.id, "file": entry.source.path, "source": entry.source.as_dict(),
+        record = {"id": entry.id, **path_fields(entry.source.path, "file"), "source": entry.source.as_dict(),
                   "encoded_with": entry.model, "rejected": True, "bytes": len(stream), "rejected_path": str(kept),
                   **refusal}
+        if entry.meta.get("requeued_from"):
+            record["requeued_from"] = entry.meta["requeued_from"]
         if self._record(entry, record):
             self.reporter.add(rejected=1)
             self.reporter.event("rejected", f"{entry.source.path}: refused by the server ({exc.status} {exc.code}: "
@@ -251,6 +281,9 @@ class Uploader:
                 if now >= self._gate:
                     self._gate_failures += 1
                     self._gate = now + self.backoff.delay(self._gate_failures)
+                if not self._down:
+                    self._down, self._probe_saw_down = True, False
+                    self._cond.notify_all()  # wakes the prober
             first = False
             with self.reporter.lock:
                 if self.reporter.counters.server_down_since is None:
@@ -270,6 +303,7 @@ class Uploader:
         with self._cond:
             self._gate_failures = 0
             self._last_ok = now
+            self._down = False
         down = None
         with self.reporter.lock:
             if self.reporter.counters.server_down_since is not None:
@@ -277,6 +311,53 @@ class Uploader:
                 self.reporter.set(server_down_since=None)
         if down is not None:
             self.reporter.event("server_reachable", f"server reachable again after {down:.1f} s")
+
+    # -- readiness probes while the server is unreachable -------------------------------------------------
+
+    def _probe_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._down:
+                    self._cond.wait(PROBE_INTERVAL_S)
+                if self._stopping:
+                    return
+            ready = self._probe()
+            with self._cond:
+                if self._stopping:
+                    return
+                if self._down and not ready:
+                    self._probe_saw_down = True
+                elif self._down and self._probe_saw_down:
+                    self._release()
+                deadline = time.monotonic() + PROBE_INTERVAL_S
+                while not self._stopping and (wait := deadline - time.monotonic()) > 0:
+                    self._cond.wait(wait)
+
+    def _probe(self) -> bool:
+        """Is the server ready? Asked on a fresh connection, so no reconnect backoff of a broken one delays it."""
+        client = None
+        try:
+            client = self.make_client()
+            return bool(client.ready())
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+        finally:
+            if client is not None:
+                _close(client)
+
+    def _release(self) -> None:
+        """The server is ready again (called holding `_cond`): open the gate and make every entry due now,
+        on a fresh client (the old connection may be waiting out gRPC's reconnect backoff)."""
+        now = time.monotonic()
+        self._down, self._probe_saw_down = False, False
+        self._gate, self._gate_failures = 0.0, 0
+        self._heap = [(min(due, now), seq, entry) for due, seq, entry in self._heap]
+        heapq.heapify(self._heap)
+        with self._client_lock:
+            if self._client is not None:
+                self._retired.append((now, self._client))
+                self._client = None
+        self._cond.notify_all()
 
     def _get_client(self) -> Any:
         with self._client_lock:
