@@ -455,3 +455,161 @@ def test_makefile_demo_runs_the_demo_module():
 def test_demo_module_imports_without_torch():
     code = "import sys, vitcodec.demo.run; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---- Kubernetes with TLS: the kustomize overlays deploy/k8s-tls and deploy/k8s-mtls ----------------------
+
+OVERLAYS = {"tls": DEPLOY / "k8s-tls", "mtls": DEPLOY / "k8s-mtls"}
+# strategic merge patch: the key that identifies an item of each list (kustomize merges lists by it)
+MERGE_KEYS = {"containers": "name", "env": "name", "volumes": "name", "volumeMounts": "mountPath",
+              "ports": ("port", "containerPort")}
+
+
+def _merge(base: Any, patch: Any, field: str = "") -> Any:
+    """A strategic merge patch, as far as these overlays use it: maps merge (null deletes a key), lists of maps
+    merge item by item on their merge key (new items go first, as kustomize puts them), other values replace."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _merge(base[key], value, key) if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
+        keys = MERGE_KEYS[field] if isinstance(MERGE_KEYS[field], tuple) else (MERGE_KEYS[field],)
+        key = next(k for k in keys if all(k in item for item in base + patch))
+        out = list(base)
+        index = {item[key]: i for i, item in enumerate(base)}
+        new = []
+        for item in patch:
+            if item[key] in index:
+                out[index[item[key]]] = _merge(out[index[item[key]]], item, field)
+            else:
+                new.append(item)
+        return new + out
+    return patch
+
+
+def _render_by_hand(folder: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize folder` for these overlays (resources and patches by name), without kubectl."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    objects: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        path = (folder / resource).resolve()
+        if (path / "kustomization.yaml").is_file():
+            base = yaml.safe_load((path / "kustomization.yaml").read_text())
+            objects += (_render_by_hand(path) if "patches" in base else
+                        [d for r in base["resources"] for d in yaml.safe_load_all((path / r).read_text()) if d])
+        else:
+            objects += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for patch in kustomization.get("patches", []):
+        p = yaml.safe_load((folder / patch["path"]).read_text())
+        i = next(i for i, o in enumerate(objects)
+                 if (o["kind"], o["metadata"]["name"]) == (p["kind"], p["metadata"]["name"]))
+        objects[i] = _merge(objects[i], p)
+    return objects
+
+
+def _renderings(name: str) -> dict[str, list[dict[str, Any]]]:
+    """The overlay rendered by hand and, where kubectl is installed, by `kubectl kustomize` too."""
+    out = {"by hand": _render_by_hand(OVERLAYS[name])}
+    import shutil
+
+    if shutil.which("kubectl"):
+        done = subprocess.run(["kubectl", "kustomize", str(OVERLAYS[name])], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        out["kubectl kustomize"] = [d for d in yaml.safe_load_all(done.stdout) if d]
+    return out
+
+
+def _mounted_file(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """(the volume, the key in it) that a file path in the container comes from; the mount must be read-only."""
+    mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{path} is not in exactly one volume mount"
+    mount = mounts[0]
+    assert mount.get("readOnly") is True, f"{mount['mountPath']} is not mounted read-only"
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    return volume, path[len(mount["mountPath"].rstrip("/")) + 1:]
+
+
+def test_k8s_base_stays_plaintext():
+    """`kubectl apply -k deploy/k8s` is the plaintext server (no TLS files needed); TLS is an overlay."""
+    c = _container(next(d for d in k8s_objects("Deployment") if d["metadata"]["name"] == "vitcodec-cloud"))
+    assert not {e["name"] for e in c.get("env", [])} & {"VITCODEC_TLS_CERT", "VITCODEC_TLS_KEY"}
+    assert all("scheme" not in c[p]["httpGet"] for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_k8s_tls_overlay_mounts_env_and_probes_agree(name, monkeypatch):
+    from vitcodec.cloud.settings import Settings
+
+    base = next(d for d in k8s_objects("Deployment") if d["metadata"]["name"] == "vitcodec-cloud")
+    for how, objects in _renderings(name).items():
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        pod = deployment["spec"]["template"]["spec"]
+        c = _container(deployment)
+        assert c["command"] == _container(base)["command"], how  # same serve command: TLS comes from the env
+        env = {e["name"]: e["value"] for e in c["env"]}
+        # the certificate and key: a kubernetes.io/tls Secret's two keys
+        tls_volume, cert_key = _mounted_file(pod, c, env["VITCODEC_TLS_CERT"])
+        key_volume, key_key = _mounted_file(pod, c, env["VITCODEC_TLS_KEY"])
+        assert tls_volume is key_volume and "secret" in tls_volume, how
+        assert (cert_key, key_key) == ("tls.crt", "tls.key"), how
+        credentials_volume, _ = _mounted_file(pod, c, env["VITCODEC_CREDENTIALS"])
+        assert "secret" in credentials_volume, how
+        if name == "mtls":
+            ca_volume, _ = _mounted_file(pod, c, env["VITCODEC_TLS_CLIENT_CA"])
+            assert "secret" in ca_volume or "configMap" in ca_volume, how
+        else:
+            assert "VITCODEC_TLS_CLIENT_CA" not in env, how
+        # every mount has its volume; the server (runAsUser, not root) can read the Secret files
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert {m["name"] for m in c["volumeMounts"]} <= set(volumes), how
+        for volume in volumes.values():
+            source = volume.get("secret") or volume.get("configMap")
+            mode = source.get("defaultMode", 0o644)
+            assert mode & 0o004 or (mode & 0o040 and pod["securityContext"].get("fsGroup") ==
+                                    pod["securityContext"]["runAsUser"]), (how, volume)
+        # the env is what the server reads: the settings take it
+        for key in list(env):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings(_env_file=None)
+        assert settings.tls_cert == Path(env["VITCODEC_TLS_CERT"]) and settings.tls_key is not None, how
+        assert (settings.tls_client_ca is not None) == (name == "mtls"), how
+        # probes: HTTPS (the kubelet does not check the certificate); with mTLS the kubelet has no client
+        # certificate, so the probes run in the container and present one
+        paths = {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
+                 "livenessProbe": "/v2/health/live"}
+        for probe, path in paths.items():
+            spec = c[probe]
+            if name == "tls":
+                assert spec["httpGet"] == {"path": path, "port": "http", "scheme": "HTTPS"}, (how, probe)
+            else:
+                assert "httpGet" not in spec, (how, probe)
+                argv = spec["exec"]["command"]
+                assert argv[:2] == ["python", "-c"], (how, probe)
+                compile(argv[2], probe, "exec")
+                assert f"https://127.0.0.1:{HTTP_PORT}{path}" in argv[2], (how, probe)
+                for file in re.findall(r"'(/etc/[^']+)'", argv[2]):
+                    volume, _ = _mounted_file(pod, c, file)
+                    assert "secret" in volume, (how, file)
+                assert spec["timeoutSeconds"] > 2, (how, probe)  # the probe's own urlopen timeout is 2 s
+        # the Service says TLS on both ports: no cleartext h2c for gRPC any more
+        (service,) = [o for o in objects if o["kind"] == "Service"]
+        protocols = {p["name"]: p.get("appProtocol") for p in service["spec"]["ports"]}
+        assert protocols == {"http": "https", "grpc": "grpc"}, how
+        assert any(o["kind"] == "HorizontalPodAutoscaler" for o in objects), how
+
+
+def test_k8s_overlay_variables_are_settings():
+    from vitcodec.cloud.settings import Settings
+
+    fields = {f"VITCODEC_{name.upper()}" for name in Settings.model_fields}
+    text = "\n".join(p.read_text() for folder in OVERLAYS.values() for p in folder.glob("*.yaml"))
+    named = set(re.findall(r"VITCODEC_[A-Z_]+", text))
+    assert {"VITCODEC_TLS_CERT", "VITCODEC_TLS_KEY", "VITCODEC_TLS_CLIENT_CA", "VITCODEC_CREDENTIALS"} <= named
+    assert named <= fields, named - fields

@@ -1,0 +1,154 @@
+"""`vitcodec-edge send` (the real CLI, a subprocess) across a server restart: the server (a real
+``vitcodec-cloud serve`` subprocess with TLS on both ports, certificates made here with trustme) is killed with
+SIGKILL partway through a batch and started again on the same ports about a second later; with the default
+``--retry-for`` every image is answered exactly once and none fails, over gRPC (``grpcs://``) and over HTTPS.
+
+The issue's scenario is 3,000 images; 600 Fashion-MNIST test images keep each run well under a minute on two
+busy cores while still killing the server with hundreds of images in flight or queued. Every wait has a
+deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent_processes import child_env, free_port, sample_images, wait_for, write_pngs
+from vitcodec.cloud import process
+
+trustme = pytest.importorskip("trustme")
+
+pytestmark = pytest.mark.slow
+
+N = 600  # the issue's scenario: 3,000
+KILL_AFTER = 120  # streams the first server has classified when it is killed
+CONCURRENCY = "2"  # fewer in flight than the default 8: the batch lasts long enough to be cut in the middle
+SEND_DEADLINE_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "server.key"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    return write_pngs(sample_images(N), folder), folder
+
+
+class TlsServer:
+    """`vitcodec-cloud serve` with TLS, on ports chosen once so that it comes back on the same ones."""
+
+    def __init__(self, model_repo: Path, pki: Path, log_dir: Path) -> None:
+        self.model_repo, self.pki, self.log_dir = model_repo, pki, log_dir
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        while self.grpc_port == self.http_port:
+            self.grpc_port = free_port()
+        self.context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        self.server: process.ServerProcess | None = None
+        self.starts = 0
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpcs_url(self) -> str:
+        return f"grpcs://127.0.0.1:{self.grpc_port}"
+
+    def start(self, wait: bool = True) -> None:
+        self.starts += 1
+        argv = ["vitcodec-cloud", "serve", "--model-repo", str(self.model_repo), "--model", "fmnist-q2", "--host",
+                "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--log-level",
+                "warning", "--tls-cert", str(self.pki / "server.pem"), "--tls-key", str(self.pki / "server.key")]
+        self.server = process.ServerProcess(argv, self.log_dir / f"server-{self.starts}.log", self.https_url,
+                                            env=child_env(self.model_repo), ssl_context=self.context)
+        self.server.start()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        assert self.server is not None
+        self.server.wait_ready(120.0, model="fmnist-q2")
+
+    def streams_classified(self) -> int:
+        """Bitstreams this server process has classified (its /metrics), 0 while it cannot answer."""
+        try:
+            with urllib.request.urlopen(self.https_url + "/metrics", timeout=2, context=self.context) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("vitcodec_streams_total{") and 'kind="classify"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    def kill(self) -> None:
+        assert self.server is not None and self.server.proc is not None
+        os.killpg(self.server.pid, signal.SIGKILL)
+        self.server.proc.wait(30)
+        self.server.stop(0.0)  # reaped: closes the log
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(30.0)
+
+
+@pytest.mark.parametrize("transport", ["grpcs", "https"])
+def test_send_survives_a_server_killed_and_restarted(transport, model_repo, pki, image_dir, tmp_path):
+    sources, folder = image_dir
+    server = TlsServer(model_repo, pki, tmp_path)
+    server.start()
+    url = server.grpcs_url if transport == "grpcs" else server.https_url
+    out, err = tmp_path / "send.jsonl", tmp_path / "send.err"
+    argv = [sys.executable, "-m", "vitcodec.edge.cli", "send", str(folder), "--server", url, "--ca-cert",
+            str(pki / "ca.pem"), "--json", "--concurrency", CONCURRENCY]  # --retry-for: the default (30 s)
+    try:
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            send = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=child_env(model_repo))
+        try:
+            wait_for(lambda: server.streams_classified() >= KILL_AFTER or send.poll() is not None,
+                     SEND_DEADLINE_S, f"{KILL_AFTER} answers", 0.02, lambda: err.read_text(errors="replace"))
+            assert send.poll() is None, "send finished before the server could be killed"
+            server.kill()
+            killed_at = time.monotonic()
+            time.sleep(1.0)
+            server.start(wait=False)  # back on the same ports ~1 s later; models load while send retries
+            restarted_after = time.monotonic() - killed_at
+            server.wait_ready()
+            code = send.wait(SEND_DEADLINE_S)
+        finally:
+            if send.poll() is None:
+                send.kill()
+                send.wait(30)
+    finally:
+        server.stop()
+    assert restarted_after < 3.0
+    stderr_text = err.read_text(errors="replace")
+    assert code == 0, stderr_text[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    files = [row["file"] for row in rows]
+    assert len(rows) == N and len(set(files)) == N, (len(rows), len(set(files)))  # one answer per image
+    assert set(files) == {str(p) for p in sources}
+    failed = [row for row in rows if "error" in row]
+    assert not failed, failed[:3]
+    assert all(row["label"] and row["model"] == "fmnist-q2" for row in rows)
+    assert "failed" not in stderr_text
