@@ -6,7 +6,7 @@ the server's native API, which routes each bitstream to its model by the model i
 
 - TLS (`TlsOptions`): the server's certificate is checked against ``ca_cert`` (else the system's CAs) and the
   URL's host name; ``client_cert``/``client_key`` answer a server that wants client certificates (mTLS). A
-  TLS problem (untrusted certificate, wrong name, certificate refused, TLS on one side only) is a
+  TLS problem (untrusted or expired certificate, wrong name, certificate refused, TLS on one side only) is a
   `TlsFailure` with one clear message and is never retried.
 - Retries by time (`RetryPolicy`): transient failures only (connection refused or reset, timeouts, HTTP 429/
   502/503/504, gRPC UNAVAILABLE; the server says 503/UNAVAILABLE while models load, when a queue is full and
@@ -249,6 +249,12 @@ def _tls_message(text: str, where: str, plain_scheme: str, verify_message: str |
     detail = verify_message or text
     if verify_message or "CERTIFICATE_VERIFY_FAILED" in upper:
         lowered = detail.lower()
+        if "expired" in lowered:
+            return (f"TLS: the certificate of {where} has expired ({detail.rstrip('.')}); the server needs a "
+                    "renewed certificate (or this device's clock is wrong)")
+        if "not yet valid" in lowered:
+            return (f"TLS: the certificate of {where} is not yet valid ({detail.rstrip('.')}); check this "
+                    "device's clock")
         if "hostname mismatch" in lowered or "ip address mismatch" in lowered or "peer name" in lowered:
             return (f"TLS: the certificate of {where} is not valid for that name ({detail.rstrip('.')}); "
                     "use a host name the certificate holds")
@@ -258,6 +264,8 @@ def _tls_message(text: str, where: str, plain_scheme: str, verify_message: str |
         return f"TLS: the certificate of {where} is not valid for that name ({text}); use a host name it holds"
     if "CERTIFICATE_REQUIRED" in upper:
         return f"TLS: {where} requires a client certificate (--client-cert and --client-key)"
+    if "CERTIFICATE_EXPIRED" in upper:
+        return f"TLS: {where} refused the client certificate: it has expired ({text}); renew it"
     if any(key in upper for key in _CERT_REFUSED):
         return (f"TLS: {where} refused the client certificate ({text}); it accepts only certificates signed by "
                 "its client CA")
@@ -271,8 +279,29 @@ def _ssl_message(exc: ssl.SSLError, where: str, plain_scheme: str) -> str:
     return _tls_message(exc.reason or str(exc), where, plain_scheme, verify or None)
 
 
+def _client_cert_dates_problem(path: str | os.PathLike[str] | None) -> str | None:
+    """Why this client's own certificate file is outside its validity period ("... expired on <date>"), or
+    None (valid, no file, or unreadable). A server refusing an expired certificate just closes the connection,
+    so the client can only learn the reason from its own file."""
+    if not path:
+        return None
+    try:  # CPython's own decoder (the first certificate of the PEM file); private, hence the broad except
+        decoded = ssl._ssl._test_decode_cert(os.fspath(path))  # type: ignore[attr-defined]
+        not_before, not_after = decoded["notBefore"], decoded["notAfter"]
+        starts, ends = ssl.cert_time_to_seconds(not_before), ssl.cert_time_to_seconds(not_after)
+    except Exception:  # noqa: BLE001
+        return None
+    now = time.time()
+    if now > ends:
+        return f"this client's certificate {path} expired on {not_after}; renew it"
+    if now < starts:
+        return f"this client's certificate {path} is not valid before {not_before}; check this device's clock"
+    return None
+
+
 def _probe_tls(host: str, port: int, context: ssl.SSLContext | None, secure_scheme: str, plain_scheme: str,
-               has_client_cert: bool = False, timeout: float = 2.0) -> str | None:
+               has_client_cert: bool = False, timeout: float = 2.0,
+               client_cert: str | os.PathLike[str] | None = None) -> str | None:
     """Why a connection to host:port was closed without a word, when TLS is the reason; None otherwise.
 
     Without `context` (a plaintext client): does the port speak TLS? With it: does the handshake fail, or does
@@ -305,6 +334,10 @@ def _probe_tls(host: str, port: int, context: ssl.SSLContext | None, secure_sche
                     return None
                 if data:
                     return None
+                dates = _client_cert_dates_problem(client_cert) if has_client_cert else None
+                if dates:
+                    return (f"TLS: {where} closed the connection right after the handshake: it refused this "
+                            f"client's certificate: {dates}")
                 if has_client_cert:
                     return (f"TLS: {where} closed the connection right after the handshake: it refused this "
                             "client's certificate (it accepts only certificates signed by its client CA)")
@@ -382,6 +415,7 @@ class HttpClient(_Base):
         self._where = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         self._ssl = (tls or TlsOptions()).ssl_context() if self._secure else None
         self._has_client_cert = bool(tls and tls.client_cert)
+        self._client_cert = tls.client_cert if tls else None
         self._answered = False  # a TLS problem shows on the first request; later failures are not probed
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
@@ -398,7 +432,8 @@ class HttpClient(_Base):
             return TlsFailure(_ssl_message(cause, self._where, "http"))
         if not self._answered and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
             # closed without a word: a TLS port spoken to in plaintext, or a refused client certificate
-            diagnosis = _probe_tls(self._host, self._port, self._ssl, "https", "http", self._has_client_cert)
+            diagnosis = _probe_tls(self._host, self._port, self._ssl, "https", "http", self._has_client_cert,
+                                   client_cert=self._client_cert)
             if diagnosis:
                 return TlsFailure(diagnosis)
         return ClientError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}", 0, "UNAVAILABLE",
@@ -533,6 +568,7 @@ class GrpcClient(_Base):
         self._host, self._port = host or target, int(port) if port.isdigit() else 443
         self._ssl = tls.ssl_context() if tls is not None else None  # checks the files now; used by the probe
         self._has_client_cert = bool(tls and tls.client_cert)
+        self._client_cert = tls.client_cert if tls else None
         self._answered = False
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
@@ -560,7 +596,8 @@ class GrpcClient(_Base):
             return TlsFailure(_tls_message(_grpc_tls_reason(error.message), where, "grpc",
                                            _verify_detail(error.message)))
         if "Connection refused" not in error.message and any(w in error.message for w in _GRPC_SILENT_CLOSE):
-            diagnosis = _probe_tls(self._host, self._port, self._ssl, "grpcs", "grpc", self._has_client_cert)
+            diagnosis = _probe_tls(self._host, self._port, self._ssl, "grpcs", "grpc", self._has_client_cert,
+                                   client_cert=self._client_cert)
             if diagnosis:
                 return TlsFailure(diagnosis)
         return error

@@ -5,6 +5,7 @@ reload; startup errors of ``vitcodec-cloud serve`` for unusable files."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -365,6 +366,96 @@ def test_watch_takes_the_tls_options(tls_server, pki, tmp_path):
     result = _edge(["watch", "--server", tls_server.grpc_url, "--outbox", str(tmp_path / "outbox"), "--results",
                     str(tmp_path / "results.jsonl"), "--ca-cert", str(tmp_path / "missing.pem")])
     assert result.exit_code == 2 and "CA certificate" in result.output and "no such file" in result.output
+
+
+# -- expired certificates ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def expired(pki):
+    """Certificates from pki's CA whose validity ended yesterday: ``server``/``server_key`` (127.0.0.1,
+    localhost), ``client``/``client_key`` (CN edge-old)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    window = dict(not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1))
+    server, server_key = _write_pair(pki.ca_obj.issue_cert("127.0.0.1", "localhost", **window), pki.folder,
+                                     "expired-server")
+    client, client_key = _write_pair(pki.ca_obj.issue_cert("edge-old.example", common_name="edge-old", **window),
+                                     pki.folder, "expired-client")
+    return SimpleNamespace(server=server, server_key=server_key, client=client, client_key=client_key)
+
+
+@pytest.fixture(scope="module")
+def expired_server(start_server, expired):
+    """TLS on both transports with an expired certificate (a server starts with one: renewing is its job)."""
+    return start_server(models=["fmnist-q2"], tls_cert=expired.server, tls_key=expired.server_key)
+
+
+@pytest.mark.parametrize("transport", [0, 1], ids=["http", "grpc"])
+def test_an_expired_server_certificate_is_a_clear_error(expired_server, pki, edge_streams, stream_file,
+                                                        transport):
+    """Trusted CA, right name, but expired: the error says so (not "pass the CA"), once, without retries."""
+    url = _urls(expired_server)[transport]
+    started = time.monotonic()
+    with connect(url, tls=TlsOptions(ca_cert=pki.ca), retry=RetryPolicy(total_s=5)) as client:
+        with pytest.raises(TlsFailure) as info:
+            client.classify(edge_streams[0])
+    message = info.value.message
+    assert "has expired" in message and "certificate has expired" in message, message
+    assert "--ca-cert" not in message and not info.value.retryable and info.value.status == 0
+    assert time.monotonic() - started < 4
+    result = _edge(["send", str(stream_file), "--server", url, "--ca-cert", str(pki.ca), "--retry-for", "5"])
+    lines = _error_lines(result.output)
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: TLS: the certificate of 127.0.0.1:") and "has expired" in lines[0], lines
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("transport", [0, 1], ids=["http", "grpc"])
+def test_mtls_refuses_an_expired_client_certificate(mtls_server, pki, expired, edge_streams, stream_file,
+                                                    transport):
+    """A client certificate from the right CA that has expired: refused in the handshake (no HTTP or gRPC
+    status ever comes back, so no 5xx); the client's error names the expiry; the server serves on."""
+    url = _urls(mtls_server)[transport]
+    old = TlsOptions(ca_cert=pki.ca, client_cert=expired.client, client_key=expired.client_key)
+    with connect(url, tls=old, retry=RetryPolicy(total_s=5)) as client:
+        with pytest.raises(TlsFailure) as info:
+            client.classify(edge_streams[0])
+    message = info.value.message
+    assert "refused this client's certificate" in message and "expired" in message, message
+    assert str(expired.client) in message and info.value.status == 0 and not info.value.retryable
+    result = _edge(["send", str(stream_file), "--server", url, "--ca-cert", str(pki.ca), "--client-cert",
+                    str(expired.client), "--client-key", str(expired.client_key), "--retry-for", "5"])
+    lines = _error_lines(result.output)
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: TLS") and "expired" in lines[0], lines
+    good = TlsOptions(ca_cert=pki.ca, client_cert=pki.client, client_key=pki.client_key)
+    with connect(url, tls=good, retry=NO_RETRY) as client:  # the server is still up, for good certificates
+        assert client.classify(edge_streams[0]).model == "fmnist-q2"
+
+
+def test_tls_messages_for_certificate_dates(tmp_path):
+    """The message wording, from OpenSSL's own words: a server certificate expired or not yet valid, a client
+    certificate refused with an "expired" alert; a valid client certificate file has no date problem."""
+    from vitcodec.edge.client import _client_cert_dates_problem, _tls_message
+
+    where = "example.org:443"
+    assert _tls_message("CERTIFICATE_VERIFY_FAILED", where, "http", "certificate has expired") == (
+        "TLS: the certificate of example.org:443 has expired (certificate has expired); the server needs a "
+        "renewed certificate (or this device's clock is wrong)")
+    assert "is not yet valid (certificate is not yet valid); check this device's clock" in _tls_message(
+        "CERTIFICATE_VERIFY_FAILED", where, "http", "certificate is not yet valid")
+    assert _tls_message("SSLV3_ALERT_CERTIFICATE_EXPIRED", where, "http") == (
+        "TLS: example.org:443 refused the client certificate: it has expired (SSLV3_ALERT_CERTIFICATE_EXPIRED); "
+        "renew it")
+    assert "not trusted" in _tls_message("CERTIFICATE_VERIFY_FAILED", where, "http",
+                                         "unable to get local issuer certificate")
+    valid = trustme.CA().issue_cert("edge.example")
+    valid.cert_chain_pems[0].write_to_path(str(tmp_path / "valid.pem"))
+    assert _client_cert_dates_problem(tmp_path / "valid.pem") is None
+    assert _client_cert_dates_problem(tmp_path / "missing.pem") is None
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
+    early = trustme.CA().issue_cert("edge.example", not_before=future, not_after=future + datetime.timedelta(days=9))
+    early.cert_chain_pems[0].write_to_path(str(tmp_path / "early.pem"))
+    assert "is not valid before" in _client_cert_dates_problem(tmp_path / "early.pem")
 
 
 def test_client_errors_are_client_errors():
