@@ -128,7 +128,8 @@ def classifier_graph(model: LatentNetworks) -> bytes:
     from onnx import TensorProto, numpy_helper
 
     graph = onnx.load_from_string(onnx_classifier_bytes(model))
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if k.startswith("vit.")}
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
+             if k.startswith(("vit.", "calibration."))}  # the calibration statistics too: stored once
     weight_map: dict[str, tuple[str, bool]] = {}
     for init in graph.graph.initializer:
         value = numpy_helper.to_array(init)

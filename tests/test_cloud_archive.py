@@ -103,14 +103,14 @@ def test_every_classify_answer_carries_the_archive_id(http, channel, archive_ser
         "outputs": [{"name": "archive_id"}]}).json()
     assert [o["name"] for o in only["outputs"]] == ["archive_id"] and only["outputs"][0]["data"] == [expected]
     meta = http.get("/v2/models/fmnist-q2").json()
-    assert [o["name"] for o in meta["outputs"]] == ["PROBABILITIES", "LABEL", "archive_id"]
+    assert [o["name"] for o in meta["outputs"]] == ["PROBABILITIES", "LABEL", "novelty", "archive_id"]  # the zoo is calibrated
     # KServe v2 over gRPC
     request = v2.ModelInferRequest(model_name="fmnist-q2")
     request.inputs.add(name="BITSTREAM", datatype="BYTES", shape=[2])
     request.raw_input_contents.append(_bytes_tensor(edge_streams[2:4]))
     reply = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30, metadata=GRPC_AUTH)
     names = [o.name for o in reply.outputs]
-    assert names == ["PROBABILITIES", "LABEL", "archive_id"]
+    assert names == ["PROBABILITIES", "LABEL", "novelty", "archive_id"]  # the zoo is calibrated
     raw = reply.raw_output_contents[names.index("archive_id")]
     assert raw == _bytes_tensor([stream_id(s).encode() for s in edge_streams[2:4]])
     # the edge clients
@@ -130,7 +130,8 @@ def test_the_same_stream_twice_is_one_entry(http, edge_streams):
     assert entry["seen"] == 2 and entry["last_seen"] >= entry["created"]
     assert entry["label"] == first["label"] and entry["confidence"] == pytest.approx(first["confidence"], abs=1e-6)
     assert entry["model"] == "fmnist-q2" and entry["bytes"] == len(stream) and entry["image_size"] == [28, 28]
-    assert entry["client"] is None and entry["novelty"] is None and entry["reclassifications"] == []
+    assert entry["client"] is None and entry["reclassifications"] == []
+    assert entry["novelty"] == pytest.approx(first["novelty"], rel=1e-5)  # the zoo is calibrated
     assert [t["label"] for t in entry["top_k"]][0] == first["label"] and len(entry["top_k"]) == 5
     listed = _all_pages(http, {"limit": 1000})
     assert [e["id"] for e in listed].count(first["id"]) == 1

@@ -50,7 +50,7 @@ def test_v2_health_and_metadata(channel):
     assert stub.ModelReady(v2.ModelReadyRequest(name="fmnist-q2")).ready
     meta = stub.ModelMetadata(v2.ModelMetadataRequest(name="fmnist-q2"))
     assert meta.inputs[0].name == "BITSTREAM" and meta.inputs[0].datatype == "BYTES"
-    assert [o.name for o in meta.outputs] == ["PROBABILITIES", "LABEL"]
+    assert [o.name for o in meta.outputs] == ["PROBABILITIES", "LABEL", "novelty"]  # the zoo is calibrated
     assert "binary_tensor_data" in stub.ServerMetadata(v2.ServerMetadataRequest()).extensions
     config = stub.ModelConfig(v2.ModelConfigRequest(name="fmnist-q2")).config
     assert config.input[0].data_type == v2.TYPE_STRING
@@ -62,7 +62,7 @@ def test_v2_infer_raw_and_typed_contents(channel, edge_streams):
     stub = v2_grpc.GRPCInferenceServiceStub(channel)
     reply = stub.ModelInfer(_infer_request("fmnist-q2", edge_streams[:4]), timeout=30)
     assert reply.model_name == "fmnist-q2" and reply.id == "r1"
-    assert [o.name for o in reply.outputs] == ["PROBABILITIES", "LABEL"]
+    assert [o.name for o in reply.outputs] == ["PROBABILITIES", "LABEL", "novelty"]  # the zoo is calibrated
     probs = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(list(reply.outputs[0].shape))
     assert probs.shape == (4, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
     typed = v2.ModelInferRequest(model_name="fmnist-q2")

@@ -49,7 +49,7 @@ def test_model_metadata_and_config(triton):
         outputs = [o["name"] for o in meta["outputs"]]
         config = client.get_model_config("fmnist-q2", as_json=True)["config"]
     assert inputs == [("BITSTREAM", "BYTES", [-1])]
-    assert outputs == ["PROBABILITIES", "LABEL"]
+    assert outputs == ["PROBABILITIES", "LABEL", "novelty"]  # the zoo is calibrated
     assert config["name"] == "fmnist-q2"
 
 
