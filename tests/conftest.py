@@ -80,6 +80,20 @@ def calibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def server_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and a server certificate for 127.0.0.1/localhost made with trustme: ``ca.pem``, ``server.pem``,
+    ``server.key`` in one folder."""
+    trustme = pytest.importorskip("trustme")
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "server.key"))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def uncalibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding the zoo's fmnist-q2 with its calibration taken out (no temperature, no novelty
     statistics, classifier.onnx without the novelty output): what every package exported before calibration

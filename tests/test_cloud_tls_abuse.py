@@ -15,21 +15,15 @@ import pytest
 from bench_tls import KINDS, abuse, client_hello, metrics_5xx, status_5xx
 from vitcodec.edge.client import RetryPolicy, TlsOptions, connect
 
-trustme = pytest.importorskip("trustme")
+pytest.importorskip("trustme")
 
 CONNECTIONS = 300
 BUDGET_S = 60.0  # 300 connections take a few seconds; a server that stalls them would blow this
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    leaf.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
-    leaf.private_key_pem.write_to_path(str(folder / "server.key"))
-    return folder
+def pki(server_pki):
+    return server_pki
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 from agent_processes import child_env, free_port, sample_images, wait_for, write_pngs
 from vitcodec.cloud import process
 
-trustme = pytest.importorskip("trustme")
+pytest.importorskip("trustme")
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,8 @@ SEND_DEADLINE_S = 240.0
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    leaf.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
-    leaf.private_key_pem.write_to_path(str(folder / "server.key"))
-    return folder
+def pki(server_pki):
+    return server_pki
 
 
 @pytest.fixture(scope="module")
