@@ -53,7 +53,8 @@ def test_health_and_metadata(http, package):
     model = http.get("/v2/models/fmnist-q2").json()
     assert model["name"] == "fmnist-q2" and model["versions"] == [str(package.version)]
     assert model["inputs"] == [{"name": "BITSTREAM", "datatype": "BYTES", "shape": [-1]}]
-    assert {o["name"]: o["shape"] for o in model["outputs"]} == {"PROBABILITIES": [-1, 10], "LABEL": [-1]}
+    assert {o["name"]: o["shape"] for o in model["outputs"]} == {"PROBABILITIES": [-1, 10], "LABEL": [-1],
+                                                                 "novelty": [-1]}  # the zoo is calibrated
     assert http.get(f"/v2/models/fmnist-q2/versions/{package.version}").json() == model
     assert http.get("/v2/models/fmnist-q2/ready").status_code == 200
     assert http.get("/v2/models/fmnist-q2/config").json()["max_batch_size"] == 0
@@ -81,7 +82,7 @@ def test_v2_infer_json_and_binary_agree(http, edge_streams):
     assert sum(sizes) == len(blob)
     probs_bin = np.frombuffer(blob[:sizes[0]], "<f4").reshape(3, 10)
     np.testing.assert_allclose(probs_bin, probs, atol=1e-5)
-    label_blob, pos, labels_bin = blob[sizes[0]:], 0, []
+    label_blob, pos, labels_bin = blob[sizes[0]:sizes[0] + sizes[1]], 0, []  # then novelty (calibrated zoo)
     while pos < len(label_blob):
         (n,) = struct.unpack_from("<I", label_blob, pos)
         labels_bin.append(label_blob[pos + 4:pos + 4 + n].decode())

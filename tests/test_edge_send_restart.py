@@ -29,7 +29,7 @@ pytest.importorskip("trustme")
 
 pytestmark = pytest.mark.slow
 
-N = 600  # the scenario: 3,000
+N = int(os.environ.get("VITCODEC_RESTART_IMAGES", "600"))  # the scenario: VITCODEC_RESTART_IMAGES=3000
 KILL_AFTER = 120  # streams the first server has classified when it is killed
 CONCURRENCY = "2"  # fewer in flight than the default 8: the batch lasts long enough to be cut in the middle
 SEND_DEADLINE_S = 240.0
