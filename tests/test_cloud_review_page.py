@@ -125,13 +125,30 @@ def _wait(driver, condition, timeout: float = WAIT_S):
     return WebDriverWait(driver, timeout).until(condition)
 
 
+def _gone(page):
+    """A wait condition: the element's page was replaced. Chromium sometimes reports a replaced node as an
+    inspector error ("does not belong to the document") rather than as a stale element: both mean gone."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def check(_driver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return check
+
+
 def _follow(driver, element) -> None:
     """Click a link or button and wait until the next page has replaced this one."""
-    from selenium.webdriver.support import expected_conditions
-
     page = driver.find_element(_by().TAG_NAME, "html")
     element.click()
-    _wait(driver, expected_conditions.staleness_of(page))
+    _wait(driver, _gone(page))
     _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete")
 
 
