@@ -57,9 +57,9 @@ zoo: $(STAMP)
 	$(VENV)/bin/vitcodec train --stage pretrain --preset jcc-fmnist-28-s8 --tokenizer conv --pool seq \
 		--data fashion-mnist --epochs 45 --batch-size 128 --lr 1e-3 --warmup-steps 500 --label-smoothing 0.1 \
 		--erase-prob 0.25 --threads 2 --no-progress --out $(ZOO_RUNS)/fmnist-pretrain
-	$(JOINT) --epochs $(Q1_EPOCHS) --alpha 0.3 --beta 0.0001 --out $(ZOO_RUNS)/fmnist-q1 & \
-	$(JOINT) --epochs $(Q2_EPOCHS) --alpha 1.5 --beta 0.0004 --out $(ZOO_RUNS)/fmnist-q2 & \
-	$(JOINT) --epochs $(Q3_EPOCHS) --alpha 4.0 --beta 0.0025 --out $(ZOO_RUNS)/fmnist-q3 & \
+	$(JOINT) --epochs 5 --alpha 0.3 --beta 0.0001 --out $(ZOO_RUNS)/fmnist-q1 & \
+	$(JOINT) --epochs 5 --alpha 1.5 --beta 0.0004 --out $(ZOO_RUNS)/fmnist-q2 & \
+	$(JOINT) --epochs 6 --alpha 4.0 --beta 0.0025 --out $(ZOO_RUNS)/fmnist-q3 & \
 	wait
 	$(VENV)/bin/vitcodec export --model $(ZOO_RUNS)/fmnist-pretrain/final.pt --out $(ZOO_OUT) --name fmnist-uncompressed
 	for q in 1 2 3; do \
