@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import read_config_file
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 _HASH_PATTERN = re.compile(r"scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)")
@@ -200,16 +202,7 @@ def parse_credentials(text: str, path: Path | str) -> dict[str, Device]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CredentialsError(f"credentials {path}: no such file") from None
-    except IsADirectoryError:
-        raise CredentialsError(f"credentials {path}: is a folder, not a file") from None
-    except PermissionError:
-        raise CredentialsError(f"credentials {path}: cannot read it (permission denied)") from None
-    except OSError as exc:
-        raise CredentialsError(f"credentials {path}: cannot read it ({exc.strerror or exc})") from None
+    data = read_config_file(path, "credentials", CredentialsError)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import CURRENT_DEVICE
+from .files import read_config_file
 
 log = logging.getLogger("vitcodec.cloud.tls")
 
@@ -36,17 +37,7 @@ class TlsConfigError(ValueError):
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise TlsConfigError(f"{what} {path}: no such file") from None
-    except IsADirectoryError:
-        raise TlsConfigError(f"{what} {path}: is a folder, not a file") from None
-    except PermissionError:
-        raise TlsConfigError(f"{what} {path}: cannot read it (permission denied)") from None
-    except OSError as exc:
-        raise TlsConfigError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
-    return data
+    return read_config_file(path, what, TlsConfigError)
 
 
 def _no_password() -> bytes:

@@ -51,8 +51,7 @@ class LatentNetworks(nn.Module):
     def analyse(self, y_hat: Tensor) -> tuple[Tensor, Tensor | None]:
         """(logits, novelty): the classify path plus, when calibrated, how unlike the training data each
         latent is (`vitcodec.models.novelty`: above 1.0 is out of distribution); novelty is None otherwise."""
-        pooled = self.vit.pooled(self.vit.forward_features(y_hat))
-        logits = self.vit.head(pooled)
+        logits, pooled = self.pooled_features(y_hat)
         if self.calibration is None:
             return logits, None
         return self.calibration.scale(logits), self.calibration.novelty(pooled)

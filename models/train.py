@@ -8,6 +8,7 @@ its own input.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -359,6 +360,7 @@ def _train_step(stage: _Stage, x: torch.Tensor, target: torch.Tensor) -> dict[st
     return {k: v.detach() for k, v in terms.items()}
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
     slower than float32."""

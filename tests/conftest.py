@@ -52,31 +52,17 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def calibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository holding one calibrated package: a copy of the zoo's fmnist-q2 as shipped when the zoo is
-    calibrated (it is since 2026-12-04), else calibrated here (temperature and novelty statistics on 1000
-    images of Fashion-MNIST's fit split and 500 of its val split through real bitstreams; about 15 s, once per
-    session). Same model id as the zoo's fmnist-q2, so serve it on its own. Skipped without the trained zoo
-    (novelty only means something for a trained model) or the dataset."""
-    import shutil
-
+def calibrated_repo() -> Path:
+    """The zoo, whose compressed packages are calibrated (temperature and novelty statistics, since
+    2026-12-04): the repository the novelty tests serve."""
     zoo = _zoo_repository()
     if zoo is None:
-        pytest.skip("needs the trained zoo (packages/zoo) to calibrate a copy of fmnist-q2")
-    from vitcodec.models.calibrate import calibrate_package
-    from vitcodec.models.data import DataError
+        pytest.skip("needs the trained zoo (packages/zoo)")
     from vitcodec.packages import ModelPackage
 
-    root = tmp_path_factory.mktemp("calibrated-repo")
-    shutil.copytree(zoo / "fmnist-q2", root / "fmnist-q2")
-    if ModelPackage.open(root / "fmnist-q2" / "1").manifest["config"].get("calibrated"):
-        return root
-    try:
-        calibrate_package(ModelPackage.open(root / "fmnist-q2" / "1"), "fashion-mnist", fit_images=1000,
-                          val_images=500)
-    except (DataError, OSError) as exc:
-        pytest.skip(f"cannot calibrate without the Fashion-MNIST data: {exc}")
-    return root
+    assert ModelPackage.open(zoo / "fmnist-q2" / "1").manifest["config"].get("calibrated"), \
+        "the zoo's fmnist-q2 is not calibrated: run `vitcodec calibrate --model fmnist-q2`"
+    return zoo
 
 
 @pytest.fixture(scope="session")
