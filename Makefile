@@ -70,7 +70,8 @@ zoo: $(STAMP)
 	done
 
 # Rate–accuracy against JPEG, WebP and AVIF with a pixel CNN, raw and fine-tuned per codec and quality
-# (docs/benchmarks.md): table on stdout, plot in docs/rate_accuracy.png, CNN weights cached in runs/rate-accuracy
+# (docs/benchmarks.md): table on stdout, figures in benchmarks/results/rate_accuracy_<date>.json, plot in
+# docs/rate_accuracy.png, CNN weights cached in runs/rate-accuracy
 # (the cached raw CNN is also the teacher for `vitcodec train --teacher`). Full size: about an hour on 2 cores.
 RATE_ARGS ?= --from-manifest --codecs-from benchmarks/results/rate_accuracy_codecs_2026-12-01.json
 rate-accuracy: $(STAMP)

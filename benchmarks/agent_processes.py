@@ -1,5 +1,5 @@
 """Real processes for the edge agent's tests and benchmarks: a `vitcodec-cloud serve` subprocess that can be
-killed and brought back on the same ports, a `vitcodec-edge watch` subprocess, and a TCP proxy of the tests'
+killed and brought back on the same ports (`model_server`), a `vitcodec-edge watch` subprocess, and a TCP proxy of the tests'
 own that drops and stalls connections. Every wait is bounded in time. Not a test module: the chaos tests
 import it by name (pytest's pythonpath), bench_agent.py from its own folder.
 """
@@ -24,8 +24,8 @@ import numpy as np
 from vitcodec.cloud import process
 from vitcodec.cloud.process import free_port
 
-__all__ = ["AgentProcess", "ChaosProxy", "ServerProcess", "assert_exactly_once", "child_env", "count_lines",
-           "free_port", "read_results", "sample_images", "wait_for", "write_pngs"]
+__all__ = ["AgentProcess", "ChaosProxy", "assert_exactly_once", "child_env", "count_lines", "free_port",
+           "model_server", "read_results", "sample_images", "wait_for", "write_pngs"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1,
@@ -44,61 +44,11 @@ def child_env(model_repo: Path) -> dict[str, str]:
     return env
 
 
-class ServerProcess:
-    """`vitcodec-cloud serve` (cloud/process.py's child process) on ports chosen once, so that after a kill -9
-    it comes back on the same ones; each start logs to its own file."""
-
-    def __init__(self, model_repo: Path, log_dir: Path, model: str = "fmnist-q2") -> None:
-        self.model_repo, self.log_dir, self.model = model_repo, log_dir, model
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        while self.grpc_port == self.http_port:
-            self.grpc_port = free_port()
-        self.server: process.ServerProcess | None = None
-        self.starts = 0
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
-
-    def _log_path(self) -> Path:
-        return self.log_dir / f"server-{self.starts}.log"
-
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
-        self.starts += 1
-        argv = ["vitcodec-cloud", "serve", "--model-repo", str(self.model_repo), "--model", self.model, "--host",
-                "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--log-level",
-                "warning", "--max-queue-delay-ms", "5"]
-        self.server = process.ServerProcess(argv, self._log_path(), self.http_url, env=child_env(self.model_repo))
-        self.server.start()
-        try:
-            self.server.wait_ready(timeout, model=self.model)
-        except BaseException:
-            self.server.stop(30.0)
-            raise
-        return self
-
-    def kill(self) -> None:
-        """kill -9: no drain, no goodbye."""
-        if self.server is None or self.server.proc is None:
-            return
-        if self.server.proc.poll() is None:
-            os.killpg(self.server.pid, signal.SIGKILL)  # the server runs in its own session
-            self.server.proc.wait(30)
-        self.server.stop(0.0)  # reaped already: only closes the log
-
-    def stop(self) -> None:
-        """SIGTERM (graceful drain), SIGKILL after 40 s."""
-        if self.server is not None:
-            self.server.stop(40.0)
-
-    def log_tail(self) -> str:
-        path = self._log_path()
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+def model_server(model_repo: Path, log_dir: Path, model: str = "fmnist-q2") -> process.ServerProcess:
+    """`vitcodec-cloud serve` of one model (cloud/process.py's `ServerProcess`) on ports chosen once, so that
+    after a kill -9 it comes back on the same ones. Not started: ``.start_ready()``."""
+    return process.ServerProcess.serving(model_repo, model, log_dir / "server.log", "--log-level", "warning",
+                                         "--max-queue-delay-ms", "5", env=child_env(model_repo))
 
 
 class AgentProcess:

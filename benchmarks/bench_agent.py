@@ -8,14 +8,13 @@
     python benchmarks/bench_agent.py --n 1000
     python benchmarks/bench_agent.py --n 1000 --transport http
 
-Every wait is bounded (--timeout). Prints a markdown table.
+Every wait is bounded (--timeout). Prints a markdown table and writes the figures as JSON
+(benchmarks/results/agent_<date>.json, or --json-out).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import signal
 import statistics
@@ -23,10 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from agent_processes import ServerProcess, child_env, count_lines, sample_images, wait_for, write_pngs
+from agent_processes import child_env, count_lines, sample_images, wait_for, write_pngs
+from common import add_results_args, machine_info, machine_line, write_results
+from server_variants import start_server
 
 
 def scan_ms(folder: Path, repeats: int) -> float:
@@ -50,11 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="uploads in flight, send and watch alike")
     parser.add_argument("--repeats", type=int, default=20, help="scans timed (median)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for each end-to-end run")
+    add_results_args(parser)
     args = parser.parse_args(argv)
 
     from vitcodec.packages import resolve_model
 
-    repo = resolve_model("fmnist-q2").path.parent.parent
+    machine = machine_info()
+    package = resolve_model("fmnist-q2")
+    repo = package.path.parent.parent
     work = Path(tempfile.mkdtemp(prefix="vitcodec-bench-agent-"))
     try:
         images = sample_images(args.n)
@@ -62,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         write_pngs(images, inbox)
         scan = scan_ms(inbox, args.repeats)
 
-        server = ServerProcess(repo, work).start()
-        url = server.grpc_url if args.transport == "grpc" else server.http_url
+        server, http_port, grpc_port = start_server(package, ["--max-queue-delay-ms", "5"], None,
+                                                    "vitcodec-bench-agent-")
+        url = f"grpc://127.0.0.1:{grpc_port}" if args.transport == "grpc" else f"http://127.0.0.1:{http_port}"
         env = child_env(repo)
         try:
             t0 = time.perf_counter()
@@ -88,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                 agent.send_signal(signal.SIGTERM)
                 agent.wait(60)
         finally:
-            server.stop()
+            server.stop(40.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"# edge agent — {args.n} Fashion-MNIST images, fmnist-q2, {args.transport}, "
           f"concurrency {args.concurrency}\n")
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.node()} · {os.cpu_count()} CPUs\n")
+    print(f"{machine_line(machine)}\n")
     print("| measurement | value |")
     print("|---|---:|")
     print(f"| one intake scan of {args.n} files | {scan:.1f} ms |")
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| `send` (one shot, nothing durable), images/s | {args.n / send_s:.0f} |")
     print(f"| `watch` (outbox + fsynced results), images/s, from process start | {args.n / watch_s:.0f} |")
     print(f"| watch / send | {send_s / watch_s:.2f}x |")
+    write_results("agent", {"images": args.n, "scan_ms": scan, "scan_core_share_at_poll_0_5": scan / 500,
+                            "send_images_per_s": args.n / send_s, "watch_images_per_s": args.n / watch_s,
+                            "watch_over_send": send_s / watch_s}, args, argv, machine=machine)
     return 0
 
 

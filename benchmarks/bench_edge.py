@@ -32,6 +32,8 @@ on another runtime or device (docs/architecture.md, "Data flow"), the integer on
 Usage::
 
     .venv/bin/python benchmarks/bench_edge.py --images 50 --threads 2 [--venv-size] [--checkpoint final.pt]
+
+Prints markdown tables and writes the figures as JSON (benchmarks/results/edge_<date>.json, or --json-out).
 """
 
 from __future__ import annotations
@@ -40,16 +42,15 @@ import argparse
 import datetime as dt
 import json
 import math
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from common import REPO as ROOT
+from common import add_results_args, cpu_model, machine_info, summary_ms, usable_cpus, write_results
+from common import percentile as pct  # noqa: F401 - bench_hs.py imports it from here
 from workloads import (
     build_edge_venv,
     directory_bytes,
@@ -61,19 +62,8 @@ from workloads import (
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                     platform.processor() or "unknown CPU")
-    except (OSError, subprocess.SubprocessError):
-        model = platform.processor() or "unknown CPU"
-    import os
-
-    return f"{model}, {len(os.sched_getaffinity(0))} cores"
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+    """The machine as the printed tables name it: CPU model and the CPUs this process may use."""
+    return f"{cpu_model()}, {usable_cpus()} cores"
 
 
 # --- models -------------------------------------------------------------------------------------------
@@ -196,7 +186,7 @@ def rate_cost(model, package, pixels: np.ndarray) -> dict[str, float]:
 # --- report -------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50, help="224x224 images to time (and to price)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
@@ -204,7 +194,8 @@ def main() -> None:
     parser.add_argument("--fmnist-images", type=int, default=1000, help="test images for --checkpoint")
     parser.add_argument("--venv-size", action="store_true", help="build a torch-free edge venv and measure it")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    args = parser.parse_args()
+    add_results_args(parser)
+    args = parser.parse_args(argv)
 
     import warnings
 
@@ -212,6 +203,7 @@ def main() -> None:
     from vitcodec.codec.bitstream import read_stream_info
     from vitcodec.edge.encoder import EdgeEncoder
 
+    info = machine_info()
     figures: dict[str, object] = {"machine": machine(), "date": dt.date.today().isoformat(),
                                   "threads": args.threads, "images": args.images}
     per_photo = max(1, math.ceil(args.images / 8))
@@ -225,8 +217,7 @@ def main() -> None:
         figures["scale_levels_used"] = int(np.count_nonzero(levels))
 
         stages = time_stages(package, pixels, args.threads)
-        figures["stages_ms"] = {k: {"median": round(pct(v, 50), 2), "p90": round(pct(v, 90), 2)}
-                                for k, v in stages.items()}
+        figures["stages_ms"] = {k: summary_ms(v) for k, v in stages.items()}
         streams = [r.stream for r in EdgeEncoder(package).encode_pixels(pixels)]
         infos = [read_stream_info(s) for s in streams]
         figures["header_bytes"] = sorted({i.header_bytes for i in infos})
@@ -251,6 +242,7 @@ def main() -> None:
     print_markdown(figures)
     if args.json:
         print(json.dumps(figures, indent=2))
+    write_results("edge", figures, args, argv, machine=info)
 
 
 def _cost(r: dict, a: str, b: str) -> str:

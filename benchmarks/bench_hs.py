@@ -1,19 +1,23 @@
-"""Exact integer h_s against the float32 h_s in ONNX Runtime, the edge encode it sits in, and batched entropy
-decoding at the zoo's size (issue 11, item 1). Every figure comes from one run, timed rounds interleaved.
+"""The exact h_s formats side by side with the float32 h_s in ONNX Runtime (issue 20, item 1), the edge encode
+it sits in, and batched entropy decoding at the zoo's size. Every ratio comes from one run, timed rounds
+interleaved; the figures go to benchmarks/results/bench_hs_<date>.json as well.
 
-1. Exactness cost at 224x224 (``jcc-deit-s-224`` with weights made realistic, as in bench_edge.py), batch 1:
-   per image, the same ẑ through
-   - integer h_s, default engine (int8 digit planes, ONNX Runtime MatMulInteger, 1 thread; ``codec/exact_gemm.py``),
-   - integer h_s, float64 reference engine (numpy BLAS),
-   - the float32 h_s in ONNX Runtime (Conv/ConvTranspose/Relu graph of the trained float layers, the same
-     ``--threads``), on ẑ in float32;
-   per image the median of 2 rounds of 5 back-to-back runs per stage (int8 and float32 in turn; the float64
-   reference afterwards, on its own), then the median and p90 over images, and the ratios integer / float32.
-   The two integer outputs are checked bit-identical.
-2. Edge encode at 224 (``EdgeEncoder.encode_pixels``, one image at a time): median and p90 ms per stage.
-3. Entropy decoding of zoo streams (``fmnist-q2``: real Fashion-MNIST test images through the edge encoder) in
-   batches of ``--batch``: ``LatentCodec.decode_batch`` per stream with each engine, and where the time goes
-   (z range decoding, h_s, y range decoding + ŷ assembly) for the default engine.
+1. h_s at 224x224 (``jcc-deit-s-224`` with weights made realistic, as in bench_edge.py), batch 1 and batch 32:
+   the same ẑ through
+   - the 8-bit h_s (format 2, `codec/int8_hyper_synthesis.py`: one u8 x s8 GEMM a layer), ONNX Runtime
+     ``MatMulInteger`` engine (the default) and, at batch 1, the numpy int32 matmul engine,
+   - the format-1 h_s (wide fixed point, int8 digit planes; what the zoo ships), default engine and float64
+     reference,
+   - the float32 h_s in ONNX Runtime (Conv/ConvTranspose/Relu graph of the float layers, ``--threads``);
+   the 8-bit h_s is calibrated on the z of other photo crops. Ratios are / float32, median over rounds.
+   Also the rate cost of the 8-bit h_s against format 1 on these photos (coded bytes, same CDF tables).
+2. The same at the zoo's 28x28 (``fmnist-q2``, batches of 1 and ``--batch``): the 8-bit h_s is quantised from the
+   zoo's format-1 weights (w / 2**weight_bits, 11 fractional bits) and calibrated on the z of Fashion-MNIST test
+   images after the first ``--zoo-streams`` (timing and an indication of the rate cost; a real export
+   quantises the checkpoint's float weights on the fit split).
+3. Edge encode at 224 (``EdgeEncoder.encode_pixels``, one image at a time): median and p90 ms per stage.
+4. Entropy decoding of zoo streams in batches of ``--batch``: ``LatentCodec.decode_batch`` per stream with each
+   engine, and where the time goes (z range decoding, h_s, y range decoding + ŷ) for the default engine.
 
 Usage::
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -85,47 +88,148 @@ def interleaved(stages: dict, rounds: int, block: int = 1, warmup: int = 2) -> d
     return times
 
 
-def exactness_cost(model, package, pixels: np.ndarray, threads: int) -> dict:
-    from vitcodec.codec.exact_gemm import Float64Gemm, Int8LimbGemm
-    from vitcodec.edge.encoder import EdgeEncoder
-    from vitcodec.edge.preprocess import normalise
-    from vitcodec.models.export import hyper_synthesis_layers
+def fixed_to_float_layers(hyper) -> list[dict]:
+    """A format-1 h_s's layers as float layer dicts (w / 2**weight_bits, bias / 2**(weight_bits + act_bits))."""
+    out = []
+    for layer in hyper.layers:
+        if layer.kind == "relu":
+            out.append({"kind": "relu"})
+            continue
+        out.append({"kind": layer.kind, "weight": layer.weight / 2.0**hyper.weight_bits,
+                    "bias": layer.bias / 2.0 ** (hyper.weight_bits + hyper.act_bits), "stride": layer.stride,
+                    "padding": layer.padding, "output_padding": layer.output_padding})
+    return out
 
-    encoder = EdgeEncoder(package, threads=threads)
-    codec = encoder.codec
-    fast = codec.hyper.with_engine(Int8LimbGemm())  # the default engine (1 thread per GEMM)
-    reference = codec.hyper.with_engine(Float64Gemm())
-    session = float32_hs_session(hyper_synthesis_layers(model), codec.N, threads)
-    medians = codec.tables.z_medians.astype(np.float64).reshape(-1, 1, 1)
-    _, z = encoder.session.run(["y", "z"], {"image": normalise(pixels, encoder.spec)})
-    latent = tuple(s // 16 for s in pixels.shape[1:3])
-    times: dict[str, list[float]] = {"integer h_s (int8 engine)": [], "integer h_s (float64 reference)": [],
-                                     "float32 h_s (ONNX Runtime)": []}
-    for zi in z:
-        symbols = np.rint(zi.astype(np.float64) - medians).astype(np.int32)[None]
-        fixed = fast.fixed_input(symbols, codec.tables.z_medians)
-        z_hat = (fixed / float(1 << codec.hyper.act_bits)).astype(np.float32)
-        a, b = fast.forward(fixed, latent), reference.forward(fixed, latent)
-        if not (np.array_equal(a.means_fixed, b.means_fixed) and np.array_equal(a.scale_indexes, b.scale_indexes)):
-            raise SystemExit("int8 and float64 engines disagree: exactness is broken")
-        per = interleaved({
-            "integer h_s (int8 engine)": lambda: fast.forward(fixed, latent),
+
+def calibrated_int8(layers: list[dict], tables, z_hat: np.ndarray):
+    """The 8-bit h_s of float layer dicts, calibrated on ẑ (float64 (B, N, h, w)) as the exporter does."""
+    import torch
+    from torch import nn
+
+    from vitcodec.codec.int8_quantise import HsCalibration, quantise
+
+    x, outputs = torch.from_numpy(z_hat), []
+    with torch.no_grad():
+        for spec in layers:
+            if spec["kind"] == "relu":
+                x = torch.relu(x)
+                outputs.append(x.amax(dim=(0, 2, 3)).numpy())
+                continue
+            w, b = torch.from_numpy(np.asarray(spec["weight"], np.float64)), torch.from_numpy(np.asarray(spec["bias"], np.float64))
+            if spec["kind"] == "conv":
+                x = nn.functional.conv2d(x, w, b, spec["stride"], spec["padding"])
+            else:
+                x = nn.functional.conv_transpose2d(x, w, b, spec["stride"], spec["padding"], spec["output_padding"])
+    calibration = HsCalibration(z_hat.min(axis=(0, 2, 3)), z_hat.max(axis=(0, 2, 3)), outputs)
+    return quantise(layers, tables.scale_table, tables.z_medians, calibration)
+
+
+def hs_side_by_side(old, new, layers: list[dict], tables, z: np.ndarray, out_hw: tuple[int, int], threads: int,
+                    batches: tuple[int, ...], rounds: int, numpy_batches: tuple[int, ...]) -> dict:
+    """ms per pass of every h_s on the same ẑ (batch b: the first b of z, tiled when z has fewer), checked
+    bit-identical across engines; ratios / the float32 h_s in ONNX Runtime."""
+    from vitcodec.codec.exact_gemm import Float64Gemm
+    from vitcodec.codec.int8_gemm import NumpyInt8Gemm
+
+    session = float32_hs_session(layers, tables.z_channels, threads)
+    medians = tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
+    old_reference, new_numpy = old.with_engine(Float64Gemm()), new.with_engine(NumpyInt8Gemm())
+    figures = {}
+    for b in batches:
+        zb = np.resize(z, (b, *z.shape[1:]))
+        symbols = np.rint(zb.astype(np.float64) - medians).astype(np.int32)
+        fixed, q = old.fixed_input(symbols, tables.z_medians), new.fixed_input(symbols, tables.z_medians)
+        z_hat = (symbols + medians).astype(np.float32)
+        a, r = old.forward(fixed, out_hw), old_reference.forward(fixed, out_hw)
+        if not (np.array_equal(a.means_fixed, r.means_fixed) and np.array_equal(a.scale_indexes, r.scale_indexes)):
+            raise SystemExit("format-1 engines disagree: exactness is broken")
+        stages = {
+            "8-bit h_s (format 2), ONNX Runtime MatMulInteger": lambda: new.forward(q, out_hw),
+            "format-1 h_s, int8 digit planes (the zoo's)": lambda: old.forward(fixed, out_hw),
             "float32 h_s (ONNX Runtime)": lambda: session.run(None, {"z_hat": z_hat}),
-        }, rounds=2, block=5)
-        for k, v in per.items():
-            times[k].append(float(np.median(v)))
-    # the reference last and on its own: OpenBLAS's threads keep spinning after a call and slowed the float32
-    # session that followed them by up to 4x in interleaved runs
-    for zi in z:
-        symbols = np.rint(zi.astype(np.float64) - medians).astype(np.int32)[None]
-        fixed = fast.fixed_input(symbols, codec.tables.z_medians)
-        per = interleaved({"integer h_s (float64 reference)": lambda: reference.forward(fixed, latent)}, rounds=1,
-                          block=5)
-        times["integer h_s (float64 reference)"].append(float(np.median(per["integer h_s (float64 reference)"])))
-    return {k: {"median": round(pct(v, 50), 3), "p90": round(pct(v, 90), 3)} for k, v in times.items()}
+        }
+        times = interleaved(stages, rounds=rounds, block=3)
+        if b in numpy_batches:
+            n = new_numpy.forward(q, out_hw)
+            f = new.forward(q, out_hw)
+            if not (np.array_equal(n.means_fixed, f.means_fixed) and np.array_equal(n.scale_indexes, f.scale_indexes)):
+                raise SystemExit("8-bit h_s engines disagree: exactness is broken")
+            times["8-bit h_s, numpy int32 matmul"] = interleaved({"n": lambda: new_numpy.forward(q, out_hw)}, 1,
+                                                                 warmup=0)["n"]
+        times["format-1 h_s, float64 reference"] = interleaved({"r": lambda: old_reference.forward(fixed, out_hw)},
+                                                               max(1, rounds // 2), block=3)["r"]
+        ms = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+        base = ms["float32 h_s (ONNX Runtime)"]
+        figures[f"batch {b}"] = {"ms": ms, "ratio_to_float32": {k: round(v / base, 3) for k, v in ms.items()}}
+    return figures
 
 
-def zoo_decoding(streams_n: int, batch: int, threads: int) -> dict:
+def rate_cost(old, new, tables, y: np.ndarray, z: np.ndarray) -> dict:
+    """Coded bytes (z + y payloads) of the same latents with the format-1 and the 8-bit h_s."""
+    from vitcodec.codec.latent_codec import LatentCodec
+
+    totals = {}
+    for name, hyper in (("format 1", old), ("8-bit", new)):
+        codec = LatentCodec(tables, hyper)
+        totals[name] = sum(len(e.z_payload) + len(e.y_payload) for e in (codec.encode(a, b) for a, b in zip(y, z)))
+    return {"images": len(y), "bytes": totals,
+            "cost_percent": round(100 * (totals["8-bit"] - totals["format 1"]) / totals["format 1"], 3)}
+
+
+def paper_figures(pixels: np.ndarray, calibration_pixels: np.ndarray, threads: int, rounds: int) -> dict:
+    import torch
+
+    from vitcodec.edge.preprocess import normalise
+    from vitcodec.models.export import codec_tables
+    from vitcodec.models.hs_export import exact_hyper_synthesis, hyper_synthesis_layers
+    from vitcodec.models.jcc import AnalysisTransforms
+    from vitcodec.models.registry import create_model
+    from workloads import make_realistic
+
+    torch.manual_seed(0)
+    model = create_model("jcc-deit-s-224")
+    make_realistic(model, photo_crops(1, seed=99), seed=0)
+    model.eval()
+    tables = codec_tables(model)
+    old = exact_hyper_synthesis(model, tables, "fixed")
+    new = exact_hyper_synthesis(model, tables, "int8", calibration_pixels)
+    with torch.no_grad():
+        y, z = AnalysisTransforms(model)(torch.from_numpy(normalise(pixels, model.config.input_spec())))
+    y, z = y.numpy(), z.numpy()
+    return {"hs": hs_side_by_side(old, new, hyper_synthesis_layers(model), tables, z, y.shape[2:], threads,
+                                  (1, 32), rounds, (1,)),
+            "rate": rate_cost(old, new, tables, y, z)}
+
+
+def zoo_figures(streams_n: int, batch: int, threads: int, rounds: int) -> dict:
+    from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.edge.preprocess import normalise, to_batch
+    from vitcodec.packages import resolve_model
+
+    package = resolve_model("fmnist-q2")
+    images = fashion_mnist_test(2 * streams_n)
+    if images is None:
+        raise SystemExit("the zoo figures need the Fashion-MNIST test split (dataset-fashion-mnist)")
+    encoder = EdgeEncoder(package)
+    codec = encoder.codec
+    layers = fixed_to_float_layers(codec.hyper)
+    medians = codec.tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
+
+    def latents(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(encoder.session.run(["y", "z"], {"image": normalise(to_batch(part, package.input_spec),
+                                                                           package.input_spec)}))
+
+    _, z_cal = latents(images[streams_n:])
+    new = calibrated_int8(layers, codec.tables, np.rint(z_cal.astype(np.float64) - medians) + medians)
+    y, z = latents(images[:streams_n])
+    return {"hs": hs_side_by_side(codec.hyper, new, layers, codec.tables, z, y.shape[2:], threads,
+                                  tuple(sorted({1, batch})), rounds, (1, batch)),
+            "rate": rate_cost(codec.hyper, new, codec.tables, y, z), "int8": new}
+
+
+def zoo_decoding(streams_n: int, batch: int, threads: int, int8_hyper=None) -> dict:
+    """Batched decoding of real zoo streams per engine; with `int8_hyper` (the zoo's h_s in the 8-bit format,
+    from `zoo_figures`) also decode_batch with it on the same payloads (a different h_s: timing only)."""
     from vitcodec.codec.bitstream import unpack_stream
     from vitcodec.codec.exact_gemm import Float64Gemm, Int8LimbGemm
     from vitcodec.codec.latent_codec import LatentCodec
@@ -160,11 +264,26 @@ def zoo_decoding(streams_n: int, batch: int, threads: int) -> dict:
             for key, t in zip(breakdown, (t1 - t0, t2 - t1, t3 - t2)):
                 breakdown[key] += t * 1e3
 
-    times = interleaved({
+    stages = {
         "decode_batch, int8 engine": lambda: [fast.decode_batch(b, shape) for b in batches],
         "decode_batch, float64 reference": lambda: [reference.decode_batch(b, shape) for b in batches],
         "one stream at a time, int8 engine": lambda: [fast.decode(z, y, shape) for b in batches for z, y in b],
-    }, rounds=5)
+    }
+    if int8_hyper is not None:
+        # the y payloads were coded with the format-1 parameters: decoding them with the 8-bit h_s's rows
+        # gives other symbols (or a corrupt-payload error, caught) but costs the same work
+        eight = LatentCodec(encoder.codec.tables, int8_hyper)
+
+        def decode_8bit() -> None:
+            for b in batches:
+                params = eight.hyper.forward(eight.hyper.fixed_input(eight.decode_z(b, shape), None), shape)
+                try:
+                    eight.decode_y(b, params, shape)
+                except Exception:  # noqa: BLE001 - see above
+                    pass
+
+        stages["decode_batch, 8-bit h_s"] = decode_8bit
+    times = interleaved(stages, rounds=5)
     rounds = 5
     for _ in range(rounds):
         split_timed()
@@ -176,12 +295,16 @@ def zoo_decoding(streams_n: int, batch: int, threads: int) -> dict:
 
 
 def main() -> None:
+    from common import add_results_args, machine_line, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=24, help="224x224 images")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--images", type=int, default=24, help="224x224 photos (tiled to 32 for batch 32)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads of the float32 h_s")
     parser.add_argument("--zoo-streams", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per h_s (3 runs each)")
+    parser.add_argument("--skip-edge", action="store_true", help="leave out the edge-encode stages")
+    add_results_args(parser)
     args = parser.parse_args()
     import warnings
 
@@ -189,33 +312,45 @@ def main() -> None:
     figures: dict = {"machine": machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                      "threads": args.threads, "images": args.images}
     pixels = photo_crops(max(1, -(-args.images // 8)), seed=1)[: args.images]
-    with tempfile.TemporaryDirectory() as tmp:
-        model, package = paper_model(Path(tmp))
-        figures["hs_224_ms"] = exactness_cost(model, package, pixels, args.threads)
-        stages = time_stages(package, pixels, args.threads)
-        figures["edge_224_ms"] = {k: {"median": round(pct(v, 50), 2), "p90": round(pct(v, 90), 2)}
-                                  for k, v in stages.items()}
-    figures["zoo"] = zoo_decoding(args.zoo_streams, args.batch, args.threads)
+    calibration = photo_crops(2, seed=2)
+    figures["paper_224"] = paper_figures(pixels, calibration, args.threads, args.rounds)
+    if not args.skip_edge:
+        with tempfile.TemporaryDirectory() as tmp:
+            _, package = paper_model(Path(tmp))
+            stages = time_stages(package, pixels, args.threads)
+            figures["edge_224_ms"] = {k: {"median": round(pct(v, 50), 2), "p90": round(pct(v, 90), 2)}
+                                      for k, v in stages.items()}
+    zoo = zoo_figures(args.zoo_streams, args.batch, args.threads, args.rounds)
+    int8_hyper = zoo.pop("int8")
+    figures["zoo_28"] = zoo
+    figures["zoo"] = zoo_decoding(args.zoo_streams, args.batch, args.threads, int8_hyper)
+    print(machine_line())
     print_markdown(figures)
-    if args.json:
-        print(json.dumps(figures, indent=2))
+    write_results("bench_hs", figures, args)
 
 
 def print_markdown(f: dict) -> None:
-    print(f"Machine: {f['machine']}; {f['date']}; ONNX Runtime threads {f['threads']}.\n")
-    hs = f["hs_224_ms"]
-    base = hs["float32 h_s (ONNX Runtime)"]["median"]
-    print(f"h_s at 224x224 (jcc-deit-s-224, batch 1, {f['images']} images; "
-          "outputs of both integer engines identical)\n")
-    print("| h_s | median ms | p90 ms | / float32 ORT |")
-    print("|---|---:|---:|---:|")
-    for k, v in hs.items():
-        print(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} | {v['median'] / base:.2f}x |")
-    print("\nEdge encode at 224x224 (EdgeEncoder.encode_pixels, one image at a time)\n")
-    print("| stage | median ms | p90 ms |")
-    print("|---|---:|---:|")
-    for k, v in f["edge_224_ms"].items():
-        print(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} |")
+    print(f"Machine: {f['machine']}; {f['date']}; float32 h_s with {f['threads']} ONNX Runtime threads, exact "
+          "h_s engines with 1.\n")
+    for key, title in (("paper_224", "jcc-deit-s-224 at 224x224, realistic weights"),
+                       ("zoo_28", "zoo fmnist-q2 at 28x28")):
+        part = f[key]
+        for batch, row in part["hs"].items():
+            print(f"h_s, {title}, {batch} (outputs of the engines of each format identical)\n")
+            print("| h_s | ms per pass | / float32 ORT |")
+            print("|---|---:|---:|")
+            for name, ms in row["ms"].items():
+                print(f"| {name} | {ms:.3f} | {row['ratio_to_float32'][name]:.2f}x |")
+            print()
+        r = part["rate"]
+        print(f"Rate cost of the 8-bit h_s, {title}: {r['bytes']['8-bit']} vs {r['bytes']['format 1']} bytes on "
+              f"{r['images']} images: **{r['cost_percent']:+.3f} %**\n")
+    if "edge_224_ms" in f:
+        print("Edge encode at 224x224 (EdgeEncoder.encode_pixels, one image at a time)\n")
+        print("| stage | median ms | p90 ms |")
+        print("|---|---:|---:|")
+        for k, v in f["edge_224_ms"].items():
+            print(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} |")
     z = f["zoo"]
     print(f"\nEntropy decoding, zoo fmnist-q2: {z['streams']} real streams ({z['stream_bytes_mean']} B mean), "
           f"batches of {z['batch']}\n")

@@ -14,39 +14,23 @@ Entropy decoding is timed two ways: one stream at a time (`CloudModel.decode`, a
 one integer h_s pass per batch (`LatentCodec.decode_batch`). Each timed round runs every stage once, in turn,
 so drift of a shared machine lands on all stages alike.
 
-Prints a markdown table (images/s and ms per image for each stage) and the throughput ratios.
+Prints a markdown table (images/s and ms per image for each stage) and the throughput ratios, and writes them
+as JSON (benchmarks/results/pipeline_<date>.json, or --json-out).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-
-def _images(package, n: int) -> np.ndarray:
-    spec = package.input_spec
-    if tuple(spec.size) == (28, 28) and spec.channels == 1:
-        try:
-            from vitcodec.models.data import load_fashion_mnist
-
-            images, _ = load_fashion_mnist("test")
-            return images[np.arange(n) % len(images), :, :, None]
-        except Exception:  # the Debian dataset is optional here
-            pass
-    rng = np.random.default_rng(0)
-    h, w = spec.size
-    base = rng.integers(0, 256, (n, h // 8 + 1, w // 8 + 1, spec.channels)).astype(np.uint8)
-    return np.repeat(np.repeat(base, 8, 1), 8, 2)[:, :h, :w]  # blocky, compressible images
+from common import add_results_args, interleaved, machine_info, machine_line, write_results
+from workloads import encoded_streams
 
 
 def _package(args):
@@ -65,20 +49,8 @@ def _package(args):
 
 
 def _time(stages: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per stage over `repeats` rounds, after one warm-up round.
-
-    Each round runs every stage once, in turn, so slow drift of a shared machine (other jobs, clock
-    changes) lands on all stages alike instead of on whichever stage happened to be timed last.
-    """
-    for fn in stages.values():
-        fn()
-    runs: dict[str, list[float]] = {name: [] for name in stages}
-    for _ in range(repeats):
-        for name, fn in stages.items():
-            t0 = time.perf_counter()
-            fn()
-            runs[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(times) for name, times in runs.items()}
+    """Median seconds per stage over `repeats` interleaved rounds (`common.interleaved`), after one warm-up."""
+    return {name: statistics.median(ms) / 1e3 for name, ms in interleaved(stages, repeats).items()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed rounds; each runs every stage once, in turn (the median is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    add_results_args(parser)
     return parser.parse_args(argv)
 
 
@@ -206,8 +179,9 @@ class Pipelines:
             self._sync()
 
 
-def print_report(t: dict[str, float], args: argparse.Namespace, package, pipelines: Pipelines) -> None:
-    """The markdown tables: each stage, then the ratios of the two pipelines."""
+def print_report(t: dict[str, float], args: argparse.Namespace, package, pipelines: Pipelines,
+                 machine: dict[str, Any]) -> dict[str, Any]:
+    """The markdown tables: each stage, then the ratios of the two pipelines; returns the figures."""
     import torch
 
     c, n = pipelines.model.config, args.n
@@ -216,8 +190,7 @@ def print_report(t: dict[str, float], args: argparse.Namespace, package, pipelin
     model_only_ours = ms["ViT on latents"]
     model_only_conv = ms["pixel decoder g_s"] + ms["DeiT on pixels"]
     print(f"# classify from bitstream vs conventional pipeline — {package.name} ({c.name})\n")
-    cpu = platform.processor() or platform.machine()
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.node()} · {cpu} · {os.cpu_count()} CPUs"
+    print(f"{machine_line(machine)}"
           f" · device {args.device} · torch {torch.__version__} threads {torch.get_num_threads()}"
           f" · n={n}, batch={args.batch} · streams {statistics.mean(len(s) for s in pipelines.streams):.0f} B mean"
           f" · tokens: ours {c.num_tokens}, DeiT {pipelines.deit.patch_embed.num_patches}\n")
@@ -235,25 +208,35 @@ def print_report(t: dict[str, float], args: argparse.Namespace, package, pipelin
     ours_b, conv_b = ips["ours end to end, h_s once per batch"], ips["conventional end to end, h_s once per batch"]
     print(f"| end to end with h_s once per batch, images/s | {ours_b:.0f} | {conv_b:.0f} | {ours_b / conv_b:.2f}x |")
     share = ms["entropy decode"] / ms["ours end to end"]
+    share_batched = ms["entropy decode, h_s once per batch"] / ms["ours end to end, h_s once per batch"]
     print(f"\nentropy decoding is {share:.0%} of our end-to-end time per image "
-          f"({ms['entropy decode, h_s once per batch'] / ms['ours end to end, h_s once per batch']:.0%} "
-          "with h_s once per batch).")
+          f"({share_batched:.0%} with h_s once per batch).")
+    return {"model": package.name, "preset": c.name, "n": n, "batch": args.batch,
+            "torch_threads": torch.get_num_threads(), "tokens": {"ours": c.num_tokens,
+                                                                 "deit": pipelines.deit.patch_embed.num_patches},
+            "stream_bytes_mean": statistics.mean(len(s) for s in pipelines.streams),
+            "ms_per_image": ms, "images_per_s": ips,
+            "ratios": {"end_to_end": ips["ours end to end"] / ips["conventional end to end"],
+                       "networks_only": model_only_conv / model_only_ours,
+                       "end_to_end_hs_once_per_batch": ours_b / conv_b},
+            "entropy_decoding_share": {"one_at_a_time": share, "hs_once_per_batch": share_batched}}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from vitcodec.edge.encoder import EdgeEncoder
     from vitcodec.models.inference import CloudModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    machine = machine_info()
     package = _package(args)
     model = CloudModel(package, args.device)
-    streams = [r.stream for r in EdgeEncoder(package).encode_pixels(_images(package, args.n))]
+    streams = encoded_streams(package, args.n)
     pipelines = Pipelines(model, streams, args.batch, args.device)
-    print_report(_time(pipelines.stages(), args.repeats), args, package, pipelines)
+    figures = print_report(_time(pipelines.stages(), args.repeats), args, package, pipelines, machine)
+    write_results("pipeline", figures, args, argv, machine=machine)
     return 0
 
 

@@ -17,7 +17,8 @@ against its largest file); below its range, its cheapest file already does bette
     python benchmarks/bench_rate_accuracy.py --limit 256 --epochs 1 --qualities jpeg=10,50 webp=5,50 avif=20,60
 
 Trained CNN weights are cached under ``--cache`` (default runs/rate-accuracy, git-ignored), keyed by the
-training images, epochs and seed, so a rerun only measures.
+training images, epochs and seed, so a rerun only measures. Every figure is written as JSON
+(benchmarks/results/rate_accuracy_<date>.json, or --json-out); such a file is what ``--codecs-from`` reads.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import argparse
 import io
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+
+from common import add_results_args, machine_info, write_results
 
 CODECS = ("jpeg", "webp", "avif")
 # From each format's smallest file up to where the CNN's accuracy stops rising (28×28 grey images: JPEG 200–445
@@ -91,10 +92,11 @@ def round_trip(codec: str, images: np.ndarray, quality: int,
     return decoded, sizes
 
 
-def psnr_255(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over images of the per-image PSNR on 0..255 (identical images count as 100 dB)."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(np.where(mse > 0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)))
+def mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the per-image PSNR on 0..255 (`vitcodec.outputs.psnr`: identical images 100 dB)."""
+    from vitcodec.outputs import psnr
+
+    return float(np.mean(psnr(a, b)))
 
 
 # -- results ------------------------------------------------------------------------------------------------
@@ -234,12 +236,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from-manifest", action="store_true",
                    help="read our figures from each package's manifest instead of evaluating")
     p.add_argument("--codecs-from", type=Path,
-                   help="take the classical points and the raw CNN's top-1 from an earlier run's --json report "
+                   help="take the classical points and the raw CNN's top-1 from an earlier run's JSON report "
                         "(e.g. benchmarks/results/rate_accuracy_codecs_2026-12-01.json) instead of training the "
                         "CNNs and measuring the codecs again: for re-plotting a new zoo")
     p.add_argument("--cache", type=Path, default=Path("runs/rate-accuracy"), help="trained CNN weights")
     p.add_argument("--plot", type=Path, default=Path("docs/rate_accuracy.png"))
-    p.add_argument("--json", type=Path, help="also write every figure as JSON")
+    add_results_args(p, "--json")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         train_x, train_y, test_x, test_y = train_x[:args.limit], train_y[:args.limit], test_x[:args.limit], test_y[:args.limit]
     ft_n = min(args.finetune_limit, len(train_x))
     t0 = time.perf_counter()
-    earlier = json.loads(args.codecs_from.read_text()) if args.codecs_from else None
+    machine = machine_info()
+    earlier = read_report(args.codecs_from) if args.codecs_from else None
     with Progress(console=err, disable=args.no_progress, transient=True) as progress:
         if earlier is not None:
             raw_cached, raw_top1 = True, earlier["raw_cnn_top1"]
@@ -286,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = [_our_point(name, args, progress) for name in args.models]
     classical = curves(points)
     attach_ratios(ours, classical)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {_cores()} cores",
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    report = {"machine": f"{machine['cpu_model']}, {machine['threads']} cores",
+              "date": machine["date"][:16].replace("T", " ") + " UTC",
               "command": "python benchmarks/bench_rate_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "codecs_from": str(args.codecs_from) if earlier is not None else None,
               "n_train": len(train_x), "n_finetune": ft_n, "n_test": len(test_x), "epochs": args.epochs,
@@ -298,15 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(points, ours, raw_top1, args.plot)
         print(f"\nplot: {args.plot}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_results("rate_accuracy", report, args, argv, machine=machine)
     return 0
 
 
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def read_report(path: Path) -> dict[str, Any]:
+    """An earlier run's figures: a results file (`common.write_results`), or the bare report that runs before
+    2026-12-05 wrote with ``--json``."""
+    document = json.loads(path.read_text())
+    return document["results"] if "results" in document and "format" in document else document
 
 
 def _raw_cnn(args, images: np.ndarray, labels: np.ndarray, progress):
@@ -354,7 +357,7 @@ def _codec_point(args, codec: str, quality: int, raw, train_x: np.ndarray, train
 
     tuned, cached = cached_cnn(args.cache, tag, lambda: copy.deepcopy(raw), train)
     progress.remove_task(task)
-    return CodecPoint(codec, quality, float(sizes.mean()), psnr_255(test_x, test_dec),
+    return CodecPoint(codec, quality, float(sizes.mean()), mean_psnr(test_x, test_dec),
                       _accuracy(raw, test_dec, test_y), _accuracy(tuned, test_dec, test_y))
 
 

@@ -6,32 +6,38 @@ on both ports, certificates made here with trustme; one plaintext).
    nothing, plaintext HTTP/1.1, the plaintext HTTP/2 preface, or nothing at all. Reports the server crashes
    (the process exited or stopped answering), the 5xx answers (on the wire and in the server's /metrics) and the
    time taken; then one real classify over each TLS port must still work.
-2. Throughput: `--clients` concurrent httpx clients (one keep-alive connection each) POST /v1/classify for
-   `--seconds` seconds over HTTPS, then over plaintext HTTP; prints both rates and their ratio.
+2. Throughput: `--clients` concurrent clients of bench_server.py's load generator (one keep-alive HTTP/1.1
+   connection each) POST /v1/classify for `--seconds` seconds over HTTPS, then over plaintext HTTP; prints
+   both rates and their ratio. (Until 2026-12-04 this part used httpx clients in threads.)
 
     python benchmarks/bench_tls.py                                  # 10,000 connections, 8 clients x 5 s
     python benchmarks/bench_tls.py --connections 200 --seconds 1    # a quick check that it works
 
-Exit status 1 when the server crashed, answered 5xx, or a real classify failed after the abuse.
+Exit status 1 when the server crashed, answered 5xx, or a real classify failed after the abuse. Writes the
+figures as JSON (benchmarks/results/tls_<date>.json, or --json-out).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
 import random
 import re
 import socket
 import ssl
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from bench_server import load_run
+from common import add_results_args, machine_info, machine_line, write_results
+from server_variants import start_server
+from workloads import encoded_streams
 
 KINDS = ("garbage", "truncated_hello", "hello_then_silence", "plaintext_http", "plaintext_h2", "connect_close")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -136,88 +142,18 @@ def _pki(folder: Path) -> dict[str, Path]:
     return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
 
 
-def _start(model: str, folder: Path, name: str, tls: dict[str, Path] | None) -> tuple[Any, int, int, str]:
-    from vitcodec.cloud.process import ServerProcess, free_port
-
-    http_port, grpc_port = free_port(), free_port()
-    argv = ["vitcodec-cloud", "serve", "--model", model, "--host", "127.0.0.1", "--http-port", str(http_port),
-            "--grpc-port", str(grpc_port), "--log-level", "warning"]
-    context = None
-    if tls:
-        argv += ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]
-        context = ssl.create_default_context(cafile=str(tls["ca"]))
-    scheme = "https" if tls else "http"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_") or k == "VITCODEC_MODEL_REPO"}
-    server = ServerProcess(argv, folder / f"{name}.log", f"{scheme}://127.0.0.1:{http_port}", env=env,
-                           ssl_context=context)
-    server.start()
-    try:
-        server.wait_ready(180.0, model=model)
-    except BaseException:
-        server.stop(30.0)
-        raise
-    return server, http_port, grpc_port, server.http_url
-
-
 def _get(url: str, context: ssl.SSLContext | None) -> str:
     with urllib.request.urlopen(url, timeout=10, context=context) as response:
         return response.read().decode()
 
 
-def throughput(url: str, streams: list[bytes], clients: int, seconds: float, verify: Any) -> dict[str, float]:
-    """`clients` threads, one keep-alive httpx.Client each, POSTing /v1/classify back to back for `seconds` s."""
-    import httpx
-
-    counts = {"ok": 0, "failed": 0}
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
-
-    def worker(index: int) -> None:
-        ok = failed = 0
-        with httpx.Client(base_url=url, verify=verify, timeout=30.0,
-                          limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)) as client:
-            client.get("/v2/health/ready")  # the handshake before the clock starts
-            barrier.wait()
-            deadline = time.monotonic() + seconds
-            i = index
-            while time.monotonic() < deadline:
-                try:
-                    r = client.post("/v1/classify", content=streams[i % len(streams)],
-                                    headers={"Content-Type": "application/octet-stream"})
-                    ok, failed = (ok + 1, failed) if r.status_code == 200 else (ok, failed + 1)
-                except httpx.HTTPError:
-                    failed += 1
-                i += clients
-        with lock:
-            counts["ok"] += ok
-            counts["failed"] += failed
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.monotonic()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
-    return {"ok": counts["ok"], "failed": counts["failed"], "seconds": elapsed, "per_s": counts["ok"] / elapsed}
-
-
-def _streams(model: str, n: int) -> list[bytes]:
-    import numpy as np
-
-    from vitcodec.edge.encoder import EdgeEncoder
-    from vitcodec.packages import resolve_model
-
-    package = resolve_model(model)
-    try:
-        from vitcodec.models.data import load_fashion_mnist
-
-        images = load_fashion_mnist("test")[0][:n, :, :, None]
-    except Exception:  # noqa: BLE001 - no dataset: random images of the model's size
-        h, w = package.input_spec.size
-        images = np.random.default_rng(0).integers(0, 256, (n, h, w, package.input_spec.channels), dtype=np.uint8)
-    return [r.stream for r in EdgeEncoder(package).encode_pixels(images)]
+def throughput(package, http_port: int, grpc_port: int, streams: list[bytes], clients: int, seconds: float,
+               context: ssl.SSLContext | None) -> dict[str, float]:
+    """`clients` keep-alive connections POSTing /v1/classify back to back for `seconds` s (TLS with `context`)."""
+    load = asyncio.run(load_run(package.name, http_port, grpc_port, "rest-native", streams, clients, 30.0,
+                                duration=seconds, warmup=clients, ssl_context=context))
+    return {"ok": load.answered, "failed": load.lost, "seconds": load.wall_s,
+            "per_s": load.answered / load.wall_s if load.wall_s else 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,17 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent classify clients")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of classify load per scheme")
     parser.add_argument("--streams", type=int, default=256, help="distinct streams sent in turn")
+    add_results_args(parser)
     args = parser.parse_args(argv)
 
     from vitcodec.edge.client import TlsOptions, connect
+    from vitcodec.packages import resolve_model
 
-    streams = _streams(args.model, args.streams)
+    machine = machine_info()
+    package = resolve_model(args.model)
+    streams = encoded_streams(package, args.streams)
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vitcodec-bench-tls-") as tmp:
         folder = Path(tmp)
         pki = _pki(folder)
         context = ssl.create_default_context(cafile=str(pki["ca"]))
-        tls_server, https_port, grpcs_port, https_url = _start(args.model, folder, "tls", pki)
+        tls_server, https_port, grpcs_port = start_server(package, (), None, "vitcodec-bench-tls-", tls=pki)
+        https_url = tls_server.http_url
         plain_server = None
         try:
             before = metrics_5xx(_get(https_url + "/metrics", context))
@@ -265,15 +206,16 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # noqa: BLE001 - reported, and the run fails
                     failures.append(f"classify over {url} failed after the abuse: {exc}")
 
-            https = throughput(https_url, streams, args.clients, args.seconds, context)
+            https = throughput(package, https_port, grpcs_port, streams, args.clients, args.seconds, context)
             tls_server.stop(30.0)
-            plain_server, _, _, http_url = _start(args.model, folder, "plain", None)
-            http = throughput(http_url, streams, args.clients, args.seconds, False)
+            plain_server, http_port, grpc_port = start_server(package, (), None, "vitcodec-bench-plain-")
+            http = throughput(package, http_port, grpc_port, streams, args.clients, args.seconds, None)
         finally:
             tls_server.stop(30.0)
             if plain_server is not None:
                 plain_server.stop(30.0)
-    print(f"throughput, {args.clients} keep-alive httpx clients x {args.seconds:g} s, POST /v1/classify:")
+    print(f"\n{machine_line(machine)}\n")
+    print(f"throughput, {args.clients} keep-alive clients x {args.seconds:g} s, POST /v1/classify:")
     print("| scheme | answered | failed | per second |")
     print("|---|---:|---:|---:|")
     for name, row in (("https", https), ("http", http)):
@@ -284,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("classify requests failed under load")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
+    write_results("tls", {"model": package.name, "abuse": report, "crashes": crashes,
+                          "metrics_5xx": after - before, "throughput": {"https": https, "http": http},
+                          "https_over_http": ratio, "failures": failures}, args, argv, machine=machine)
     return 1 if failures else 0
 
 

@@ -4,13 +4,13 @@ uint8 batches) and the step (float32 against bfloat16 autocast), on the zoo's pr
     python benchmarks/bench_training.py --threads 2 --steps 60
 
 Prints images/s of the data pipeline alone, of a training step alone (forward, loss, backward, AdamW), and of
-both together, for each variant. Steady state only: the first ``--warmup`` steps are not timed.
+both together, for each variant. Steady state only: the first ``--warmup`` steps are not timed. Writes the
+figures as JSON (benchmarks/results/training_<date>.json, or --json-out).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import nullcontext
 from typing import Iterator
@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from common import add_results_args, machine_info, machine_line, write_results
 from vitcodec.models.batches import Augmentation, InMemoryBatches
 from vitcodec.models.data import RandomCropFlip, TensorImageDataset, load_pixels
 from vitcodec.models.losses import JointLoss, LossWeights
@@ -80,7 +81,7 @@ def time_steps(config, batch: tuple[torch.Tensor, torch.Tensor], steps: int, war
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="jcc-fmnist-28-s8")
     parser.add_argument("--variants", nargs="+", default=["linear/cls", "conv/seq"],
@@ -89,8 +90,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=str, default=None, help="also write the results to this file")
-    args = parser.parse_args()
+    add_results_args(parser, "--json")
+    args = parser.parse_args(argv)
+    machine = machine_info()
     torch.set_num_threads(args.threads)
 
     base = get_preset(args.preset)
@@ -115,12 +117,11 @@ def main() -> None:
             config, batch, args.steps, args.warmup, False, old_pipeline(pixels, labels, spec, b)))
         results[f"new pipeline + step {variant} bf16"] = rate(b * args.steps, time_steps(
             config, batch, args.steps, args.warmup, True, new_pipeline(pixels, labels, spec, b, 0.25)))
+    print(machine_line(machine))
     print(f"{'what':<48} {'images/s':>10}")
     for name, value in results.items():
         print(f"{name:<48} {value:>10.0f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "images_per_s": results}, fh, indent=2)
+    write_results("training", {"preset": args.preset, "images_per_s": results}, args, argv, machine=machine)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 # system's torch, timm and onnxruntime. WHEEL_DIR "-" installs nothing and uses --python as it is (the CPU
 # fallback run on a development machine: `benchmarks/gpu_check.sh - --device cpu --n 200 --python .venv/bin/python`).
 # Streams: the first --n Fashion-MNIST test images when the dataset is there, else the bundled samples/.
+# The figures also go to benchmarks/results/gpu_check_<date>.json (common.write_results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,21 +40,22 @@ fi
 export GRPC_VERBOSITY=ERROR
 exec timeout 540 "$PY" - "$DEVICE" "$N" <<'PYTHON'
 """Server on DEVICE vs the raw loop on DEVICE; decode_failures counted through the server."""
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from vitcodec.cloud.process import ServerProcess, free_port
+sys.path.insert(0, "benchmarks")  # the shared helpers: server start, results file
+from common import machine_info, write_results
+from server_variants import start_server
 from vitcodec.codec.bitstream import unpack_stream
 from vitcodec.edge.client import ClientError, connect
 from vitcodec.edge.encoder import EdgeEncoder
 from vitcodec.packages import resolve_model
 
 device, n = sys.argv[1], int(sys.argv[2])
+machine = machine_info()
 package = resolve_model("fmnist-q2")
 encoder = EdgeEncoder(package)
 try:
@@ -88,15 +90,8 @@ for _ in range(3):
 raw_rate = len(streams) / float(np.median(times))
 del model
 
-http_port, grpc_port = free_port(), free_port()
-argv = ["vitcodec-cloud", "serve", "--model", "fmnist-q2", "--host", "127.0.0.1", "--http-port", str(http_port),
-        "--grpc-port", str(grpc_port), "--device", device, "--log-level", "warning"]
-server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix="vitcodec-gpu-")) / "server.log",
-                       f"http://127.0.0.1:{http_port}",
-                       env={k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")})
-server.start()
+server, http_port, grpc_port = start_server(package, ["--device", device], None, "vitcodec-gpu-", timeout=240.0)
 try:
-    server.wait_ready(240.0, model="fmnist-q2")
     with connect(f"grpc://127.0.0.1:{grpc_port}") as client:
         list(client.classify_many(streams[:64], concurrency=64, top_k=10))  # warm-up
         t0 = time.perf_counter()
@@ -104,7 +99,6 @@ try:
         server_rate = len(streams) / (time.perf_counter() - t0)
 finally:
     server.stop(60.0)
-    log = server.log_tail(5)
 
 failures = [i for i, r in results.items() if isinstance(r, ClientError)]
 agree = sum(1 for i, r in results.items() if not isinstance(r, ClientError)
@@ -113,12 +107,19 @@ print(f"\n# GPU check — fmnist-q2, device {device}")
 print(f"decode_failures through the server: {len(failures)} of {len(streams)}"
       + (f" (first: {results[failures[0]]})" if failures else ""))
 print(f"server top-1 equals the raw loop's: {agree} of {len(streams)}")
+accuracy = None
 if labels is not None:
     correct = sum(1 for i, r in results.items() if not isinstance(r, ClientError) and r.top[0].index == int(labels[i]))
-    print(f"accuracy through the server: {correct / len(streams):.4f}")
+    accuracy = correct / len(streams)
+    print(f"accuracy through the server: {accuracy:.4f}")
 print(f"raw batched loop on {device}: {raw_rate:.0f} images/s")
 print(f"server, native gRPC stream (64 in flight): {server_rate:.0f} images/s = {server_rate / raw_rate:.2f}x the raw loop")
 ok = not failures and agree == len(streams)
 print("RESULT:", "PASS" if ok else "FAIL")
+write_results("gpu_check", {"device": device, "streams": source, "decode_failures": len(failures),
+                            "top1_equal_to_raw_loop": agree, "accuracy": accuracy,
+                            "raw_loop_images_per_s": raw_rate, "server_images_per_s": server_rate,
+                            "server_over_raw_loop": server_rate / raw_rate, "passed": ok},
+              {"device": device, "n": n}, [device, str(n)], machine=machine)
 sys.exit(0 if ok else 1)
 PYTHON

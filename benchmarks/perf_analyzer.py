@@ -18,13 +18,15 @@ What it sets up when missing (nothing is installed into the project's venv):
   the binary links against even on a CPU-only machine (it goes on LD_LIBRARY_PATH);
 - the Debian package ``libb64-0d`` (apt-get, only when running as root).
 
-Inputs are real: a few Fashion-MNIST test images (or the bundled samples/) encoded by the edge encoder into
-``fmnist-q2`` streams, handed to perf_analyzer as base64 BYTES (``--input-data`` JSON
+Inputs are real: a few Fashion-MNIST test images (``workloads.encoded_streams``) encoded by the edge encoder
+into ``fmnist-q2`` streams, handed to perf_analyzer as base64 BYTES (``--input-data`` JSON
 ``{"data": [{"BITSTREAM": {"b64": ...}}]}``, shape ``BITSTREAM:1``; the base64 holds the tensor's raw content,
 which for BYTES is a 4-byte little-endian length before the stream).
 The server runs in its own process (``vitcodec-cloud serve``, cloud/process.py). The raw loop is the same
 model, in this process, with the server stopped: batches of ``--batch`` streams, one `decode_payloads` (h_s
 once per batch) and one `classify_latents` each. The last column is the server's inferences/s over it.
+Prints a markdown table and writes the figures as JSON (benchmarks/results/perf_analyzer_<date>.json, or
+--json-out), as perf_analyzer itself writes CSV.
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ import sys
 import tempfile
 import urllib.request
 import venv
-from datetime import datetime, timezone
 from pathlib import Path
 
 import bench_server
-from server_variants import Variant, baseline_variant, parse_variant, cpu_model, process_cpu_s, start_variant_server
+from common import add_results_args, machine_info, machine_line, write_results
+from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_server
 from vitcodec.cloud.process import ServerProcess
+from workloads import encoded_streams
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -111,26 +114,6 @@ def perf_analyzer_env() -> dict[str, str]:
 
 # -- inputs, the raw loop, the server --------------------------------------------------------------------------
 
-def real_streams(package, n: int) -> list[bytes]:
-    """n edge-encoded streams of real images: Fashion-MNIST test images, else the bundled samples/."""
-    from vitcodec.edge.encoder import EdgeEncoder
-
-    spec = package.input_spec
-    images = None
-    if tuple(spec.size) == (28, 28) and spec.channels == 1:
-        try:
-            from vitcodec.models.data import load_fashion_mnist
-
-            images = load_fashion_mnist("test")[0][:n, :, :, None]
-        except Exception:  # noqa: BLE001 - no dataset here: use the samples
-            images = None
-    encoder = EdgeEncoder(package)
-    if images is not None:
-        return [r.stream for r in encoder.encode_pixels(images)]
-    samples = sorted((HERE.parent / "samples").glob("fmnist-*.png"))
-    return [encoder.encode_image(p).stream for p in samples][:n]
-
-
 def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: int, backend: str,
              threads: int = 0) -> float:
     """Images/s of the plain batched loop (parse, decode_payloads, classify_latents: bench_server's), over the
@@ -139,10 +122,10 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, repeats: in
     return bench_server.raw_loop(package, work, batch, device, threads, repeats, backend)
 
 
-def start_server(package, args, variant: Variant | None = None) -> tuple[ServerProcess, int, int]:
+def start_variant(package, args, variant: Variant) -> tuple[ServerProcess, int, int]:
     serve_args = ["--device", args.device, "--max-batch-size", str(args.batch),
                   *(["--threads", str(args.threads)] if args.threads else []), *args.server_arg]
-    return start_variant_server(package, variant or Variant("server"), serve_args, "vitcodec-pa-")
+    return start_server(package, serve_args, variant, "vitcodec-pa-")
 
 
 def streams_classified(http_port: int) -> float:
@@ -202,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="add a variant running the server code of git commit REF (first in the table)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every variant this many times, alternating their order; medians reported")
+    add_results_args(parser)
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     if args.baseline_ref:
@@ -211,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from vitcodec.packages import resolve_model
 
+    machine = machine_info()  # before the load: its load average says how quiet the machine was
     binary = find_perf_analyzer()
     env = perf_analyzer_env()
     package = resolve_model(args.model)
-    streams = real_streams(package, args.streams)
+    streams = encoded_streams(package, args.streams)
     workdir = Path(tempfile.mkdtemp(prefix="vitcodec-pa-"))
     data_file = workdir / "input.json"
     # "b64" is the tensor's raw content: for BYTES that is each element's 4-byte little-endian length + bytes
@@ -224,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = []
     try:
         for variant in variants:
-            servers.append((variant, *start_server(package, args, variant)))
+            servers.append((variant, *start_variant(package, args, variant)))
         runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
             for protocol in args.protocols:
@@ -246,9 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop(60.0)
     raw = raw_loop(package, streams, args.batch, args.device, args.repeats, args.backend, args.threads)
 
-    cpu = cpu_model()
     print(f"# perf_analyzer against the live server — {package.name}, KServe v2 infer\n")
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu} · {os.cpu_count()} CPUs · device {args.device} · "
+    print(f"{machine_line(machine)} · device {args.device} · "
           f"server batch {args.batch} · threads {args.threads or 'default'} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "
           f"window {args.window_ms} ms · server args {' '.join(args.server_arg) or '(defaults)'}\n")
     print(f"raw batched loop ({args.backend}, batch {args.batch}, parse + decode_payloads + classify_latents): "
@@ -266,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
           f"| vs raw loop {ratio}|")
     print("|" + "---|" * (1 if len(variants) > 1 else 0) + "---|---:|---:|---:|---:|---:|---:|"
           + ("---:|" if len(variants) > 1 else ""))
+    rows = []
     for protocol in args.protocols:
         for concurrency in args.concurrency:
             base_rate = statistics.median(r["rate"] for r in runs[(first, protocol, concurrency)])
@@ -276,12 +261,22 @@ def main(argv: list[str] | None = None) -> int:
                 finite = [r["p99"] for r in results if not math.isnan(r["p99"])]
                 p99 = statistics.median(finite) if finite else float("nan")
                 stable = all(r["stable"] for r in results)
+                cpu_ms = statistics.median(r["cpu_ms"] for r in results)
+                rows.append({"variant": variant.label, "protocol": protocol, "concurrency": concurrency,
+                             "inferences_per_s": rate, "p50_ms": p50, "p99_ms": p99, "stable": stable,
+                             "server_cpu_ms": cpu_ms, "vs_raw_loop": rate / raw, "vs_first": rate / base_rate,
+                             "runs": results})
                 cells = [f"{'HTTP (binary)' if protocol == 'http' else 'gRPC'}", str(concurrency), f"{rate:.0f}",
                          f"{p50:.1f}{'' if stable else ' (avg, unstable)'}", f"{p99:.1f}",
-                         f"{statistics.median(r['cpu_ms'] for r in results):.2f}", f"{rate / raw:.2f}x"]
+                         f"{cpu_ms:.2f}", f"{rate / raw:.2f}x"]
                 if len(variants) > 1:
                     cells = [variant.label, *cells, f"{rate / base_rate:.2f}x"]
                 print("| " + " | ".join(cells) + " |")
+    write_results("perf_analyzer", {"model": package.name, "streams": len(streams),
+                                    "stream_bytes_mean": statistics.mean(map(len, streams)),
+                                    "raw_loop_images_per_s": raw,
+                                    "variants": [{"label": v.label, "config": v.describe()} for v in variants],
+                                    "rows": rows}, args, argv, machine=machine)
     return 0
 
 

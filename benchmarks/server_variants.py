@@ -10,8 +10,9 @@ pyproject.toml's ``package-dir`` maps them, and that tree goes first on the serv
 finds it before the editable install. Same interpreter and libraries; only the project's code differs. (The
 server runs as the ``vitcodec-cloud`` console script, whose sys.path starts with the venv's bin/, not with the
 working directory, where the checkout's own ``vitcodec/`` folder would come first.)
-Also: `start_variant_server`, one such server on free ports, and `process_cpu_s`, a server's CPU time (what a
-transport costs on a shared machine).
+Also the benchmarks' one way to start a server, `start_server` (on free ports, optionally with TLS, for the
+default configuration or a variant), and `process_cpu_s`, a server's CPU time (what a transport costs on a shared
+machine). The tests' restartable server is tests' own (agent_processes.py); both build on cloud/process.py.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import ssl
 import subprocess
 import tarfile
 import tempfile
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vitcodec.cloud.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,37 +100,24 @@ def baseline_variant(ref: str) -> Variant:
     return Variant(f"base {ref}", env={"PYTHONPATH": str(export_ref(ref))})
 
 
-def start_variant_server(package, variant: Variant, serve_args: list[str], log_prefix: str):
-    """``vitcodec-cloud serve`` for ``package`` on two free 127.0.0.1 ports with the variant's environment and
-    arguments after ``serve_args``, ready to answer; returns (server, http_port, grpc_port). Inherited
-    ``VITCODEC_*`` variables are dropped so only the variant configures the server."""
-    from vitcodec.cloud.process import ServerProcess, free_port
-
-    http_port, grpc_port = free_port(), free_port()
-    while grpc_port == http_port:
-        grpc_port = free_port()
-    argv = ["vitcodec-cloud", "serve", "--model-repo", str(package.path.parent.parent), "--model", package.name,
-            "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-            "--log-level", "warning", *serve_args, *variant.args]
+def start_server(package, serve_args: Sequence[str] = (), variant: Variant | None = None,
+                 log_prefix: str = "vitcodec-bench-", tls: Mapping[str, Path] | None = None,
+                 timeout: float = 300.0) -> tuple[ServerProcess, int, int]:
+    """``vitcodec-cloud serve`` for ``package`` on two free 127.0.0.1 ports (cloud/process.py's
+    `ServerProcess.serving`), ready to answer; returns (server, http_port, grpc_port). The variant's arguments come
+    after ``serve_args`` (so they win) and its environment replaces the inherited ``VITCODEC_*`` variables, so
+    that only the benchmark configures the server. ``tls``: ``{"cert": PATH, "key": PATH, "ca": PATH}`` serves
+    both ports over TLS, checked against ``ca``."""
+    variant = variant or Variant("server")
+    args = ["--log-level", "warning", *serve_args]
+    context = None
+    if tls is not None:
+        args += ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]
+        context = ssl.create_default_context(cafile=str(tls["ca"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
     env.update(variant.env)
-    server = ServerProcess(argv, Path(tempfile.mkdtemp(prefix=log_prefix)) / "server.log",
-                           f"http://127.0.0.1:{http_port}", env=env)
-    server.start()
-    try:
-        server.wait_ready(300.0, model=package.name)
-    except BaseException:
-        server.stop(30.0)
-        raise
-    return server, http_port, grpc_port
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (what the benchmark tables record as the machine)."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    server = ServerProcess.serving(package.path.parent.parent, package.name,
+                                   Path(tempfile.mkdtemp(prefix=log_prefix)) / "server.log", *args, *variant.args,
+                                   env=env, ssl_context=context)
+    server.start_ready(timeout)
+    return server, int(server.http_url.rpartition(":")[2]), server.grpc_port

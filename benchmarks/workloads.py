@@ -1,5 +1,6 @@
-"""Workloads shared by the benchmarks and the edge tests: test images, and model packages whose entropy
-parameters look like a trained model's although the weights are random.
+"""Workloads shared by the benchmarks and the edge tests: test images and the real bitstreams made from them
+(`model_images`, `encoded_streams`), and model packages whose entropy parameters look like a trained model's
+although the weights are random.
 
 Why: with random initialisation g_a's output is tiny (std ~0.05), every z rounds to the same symbol and the
 float h_s gives scales around 0.01, i.e. one row of the 64-level scale table for everything. Such a model cannot
@@ -78,6 +79,26 @@ def fashion_mnist_test(n: int) -> np.ndarray | None:
     except (DataError, OSError):
         return None
     return np.ascontiguousarray(images[:n, :, :, None])
+
+
+def model_images(spec, n: int, seed: int = 0) -> np.ndarray:
+    """n uint8 images (n, H, W, C) at a package's input size (`spec`: its `InputSpec`): Fashion-MNIST test images,
+    cycled, for a 28x28 grey model when the dataset is installed; else blocky random images, which compress like
+    pictures rather than noise, so that their streams have a plausible size."""
+    if tuple(spec.size) == (28, 28) and spec.channels == 1:
+        images = fashion_mnist_test(10_000)
+        if images is not None:
+            return images[np.arange(n) % len(images)]
+    h, w = spec.size
+    base = np.random.default_rng(seed).integers(0, 256, (n, h // 8 + 1, w // 8 + 1, spec.channels)).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(base, 8, 1), 8, 2)[:, :h, :w])
+
+
+def encoded_streams(package, n: int) -> list[bytes]:
+    """n real bitstreams: `model_images` through the edge encoder (what a device would send)."""
+    from vitcodec.edge.encoder import EdgeEncoder
+
+    return [r.stream for r in EdgeEncoder(package).encode_pixels(model_images(package.input_spec, n))]
 
 
 def _input(model, pixels: np.ndarray):

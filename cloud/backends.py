@@ -1,11 +1,14 @@
-"""Inference backends for the classification forward.
+"""The server's two backends, peers implementing `ServedModel`, and the one loader that picks one.
 
-- ``torch`` (default): `vitcodec.models.inference.CloudModel` as it is.
-- ``onnxruntime``: the same model, but the batched classifier (latents -> probabilities, softmax included)
-  runs in ONNX Runtime from the package's ``classifier.onnx`` (written by ``vitcodec export``;
-  ``CUDAExecutionProvider`` on GPU when onnxruntime-gpu is installed). Entropy decoding and reconstruction stay
-  as they are. Measured on this project's CPU machine (fmnist preset, 1 thread): 15-35 % faster than torch at
-  batch 1-64, probabilities equal to 1e-7; see benchmarks/bench_server.py ``--backend`` to measure on yours.
+- ``torch`` (default, `TorchBackend`): the package's networks in torch (`vitcodec.models.inference.CloudModel`).
+- ``onnxruntime`` (`OnnxRuntimeBackend`): the batched classifier (ŷ -> probabilities, softmax and novelty
+  included) runs in ONNX Runtime from the package's ``classifier.onnx`` (written by ``vitcodec export``;
+  ``CUDAExecutionProvider`` on GPU when onnxruntime-gpu is installed). Measured on this project's CPU machine
+  (fmnist preset, 1 thread): 15-35 % faster than torch at batch 1-64, probabilities equal to 1e-7; see
+  benchmarks/bench_server.py ``--backend`` to measure on yours.
+
+Both decode entropy-coded payloads with the package's codec (numpy, exact integer h_s) and reconstruct pixels
+with the torch networks (`_PackageBackend`); they differ only in what runs the classifier.
 """
 
 from __future__ import annotations
@@ -13,39 +16,70 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitcodec.ort_session import create_session
 from vitcodec.packages import ModelPackage
 
+from .served_model import Payload, ServedModel
+
+if TYPE_CHECKING:
+    from vitcodec.models.inference import CloudModel
+
 log = logging.getLogger("vitcodec.cloud.backends")
 
 BACKENDS = ("torch", "onnxruntime")
 
+Loader = Callable[[ModelPackage], ServedModel]  # package -> a loaded model, for `ModelRepository(loader=...)`
 
-class OrtClassifierModel:
-    """A CloudModel whose `classify_latents` runs the package's ``classifier.onnx`` in ONNX Runtime; everything
-    else is delegated. The file is written by ``vitcodec export``: the server exports nothing itself."""
 
-    def __init__(self, model: Any, device: str = "cpu", threads: int = 0) -> None:
-        self._model = model
+class _PackageBackend:
+    """What both backends share: a loaded `CloudModel` for the labels, entropy decoding and reconstruction."""
+
+    def __init__(self, model: CloudModel) -> None:
+        self.cloud_model = model
+
+    @property
+    def labels(self) -> list[str]:
+        return self.cloud_model.labels
+
+    def decode_payloads(self, payloads: list[Payload], latent_shape: tuple[int, int]) -> np.ndarray:
+        return self.cloud_model.decode_payloads(payloads, latent_shape)
+
+    def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
+        return self.analyse_latents(y_hat)[0]
+
+    def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def reconstruct_latents(self, y_hat: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        return self.cloud_model.reconstruct_latents(y_hat, image_size)
+
+
+class TorchBackend(_PackageBackend):
+    """The classifier in torch, on the server's device."""
+
+    def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.cloud_model.analyse_latents(y_hat)
+
+
+class OnnxRuntimeBackend(_PackageBackend):
+    """The classifier in ONNX Runtime from the package's ``classifier.onnx``, its weights bound from the loaded
+    cloud weights. The file is written by ``vitcodec export``: the server exports nothing itself."""
+
+    def __init__(self, model: CloudModel, device: str = "cpu", threads: int = 0) -> None:
+        super().__init__(model)
         path = model.package.file("classifier")
         self._weights = _classifier_weights(path, model.net.state_dict())  # ORT reads them while it runs
         self._session = create_session(path, threads or None, device, initializers=self._weights)
         self._outputs = [o.name for o in self._session.get_outputs()]  # probs, and novelty when calibrated
         log.info("%s: classifier on ONNX Runtime (%s)", model.name, self._session.get_providers()[0])
 
-    def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
-        return self.analyse_latents(y_hat)[0]
-
     def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         results = self._session.run(self._outputs, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})
         return results[0], results[1] if len(results) > 1 else None
-
-    def __getattr__(self, name: str) -> Any:  # decode, reconstruct_latents, labels, config, ...
-        return getattr(self._model, name)
 
 
 def _classifier_weights(path: Any, state: dict[str, Any]) -> dict[str, Any]:
@@ -63,17 +97,17 @@ def _classifier_weights(path: Any, state: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def make_loader(backend: str, device: str, threads: int = 0) -> Callable[[ModelPackage], Any]:
-    """package -> served model, for `ModelRepository(loader=...)`."""
+def make_loader(backend: str = "torch", device: str = "cpu", threads: int = 0) -> Loader:
+    """package -> served model on `backend`, for `ModelRepository(loader=...)`; the server's one loader."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
-    def load(package: ModelPackage) -> Any:
+    def load(package: ModelPackage) -> ServedModel:
         from vitcodec.models.inference import CloudModel  # torch: imported only when a server loads models
 
         model = CloudModel(package, device)
         if backend == "onnxruntime":
-            return OrtClassifierModel(model, device, threads)
-        return model
+            return OnnxRuntimeBackend(model, device, threads)
+        return TorchBackend(model)
 
     return load

@@ -40,9 +40,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .decoding import Payload, decode_isolated
+from .decoding import decode_isolated
 from .errors import Overloaded, ShuttingDown
 from .metrics import Metrics
+from .served_model import Payload, ServedModel
 from .settings import Settings
 
 log = logging.getLogger("vitcodec.cloud.batching")
@@ -59,7 +60,7 @@ class Scores(NamedTuple):
     novelty: float | None
 
 
-def analyse(model: Any, y_hat: np.ndarray) -> list[Scores]:
+def analyse(model: ServedModel, y_hat: np.ndarray) -> list[Scores]:
     """One batched forward (``model.analyse_latents``), split into one `Scores` per stream."""
     probs, novelty = model.analyse_latents(y_hat)
     if novelty is None:
@@ -100,7 +101,7 @@ Forward = Callable[[np.ndarray, Hashable], Any]  # stacked ŷ (B, M, h, w), key 
 class BatchQueue:
     """One asyncio-fed queue and its worker task, for one (model, kind)."""
 
-    def __init__(self, label: str, kind: str, model: Any, forward: Forward, executor: ThreadPoolExecutor, *,
+    def __init__(self, label: str, kind: str, model: ServedModel, forward: Forward, executor: ThreadPoolExecutor, *,
                  max_batch_size: int, max_queue_delay_s: float, max_queue_size: int, metrics: Metrics) -> None:
         self.label, self.kind = label, kind
         self._model = model
@@ -224,7 +225,7 @@ class BatchQueue:
 class ModelBatcher:
     """The two queues of one loaded model."""
 
-    def __init__(self, label: str, model: Any, engine: BatchingEngine) -> None:
+    def __init__(self, label: str, model: ServedModel, engine: BatchingEngine) -> None:
         s = engine.settings
         common = dict(max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_ms / 1e3,
                       max_queue_size=s.max_queue_size, metrics=engine.metrics)
@@ -252,7 +253,7 @@ class BatchingEngine:
         self._batchers: dict[tuple[str, str], ModelBatcher] = {}
         self._closing = False
 
-    def batcher(self, name: str, version: str, model: Any) -> ModelBatcher:
+    def batcher(self, name: str, version: str, model: ServedModel) -> ModelBatcher:
         if self._closing:
             raise ShuttingDown("server is shutting down")
         key = (name, version)

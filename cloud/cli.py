@@ -3,9 +3,11 @@
     vitcodec-cloud serve [--model-repo DIR] [--http-port 8000] [--grpc-port 8001] [--device cpu|cuda] ...
     vitcodec-cloud reclassify --archive FILE --model NAME [--since ISO8601]   # the archive through another model
     vitcodec-cloud credentials add|revoke|list [NAME] --file FILE            # one bearer token per device
+    vitcodec-cloud decode FILE [--reconstruct OUT.png]                       # one stream, here, no server
 
-Every option of ``serve`` also reads a ``VITCODEC_*`` environment variable (see `vitcodec.cloud.settings.Settings`); a flag
-given on the command line wins.
+Every option of ``serve`` is a field of `vitcodec.cloud.settings.Settings`, which holds its default and its
+description (``--help`` shows both); each also reads a ``VITCODEC_*`` environment variable, and a flag given on
+the command line wins.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any, Optional
 
 import typer
 
+from vitcodec.cloud.decode_cli import decode
+from vitcodec.cloud.settings import Settings
+
 app = typer.Typer(name="vitcodec-cloud", help="vitcodec cloud inference server (KServe v2 + native API, HTTP "
                   "and gRPC).", no_args_is_help=True, add_completion=False)
 
@@ -25,68 +30,67 @@ def _root() -> None:
     """vitcodec cloud inference server."""
 
 
+# `decode` (one bitstream file classified here, no server) lives in cloud/decode_cli.py.
+app.command("decode")(decode)
+
+
+def _setting(field: str, *flags: str, **options: Any) -> Any:
+    """The ``serve`` option of one `Settings` field. Its default is None ("not given": the field then comes from
+    ``VITCODEC_*`` or its own default), and ``--help`` shows the field's default and, unless `options` say
+    otherwise, its description: each default is written once, in settings.py."""
+    info = Settings.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, bool):
+        shown: bool | str = f"{'' if default else 'no-'}{field.replace('_', '-')}"
+    elif default is None or default == []:
+        shown = False
+    else:
+        shown = str(default)
+    options.setdefault("help", info.description)
+    return typer.Option(None, *flags, show_default=shown, **options)
+
+
 @app.command()
 def serve(
-    model_repo: Optional[list[Path]] = typer.Option(
-        None, "--model-repo", help="Model repository (<repo>/<name>/<version>/); repeat for several. "
-                                   "Default: the bundled zoo."),
-    model: Optional[list[str]] = typer.Option(None, "--model", help="Serve only this model name; repeatable."),
-    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 0.0.0.0)."),
-    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default 8000; 0 = any)."),
-    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="gRPC port (default 8001; 0 = any)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default cpu)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Classifier runtime: torch or onnxruntime."),
-    torch_threads: Optional[int] = typer.Option(None, "--threads",
-                                                help="Intra-op threads of the model (default: CPUs - 1, at least 1)."),
-    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Streams per batch (default 32)."),
-    max_queue_delay_ms: Optional[float] = typer.Option(None, "--max-queue-delay-ms",
-                                                       help="Batching delay (default 2 ms)."),
-    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="Request size limit (default 8 MiB)."),
-    png_workers: Optional[int] = typer.Option(None, "--png-workers",
-                                              help="PNG-encoding threads for reconstructions (default 2; 0 = on the "
-                                                   "event loop)."),
-    auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="VITCODEC_AUTH_TOKEN", show_envvar=False,
-                                             help="Require 'Authorization: Bearer <token>' (or VITCODEC_AUTH_TOKEN)."),
-    credentials: Optional[Path] = typer.Option(None, "--credentials", help="Device credentials file (vitcodec-cloud "
-                                               "credentials add): each device's own token; its name becomes the "
-                                               "client identity. Re-read when it changes and on SIGHUP."),
-    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS and gRPC over TLS "
-                                            "(same ports); re-read with the key on SIGHUP."),
-    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
-    tls_client_ca: Optional[Path] = typer.Option(None, "--tls-client-ca",
-                                                 help="PEM CA: require client certificates it signed (mutual TLS)."),
-    event_loop: Optional[str] = typer.Option(None, "--event-loop",
-                                             help="auto (uvloop when installed), asyncio or uvloop."),
-    http_parser: Optional[str] = typer.Option(None, "--http-parser",
-                                              help="auto (httptools when installed), h11 or httptools."),
-    log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning, error."),
-    access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="Log every HTTP request."),
-    archive: Optional[Path] = typer.Option(None, "--archive", help="Keep every classified stream (once, by content "
-                                           "hash) with its answer in this SQLite file; answers carry its id."),
-    archive_max_age_days: Optional[float] = typer.Option(None, "--archive-max-age-days",
-                                                         help="Archive retention: delete entries older than this."),
-    archive_max_mb: Optional[float] = typer.Option(None, "--archive-max-mb", help="Archive retention: delete the "
-                                                   "oldest entries while the database uses more MiB than this."),
+    model_repo: Optional[list[Path]] = _setting("model_repo", "--model-repo", help="Model repository "
+                                                "(<repo>/<name>/<version>/); repeat for several. Default: the "
+                                                "bundled zoo."),
+    models: Optional[list[str]] = _setting("models", "--model", help="Serve only this model name; repeatable."),
+    host: Optional[str] = _setting("host", "--host"),
+    http_port: Optional[int] = _setting("http_port", "--http-port"),
+    grpc_port: Optional[int] = _setting("grpc_port", "--grpc-port"),
+    device: Optional[str] = _setting("device", "--device"),
+    backend: Optional[str] = _setting("backend", "--backend"),
+    torch_threads: Optional[int] = _setting("torch_threads", "--threads"),
+    max_batch_size: Optional[int] = _setting("max_batch_size", "--max-batch-size"),
+    max_queue_delay_ms: Optional[float] = _setting("max_queue_delay_ms", "--max-queue-delay-ms"),
+    max_body_bytes: Optional[int] = _setting("max_body_bytes", "--max-body-bytes"),
+    png_workers: Optional[int] = _setting("png_workers", "--png-workers"),
+    auth_token: Optional[str] = _setting("auth_token", "--auth-token", envvar="VITCODEC_AUTH_TOKEN",
+                                         show_envvar=False),
+    credentials: Optional[Path] = _setting("credentials", "--credentials"),
+    tls_cert: Optional[Path] = _setting("tls_cert", "--tls-cert"),
+    tls_key: Optional[Path] = _setting("tls_key", "--tls-key"),
+    tls_client_ca: Optional[Path] = _setting("tls_client_ca", "--tls-client-ca"),
+    event_loop: Optional[str] = _setting("event_loop", "--event-loop"),
+    http_parser: Optional[str] = _setting("http_parser", "--http-parser"),
+    log_level: Optional[str] = _setting("log_level", "--log-level"),
+    access_log: Optional[bool] = _setting("access_log", "--access-log/--no-access-log"),
+    archive: Optional[str] = _setting("archive", "--archive"),
+    archive_max_age_days: Optional[float] = _setting("archive_max_age_days", "--archive-max-age-days"),
+    archive_max_mb: Optional[float] = _setting("archive_max_mb", "--archive-max-mb"),
 ) -> None:
     """Serve every model of the repository over HTTP and gRPC until SIGTERM/SIGINT (then drain gracefully)."""
+    # the parameters are named as the Settings fields: the flags given (the rest stay None)
+    given = {name: value for name, value in locals().items() if value is not None and value != []}
     from pydantic import ValidationError
 
     from vitcodec.cloud.credentials import CredentialsError
     from vitcodec.cloud.server import CloudServer, run_event_loop
-    from vitcodec.cloud.settings import Settings
     from vitcodec.cloud.tls import TlsConfigError
 
-    overrides: dict[str, Any] = {
-        "model_repo": model_repo or None, "models": model or None, "host": host, "http_port": http_port,
-        "grpc_port": grpc_port, "device": device, "backend": backend, "torch_threads": torch_threads,
-        "max_batch_size": max_batch_size,
-        "max_queue_delay_ms": max_queue_delay_ms, "max_body_bytes": max_body_bytes,
-        "png_workers": png_workers, "event_loop": event_loop, "http_parser": http_parser, "auth_token": auth_token, "log_level": log_level, "access_log": access_log,
-        "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca, "credentials": credentials,
-        "archive": archive, "archive_max_age_days": archive_max_age_days, "archive_max_mb": archive_max_mb,
-    }
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**given)  # a flag given wins; the rest come from VITCODEC_* or the defaults
     except ValidationError as exc:
         typer.echo(f"error: invalid settings:\n{exc}", err=True)
         raise typer.Exit(2) from None
@@ -110,7 +114,8 @@ def serve(
 
 @app.command()
 def reclassify(
-    archive: Path = typer.Option(..., "--archive", help="The server's archive (SQLite file of --archive)."),
+    archive: str = typer.Option(..., "--archive", help="The server's archive (its --archive: a SQLite file or a "
+                                "postgresql:// URL)."),
     model: str = typer.Option(..., "--model", help="Model name to classify with (its latest version)."),
     model_repo: Optional[list[Path]] = typer.Option(None, "--model-repo", help="Model repository; repeatable. "
                                                     "Default: VITCODEC_MODEL_REPO, else the bundled zoo."),
@@ -131,13 +136,13 @@ def reclassify(
     from vitcodec.console import abort, stderr_console, table_console
     from vitcodec.packages import ModelNotFoundError
 
-    from vitcodec.cloud.archive import SqliteArchive, parse_time
+    from vitcodec.cloud.archive import is_database_url, open_archive, parse_time
     from vitcodec.cloud.backends import make_loader
     from vitcodec.cloud.errors import ArchiveUnavailable, InvalidRequest
     from vitcodec.cloud.reclassify import reclassify_archive
     from vitcodec.cloud.repository import ModelRepository
 
-    if not archive.is_file():
+    if not is_database_url(archive) and not Path(archive).is_file():
         abort(f"{archive}: no such archive")
     try:
         since_us = parse_time(since) if since else None
@@ -155,7 +160,10 @@ def reclassify(
     repository.load(entry)
     if not entry.ready:
         abort(f"cannot load {model}: {entry.reason}", 1)
-    store = SqliteArchive(archive)
+    try:
+        store = open_archive(archive)
+    except (ImportError, ValueError) as exc:
+        abort(str(exc))
     err = stderr_console()
     try:
         total = store.count(since_us)
@@ -167,6 +175,8 @@ def reclassify(
                                         advance=lambda n: progress.advance(task, n))
     except ArchiveUnavailable as exc:
         abort(str(exc), 1)
+    finally:
+        store.close()  # a database's idle connections
     old_labels = sorted({old for old, _ in report.confusion}, key=_label_order(entry.labels))
     new_labels = sorted({new for _, new in report.confusion}, key=_label_order(entry.labels))
     if report.confusion:

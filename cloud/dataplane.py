@@ -36,6 +36,7 @@ import numpy as np
 import vitcodec
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import ModelMismatchError
+from vitcodec.models.latent_grid import check_latent_grid, latent_grid
 from vitcodec.outputs import encode_png, top_k as top_k_indexes
 from vitcodec.packages import DEFAULT_MODEL
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
@@ -201,16 +202,13 @@ class DataPlane:
         return RoutedStream(entry, header, z_payload, y_payload, len(stream))
 
     def _check_geometry(self, entry: ModelEntry, header: StreamHeader) -> None:
-        """The latent grid must follow from the image size, and stay within `max_tokens_factor` times the
-        model's training grid (refused before decoding allocates anything)."""
+        """The latent grid must follow from the image size (`check_latent_grid`), and stay within
+        `max_tokens_factor` times the model's training grid (refused before decoding allocates anything)."""
         spec = entry.package.input_spec
         h, w = header.image_size
         lh, lw = header.latent_shape
-        expected = (math.ceil(h / spec.stride), math.ceil(w / spec.stride))
-        if (lh, lw) != expected:
-            raise InvalidRequest(f"stream's latent shape {lh}x{lw} does not fit its {h}x{w} image for model "
-                                 f"{entry.name!r} (expected {expected[0]}x{expected[1]})")
-        trained = math.ceil(spec.size[0] / spec.stride) * math.ceil(spec.size[1] / spec.stride)
+        check_latent_grid((h, w), (lh, lw), spec.stride, entry.name)
+        trained = math.prod(latent_grid(spec.size, spec.stride))
         limit = int(trained * self.max_tokens_factor)
         if lh * lw > limit:
             raise InvalidRequest(
@@ -220,6 +218,7 @@ class DataPlane:
     async def _submit(self, routed: RoutedStream, kind: str) -> Any:
         """Queue the stream's payloads in its model's batch queue of `kind`; the outcome of its batch."""
         entry = routed.entry
+        assert entry.model is not None  # routing found it ready (`require_ready`)
         batcher = self.engine.batcher(entry.name, entry.version, entry.model)
         latent_shape = tuple(routed.header.latent_shape)
         if kind == CLASSIFY:

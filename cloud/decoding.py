@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from vitcodec.codec.errors import CodecError, CorruptPayloadError
 
-log = logging.getLogger("vitcodec.cloud.decoding")
+from .served_model import Payload, ServedModel
 
-Payload = tuple[bytes, bytes]  # (z payload, y payload) of one stream
+log = logging.getLogger("vitcodec.cloud.decoding")
 
 # What the range decoder and h_s raise on bytes that parse but do not decode (besides CodecError).
 PAYLOAD_ERRORS = (CodecError, ValueError, IndexError, OverflowError, TypeError, RuntimeError)
@@ -42,7 +41,7 @@ def as_payload_error(exc: BaseException) -> Exception:
     return CorruptPayloadError(f"the range-coded payload cannot be decoded ({type(exc).__name__}: {exc})")
 
 
-def decode_isolated(model: Any, payloads: list[Payload], latent_shape: tuple[int, int]) -> DecodedBatch:
+def decode_isolated(model: ServedModel, payloads: list[Payload], latent_shape: tuple[int, int]) -> DecodedBatch:
     """Decode `payloads` (one latent shape) with one h_s pass; on a payload error, one at a time."""
     try:
         y_hat = model.decode_payloads(payloads, latent_shape)

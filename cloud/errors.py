@@ -1,6 +1,8 @@
 """Serving errors and the one table that maps every domain error to an HTTP status and a gRPC status code.
 
-Both transports call `describe(exc)`; neither has a mapping of its own, so REST and gRPC always agree.
+Both transports call `describe(exc)`; neither has a mapping of its own, so REST and gRPC always agree. The
+status pairs themselves (and the clients' retry rules) are the wire contract of `vitcodec.wire`, shared with the
+clients; this table only says which kind each exception is.
 Codec errors (`vitcodec.codec.errors`) and `vitcodec.packages.ModelNotFoundError` keep their own one-line
 message (what is wrong with the bytes, which model is missing); `HINTS` adds what a client can do about it.
 Each concept has one class: the server raises the library's errors rather than look-alikes of its own. Anything not in the table is a bug: 500 / INTERNAL with a generic message (the traceback is logged).
@@ -22,6 +24,16 @@ from vitcodec.codec.errors import (
     UnsupportedVersionError,
 )
 from vitcodec.packages import ModelNotFoundError
+from vitcodec.wire import (
+    BAD_REQUEST,
+    INTERNAL,
+    NOT_FOUND,
+    TOO_LARGE,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    WRONG_MODEL,
+    WireStatus,
+)
 
 __all__ = [
     "ServingError",
@@ -91,34 +103,33 @@ class ErrorInfo:
         return self.grpc_code.name
 
 
-# exception class -> (HTTP status, gRPC code). Looked up along the exception's MRO: the most specific wins.
-ERROR_TABLE: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
+# exception class -> its kind of failure (HTTP status, gRPC code). Looked up along the exception's MRO: the
+# most specific wins.
+ERROR_TABLE: dict[type[BaseException], WireStatus] = {
     # the bytes are not a usable stream
-    CodecError: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    TruncatedStreamError: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    BadMagicError: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    UnsupportedVersionError: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    IntegrityError: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    CorruptPayloadError: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    CodecError: BAD_REQUEST,
+    TruncatedStreamError: BAD_REQUEST,
+    BadMagicError: BAD_REQUEST,
+    UnsupportedVersionError: BAD_REQUEST,
+    IntegrityError: BAD_REQUEST,
+    CorruptPayloadError: BAD_REQUEST,
     # a good stream, sent to the wrong model
-    ModelMismatchError: (409, grpc.StatusCode.FAILED_PRECONDITION),
+    ModelMismatchError: WRONG_MODEL,
     # the request itself
-    InvalidRequest: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    Unauthorized: (401, grpc.StatusCode.UNAUTHENTICATED),
+    InvalidRequest: BAD_REQUEST,
+    PayloadTooLarge: TOO_LARGE,
+    Unauthorized: UNAUTHENTICATED,
     # the model
-    ModelNotFoundError: (404, grpc.StatusCode.NOT_FOUND),  # no served model has this name, version or id
-    ModelNotReady: (503, grpc.StatusCode.UNAVAILABLE),
+    ModelNotFoundError: NOT_FOUND,  # no served model has this name, version or id
+    ModelNotReady: UNAVAILABLE,
     # the server
-    Overloaded: (503, grpc.StatusCode.UNAVAILABLE),
-    ShuttingDown: (503, grpc.StatusCode.UNAVAILABLE),
+    Overloaded: UNAVAILABLE,
+    ShuttingDown: UNAVAILABLE,
     # the archive
-    ArchiveDisabled: (404, grpc.StatusCode.NOT_FOUND),
-    ImageNotFound: (404, grpc.StatusCode.NOT_FOUND),
-    ArchiveUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
+    ArchiveDisabled: NOT_FOUND,
+    ImageNotFound: NOT_FOUND,
+    ArchiveUnavailable: UNAVAILABLE,
 }
-
-INTERNAL = (500, grpc.StatusCode.INTERNAL)
 
 # what a client of the server can do about an error, added to the library's own message
 HINTS: dict[type[BaseException], str] = {
@@ -142,11 +153,3 @@ def describe(exc: BaseException) -> ErrorInfo:
 def is_known(exc: BaseException) -> bool:
     """True when the table maps the exception (anything else is a bug worth a traceback in the log)."""
     return any(cls in ERROR_TABLE for cls in type(exc).__mro__)
-
-
-# HTTP status -> gRPC code for errors produced by the HTTP machinery itself (routing, method, validation)
-HTTP_TO_GRPC = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-                404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
-                409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
-                503: grpc.StatusCode.UNAVAILABLE}

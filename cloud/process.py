@@ -1,8 +1,9 @@
 """The server as a child process: free ports, start, wait for readiness, stop gracefully.
 
-For programs that drive a real ``vitcodec-cloud serve`` from outside (the demo, the server benchmark):
-one implementation of the parts that are easy to get subtly wrong (ports that are taken, a server that dies
-while loading, Ctrl-C that must still stop the child). Standard library only: no torch in the parent.
+For programs that drive a real ``vitcodec-cloud serve`` from outside (the demo, the benchmarks, the tests that
+kill and restart a server): one implementation of the parts that are easy to get subtly wrong (ports that are
+taken, a server that dies while loading, Ctrl-C that must still stop the child, a kill -9 and a restart on the
+same ports). Standard library only: no torch in the parent.
 """
 
 from __future__ import annotations
@@ -103,25 +104,70 @@ def _die_with_parent() -> None:
             pass
 
 
+def two_free_ports(host: str = "127.0.0.1") -> tuple[int, int]:
+    """Two different free ports (HTTP, gRPC)."""
+    first = free_port(host)
+    second = free_port(host)
+    while second == first:
+        second = free_port(host)
+    return first, second
+
+
 class ServerProcess:
-    """``vitcodec-cloud serve ...`` (any argv) in a subprocess, its output in a log file."""
+    """``vitcodec-cloud serve ...`` (any argv) in a subprocess, its output in a log file. It may be started again
+    after `stop` or `kill`: the same argv, so the same ports (the log is appended to)."""
 
     def __init__(self, argv: list[str], log_path: Path, http_url: str, env: Mapping[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        """`ssl_context`: how to check the server's certificate when `http_url` is ``https://``."""
+                 ssl_context: ssl.SSLContext | None = None, grpc_url: str | None = None,
+                 model: str | None = None) -> None:
+        """`ssl_context`: how to check the server's certificate when `http_url` is ``https://``; `grpc_url` and
+        `model` (the model it serves, whose load failure `wait_ready` reports) when the caller knows them."""
         self.argv, self.log_path, self.http_url = argv, Path(log_path), http_url
+        self.grpc_url, self.model = grpc_url, model
         self.ssl_context = ssl_context
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("GRPC_VERBOSITY", "ERROR")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
         self._log: TextIO | None = None
 
-    def start(self) -> None:
+    @classmethod
+    def serving(cls, model_repo: Path, model: str, log_path: Path, *args: str, host: str = "127.0.0.1",
+                env: Mapping[str, str] | None = None, ssl_context: ssl.SSLContext | None = None) -> ServerProcess:
+        """``vitcodec-cloud serve`` of one model of `model_repo` on two free ports of `host`, chosen once (a
+        restart comes back on them); `args` are more flags of ``serve``. With `ssl_context` the URLs are
+        ``https://`` and ``grpcs://`` (pass ``--tls-cert``/``--tls-key`` in `args`)."""
+        http_port, grpc_port = two_free_ports(host)
+        argv = ["vitcodec-cloud", "serve", "--model-repo", str(model_repo), "--model", model, "--host", host,
+                "--http-port", str(http_port), "--grpc-port", str(grpc_port), *args]
+        secure = "s" if ssl_context is not None else ""
+        return cls(argv, log_path, f"http{secure}://{host}:{http_port}", env, ssl_context,
+                   grpc_url=f"grpc{secure}://{host}:{grpc_port}", model=model)
+
+    @property
+    def grpc_port(self) -> int:
+        if self.grpc_url is None:
+            raise ValueError("this server's gRPC URL was not given")
+        return int(self.grpc_url.rpartition(":")[2])
+
+    def start(self) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("w")
+        self._log = self.log_path.open("a" if self.starts else "w")
+        self.starts += 1
         self.proc = subprocess.Popen(executable(self.argv), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                                      preexec_fn=_die_with_parent)
+        return self
+
+    def start_ready(self, timeout: float = 120.0) -> ServerProcess:
+        """`start`, then `wait_ready`; a server that never gets ready is stopped again before the error."""
+        self.start()
+        try:
+            self.wait_ready(timeout, self.model)
+        except BaseException:
+            self.stop(30.0)
+            raise
+        return self
 
     @property
     def pid(self) -> int:
@@ -175,7 +221,15 @@ class ServerProcess:
                 raise ServerStartError(f"the server was not ready after {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.25)
 
-    def stop(self, timeout: float) -> int | None:
+    def kill(self) -> None:
+        """kill -9 of the server's whole process group: no drain, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the server runs in its own session
+            self.proc.wait(30)
+        self.stop(0.0)  # reaped already: only closes the log
+
+    def stop(self, timeout: float = 40.0) -> int | None:
         """SIGTERM (graceful drain), then SIGKILL after `timeout` s; a second Ctrl-C kills at once."""
         try:
             if self.proc is None:

@@ -23,7 +23,8 @@ from vitcodec.results import ClassScore
 
 from .archive import ARCHIVE_TOP_K, ArchiveStore, Reclassification, StoredStream
 from .decoding import decode_isolated
-from .repository import ModelEntry
+from .repository import ModelEntry, ModelRepository
+from .served_model import ServedModel
 
 
 @dataclass
@@ -50,7 +51,8 @@ def reclassify_archive(archive: ArchiveStore, entry: ModelEntry, since_us: int |
                        batch_size: int = 256, advance: Callable[[int], Any] | None = None) -> ReclassifyReport:
     """Classify every archived stream (first classified at or after `since_us`) with the loaded model of
     `entry`, store the answers, and report. `advance(n)` is called as entries are done (a progress bar)."""
-    model = entry.model
+    model = ModelRepository.require_ready(entry).model
+    assert model is not None  # ready means loaded
     labels = entry.labels
     report = ReclassifyReport(entry.name, entry.version, entry.model_id.hex())
     for page in archive.iter_streams(since_us, page=max(batch_size, 64)):
@@ -82,7 +84,7 @@ def reclassify_archive(archive: ArchiveStore, entry: ModelEntry, since_us: int |
     return report
 
 
-def _classify_chunk(model: Any, labels: list[str], entry: ModelEntry, shape: tuple[int, int],
+def _classify_chunk(model: ServedModel, labels: list[str], entry: ModelEntry, shape: tuple[int, int],
                     chunk: list[tuple[StoredStream, tuple[bytes, bytes]]],
                     report: ReclassifyReport) -> list[Reclassification]:
     decoded = decode_isolated(model, [payload for _, payload in chunk], shape)

@@ -10,19 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from vitcodec.packages import ModelNotFoundError, ModelPackage, iter_packages, zoo_root
 
+from .backends import Loader, make_loader
 from .errors import ModelNotReady
+from .served_model import ServedModel
 
 log = logging.getLogger("vitcodec.cloud.repository")
-
-Loader = Callable[[ModelPackage], Any]  # package -> a loaded model (CloudModel in production)
 
 
 class ModelState(str, Enum):
@@ -38,7 +36,7 @@ class ModelEntry:
     package: ModelPackage
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    model: Any = None  # CloudModel once loaded
+    model: ServedModel | None = None  # once loaded
     load_seconds: float = 0.0
 
     @property
@@ -75,9 +73,10 @@ class ModelRepository:
 
     def __init__(self, roots: list[Path] | None = None, names: list[str] | None = None,
                  loader: Loader | None = None, device: str = "cpu") -> None:
+        """`loader`: package -> served model (default: `backends.make_loader` with the torch backend)."""
         self.roots = [Path(r) for r in roots] if roots else [zoo_root()]
         self.device = device
-        self._loader = loader or self._load_cloud_model
+        self._loader = loader or make_loader("torch", device)
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, ModelEntry]] = {}
         self._by_id: dict[bytes, ModelEntry] = {}
@@ -108,11 +107,6 @@ class ModelRepository:
             self._by_id[entry.model_id] = entry
 
     # -- loading -------------------------------------------------------------------------------------
-    def _load_cloud_model(self, package: ModelPackage) -> Any:
-        from vitcodec.models.inference import CloudModel  # torch: imported only when a server loads
-
-        return CloudModel(package, self.device)
-
     def load_all(self) -> None:
         """Load every model that is not loaded yet (blocking; run it off the event loop)."""
         for entry in self.entries():

@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from .archive import ArchiveStore, SqliteArchive
+from .archive import ArchiveStore, archive_from_settings
 from .auth import Authenticator
 from .backends import make_loader
 from .batching import BatchingEngine
@@ -152,7 +152,7 @@ class CloudServer:
         self._stopped = asyncio.Event()
         self.engine = BatchingEngine(s, self.metrics)
         if s.archive is not None:  # opened by its writer thread: a broken path degrades it, never stops the start
-            self.archive = SqliteArchive.from_settings(s, self.metrics)
+            self.archive = archive_from_settings(s, self.metrics)
             self.archive.start()
         self.plane = DataPlane(self.repository, self.engine, self.metrics,
                                max_streams_per_request=s.max_streams_per_request, max_tokens_factor=s.max_tokens_factor,

@@ -75,9 +75,10 @@ class Settings(BaseSettings):
         "auto", description="uvicorn's HTTP/1.1 implementation: httptools (auto: when installed; the cloud extra "
                             "installs it) parses in C; h11 is pure Python.")
     graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")
-    archive: Path | None = Field(
-        None, description="SQLite file of the archive: every classified stream is kept once (by content hash) with "
-                          "its answer, and the answers carry its id. None: no archive.")
+    archive: str | None = Field(
+        None, description="The archive: every classified stream is kept once (by content hash) with its answer, and "
+                          "the answers carry its id. A SQLite file path, or a postgresql://USER@HOST:PORT/DB URL "
+                          "(several server replicas sharing one archive). None: no archive.")
     archive_max_age_days: float | None = Field(
         None, gt=0.0, description="Archive retention: entries older than this are deleted (None: kept).")
     archive_max_mb: float | None = Field(
@@ -95,6 +96,15 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: object) -> object:
         if isinstance(value, (str, os.PathLike)):
             return [p for p in str(value).split(os.pathsep) if p]
+        return value
+
+    @field_validator("archive", mode="before")
+    @classmethod
+    def _archive_location(cls, value: object) -> object:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str) and "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"archive must be a SQLite file path or a postgresql:// URL, got {value!r}")
         return value
 
     @field_validator("models", mode="before")

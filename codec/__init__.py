@@ -1,4 +1,5 @@
-"""vitcodec.codec: bitstream format, entropy coding, integer hyper-synthesis and CDF tables.
+"""vitcodec.codec: bitstream format, entropy coding, the exact integer hyper-synthesis (8-bit, and the older
+wide fixed point) and CDF tables.
 
 Pure numpy + constriction, shared verbatim by the edge (no torch) and the cloud, so both code the same bytes.
 """
@@ -23,7 +24,10 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
-from .integer_hyper_synthesis import FixedLayer, HyperOutput, IntegerHyperSynthesis
+from .hyper_synthesis import HyperSynthesis, hyper_from_arrays
+from .int8_hyper_synthesis import Int8HyperSynthesis
+from .integer_hyper_synthesis import FixedLayer, IntegerHyperSynthesis
+from .scale_index import HyperOutput
 from .latent_codec import EncodedLatents, LatentCodec
 from .tables import CodecTables
 
@@ -47,6 +51,9 @@ __all__ = [
     "FixedLayer",
     "HyperOutput",
     "IntegerHyperSynthesis",
+    "Int8HyperSynthesis",
+    "HyperSynthesis",
+    "hyper_from_arrays",
     "EncodedLatents",
     "LatentCodec",
     "CodecTables",

@@ -35,6 +35,7 @@ __all__ = [
     "read_stream_info",
     "header_size",
     "looks_like_stream",
+    "leb128",
 ]
 
 FORMAT_VERSION = 1
@@ -108,16 +109,23 @@ class StreamInfo:
 # --- LEB128 -------------------------------------------------------------------------------------------
 
 
+def leb128(value: int) -> bytes:
+    """Unsigned LEB128 (7 bits a byte, least significant first, high bit = more follows), the one varint of
+    the project: the stream header's fields, and protobuf's varints in `exact_gemm.matmul_integer_model`."""
+    if value < 0:
+        raise ValueError(f"LEB128 varints are unsigned, got {value}")
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def _put_varint(out: bytearray, value: int) -> None:
     if value < 0 or value >= 1 << (7 * _MAX_VARINT_BYTES):
         raise ValueError(f"value {value} does not fit a {_MAX_VARINT_BYTES}-byte LEB128 varint")
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return
+    out += leb128(value)
 
 
 def _get_varint(data: bytes, pos: int, end: int, field: str) -> tuple[int, int]:

@@ -61,6 +61,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .bitstream import leb128
+
 __all__ = ["EXACT_LIMIT", "ExactGemm", "Float64Gemm", "Int8LimbGemm", "default_engine", "matmul_integer_model",
            "reference_engine"]
 
@@ -154,7 +156,9 @@ class Int8LimbGemm:
         other (docs/benchmarks.md). Callers that decode in several threads use the cores that way."""
         import onnxruntime as ort
 
-        self._ort = ort
+        from vitcodec.ort_session import session_options  # the one session setup, loaded with onnxruntime
+
+        self._ort, self._options = ort, session_options
         self.threads = threads
         self.spinning = spinning
         # fail here, not at the first GEMM, where ONNX Runtime lacks the kernel: default_engine falls back
@@ -171,7 +175,7 @@ class Int8LimbGemm:
         for j in range(planes):
             digits[:, j] = sign * ((magnitude >> (_WEIGHT_BITS * j)) & _WEIGHT_MAX)
         digits = digits.reshape(k, planes * o)
-        options = _session_options(self._ort, self.threads, self.spinning)
+        options = self._options(self.threads, self.spinning)
         session = self._ort.InferenceSession(matmul_integer_model(digits), options, providers=["CPUExecutionProvider"])
         return _DigitWeights(digits, planes, o, int(magnitude.sum(axis=0).max(initial=0)), session)
 
@@ -204,31 +208,11 @@ class Int8LimbGemm:
         return out.astype(np.int64)
 
 
-def _session_options(ort, threads: int | None, spinning: bool):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    if not spinning:  # one session per layer: idle pools spinning after their GEMM would steal the next one's cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _field(number: int, payload: bytes | int) -> bytes:
     """One protobuf field: varint (wire type 0) for ints, length-delimited (wire type 2) for bytes."""
     if isinstance(payload, int):
-        return _varint(number << 3) + _varint(payload)
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+        return leb128(number << 3) + leb128(payload)
+    return leb128(number << 3 | 2) + leb128(len(payload)) + payload
 
 
 def _value_info(name: str, elem_type: int, dims: list[str]) -> bytes:

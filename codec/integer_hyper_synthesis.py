@@ -28,6 +28,7 @@ import numpy as np
 
 from . import fixed_point
 from .exact_gemm import ExactGemm, default_engine
+from .scale_index import HyperOutput, ScaleIndexer
 from .tables import hash_arrays
 
 __all__ = ["FixedLayer", "HyperOutput", "IntegerHyperSynthesis"]
@@ -70,58 +71,6 @@ class FixedLayer:
         return int(self.weight.shape[0] if self.kind == "conv" else self.weight.shape[1])
 
 
-@dataclass(frozen=True)
-class _ThresholdLookup:
-    """#(thresholds < v) for int64 v by table lookup, equal to searchsorted(thresholds, v, 'left') (which
-    costs ~30 ns per element, a millisecond per image at 224x224).
-
-    Buckets of width 2**shift, at most one threshold in each (the width is the largest power of two not above
-    the smallest gap between thresholds): count = thresholds below the bucket + (v > the bucket's threshold).
-    Thresholds are >= 0, so v < 0 counts 0; v above the last threshold counts all."""
-
-    shift: int
-    below: np.ndarray  # per bucket: thresholds < bucket start
-    inside: np.ndarray  # per bucket: its threshold, or the int64 maximum when it has none
-    top: int  # last threshold + 1
-
-    @classmethod
-    def build(cls, thresholds: np.ndarray, max_buckets: int = 1 << 17) -> _ThresholdLookup | None:
-        t = np.asarray(thresholds, dtype=np.int64)
-        if t.size == 0 or t[0] < 0 or (t.size > 1 and np.diff(t).min() < 1):
-            return None
-        gap = int(np.diff(t).min()) if t.size > 1 else int(t[0]) + 1
-        shift = max(gap, 1).bit_length() - 1
-        top = int(t[-1]) + 1
-        buckets = (top >> shift) + 1
-        if buckets > max_buckets:
-            return None  # plain searchsorted for tables this fine-grained
-        starts = np.arange(buckets, dtype=np.int64) << shift
-        below = np.searchsorted(t, starts, side="left").astype(np.int64)
-        inside = np.full(buckets, np.iinfo(np.int64).max, dtype=np.int64)
-        inside[t >> shift] = t
-        return cls(shift, below, inside, top)
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        v = np.clip(values, 0, self.top)  # v = top counts every threshold, as any larger v does
-        bucket = v >> self.shift
-        return self.below[bucket] + (v > self.inside[bucket])
-
-
-@dataclass(frozen=True)
-class HyperOutput:
-    """Entropy parameters for y: scale_indexes (B, M, h, w) int32 rows of the y CDF table, and means as
-    means_fixed (B, M, h, w) int64 with `frac_bits` fractional bits (mean = means_fixed / 2**frac_bits)."""
-
-    scale_indexes: np.ndarray
-    means_fixed: np.ndarray
-    frac_bits: int
-
-    @property
-    def means(self) -> np.ndarray:
-        """Exact float64 means (a power-of-two division of integers below 2**53)."""
-        return self.means_fixed.astype(np.float64) / float(1 << self.frac_bits)
-
-
 class IntegerHyperSynthesis:
     """Fixed-point h_s with integer-only semantics (see module docstring).
 
@@ -162,17 +111,10 @@ class IntegerHyperSynthesis:
         self._biases = [None if layer.bias is None else layer.bias.copy() for layer in self.layers]
         self.accumulator_bound = self._check_exactness()
 
-        table = np.asarray(scale_table, dtype=np.float64).ravel()
-        if table.size < 1 or not np.all(table > 0) or not np.all(np.diff(table) > 0):
-            raise ValueError("scale_table must be positive and strictly increasing")
-        self.scale_table = table
-        # compressai keeps the bound in a float32 buffer; use that value so indexes match build_indexes
-        self.scale_bound = float(np.float32(scale_bound))
-        # scale > t  <=>  scale_fixed > floor(t * 2**act_bits), for integer scale_fixed (t * 2**k is exact)
-        self._thresholds = np.floor(table[:-1] * float(1 << self.act_bits)).astype(np.int64)
-        # lower-bounding the scale at scale_bound makes every entry below the bound count
-        self._always = int(np.count_nonzero(table[:-1] < self.scale_bound))
-        self._index_lookup = _ThresholdLookup.build(self._thresholds)
+        self._indexer = ScaleIndexer(scale_table, scale_bound, self.act_bits)
+        self.scale_table, self.scale_bound = self._indexer.scale_table, self._indexer.scale_bound
+        self._thresholds, self._always = self._indexer.thresholds, self._indexer.always
+        self._index_lookup = self._indexer.lookup
 
     # --- construction ---------------------------------------------------------------------------------
 
@@ -341,12 +283,7 @@ class IntegerHyperSynthesis:
     def scale_indexes(self, scales_fixed: np.ndarray) -> np.ndarray:
         """compressai's `build_indexes` on scale = scales_fixed / 2**act_bits, in integers only:
         index = number of scale_table[:-1] entries strictly below max(scale, scale_bound)."""
-        values = np.asarray(scales_fixed, dtype=np.int64)
-        if self._index_lookup is None:
-            idx = np.searchsorted(self._thresholds, values, side="left")
-        else:
-            idx = self._index_lookup(values)
-        return np.maximum(idx, self._always).astype(np.int32)
+        return self._indexer(scales_fixed)
 
     def forward(self, z_hat_fixed: np.ndarray, out_hw: tuple[int, int] | None = None) -> HyperOutput:
         """Scale indexes and fixed-point means for a batch of ẑ (B, N, hz, wz), cropped top-left to out_hw."""

@@ -21,7 +21,8 @@ import numpy as np
 
 from .bitstream import MODEL_ID_BYTES
 from .entropy_coder import DecodePlan, EntropyTable
-from .integer_hyper_synthesis import HyperOutput, IntegerHyperSynthesis
+from .hyper_synthesis import HyperSynthesis, hyper_from_arrays
+from .scale_index import HyperOutput
 from .tables import CodecTables
 
 __all__ = ["EncodedLatents", "LatentCodec"]
@@ -49,9 +50,10 @@ def _symbols(values: np.ndarray, centres: np.ndarray, what: str) -> np.ndarray:
 
 
 class LatentCodec:
-    """Entropy coding of (y, z) with fixed CDF tables and the integer h_s; see the module docstring."""
+    """Entropy coding of (y, z) with fixed CDF tables and an exact h_s (either format of `hyper_synthesis`);
+    see the module docstring."""
 
-    def __init__(self, tables: CodecTables, hyper: IntegerHyperSynthesis) -> None:
+    def __init__(self, tables: CodecTables, hyper: HyperSynthesis) -> None:
         if hyper.in_channels != tables.z_channels:
             raise ValueError(f"h_s takes {hyper.in_channels} z channels, tables have {tables.z_channels}")
         if hyper.scale_table.shape != tables.scale_table.shape or not np.array_equal(
@@ -164,4 +166,4 @@ class LatentCodec:
     def load(cls, path: str | os.PathLike[str]) -> LatentCodec:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-        return cls(CodecTables.from_arrays(arrays), IntegerHyperSynthesis.from_arrays(arrays))
+        return cls(CodecTables.from_arrays(arrays), hyper_from_arrays(arrays))

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vitcodec.console import abort, stderr_console, table_console
-from vitcodec.edge import commands
+from vitcodec.edge import commands, images
 from vitcodec.edge.agent.command import requeue, watch
 
 app = typer.Typer(name="vitcodec-edge", help="vitcodec on the edge: encode images to bitstreams, send them to "
@@ -34,7 +34,7 @@ app.command("inspect")(commands.inspect)
 app.command("watch")(watch)
 app.command("requeue")(requeue)
 
-SEND_SUFFIXES = commands.IMAGE_SUFFIXES | {commands.STREAM_SUFFIX}  # what `send` picks up inside folders
+SEND_SUFFIXES = images.IMAGE_SUFFIXES | {images.STREAM_SUFFIX}  # what `send` picks up inside folders
 _SERVER_HELP = "Cloud server: http://HOST:PORT, https://HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT (TLS)."
 _TOKEN_HELP = ("Bearer token, when the server wants one: the device's own token or the shared one (or set "
                "VITCODEC_AUTH_TOKEN; VITCODEC_TOKEN, deprecated, is still read).")
@@ -84,14 +84,14 @@ def _is_intact_stream(data: bytes) -> bool:
 
 def _load_streams(files: list[Path], model: Optional[str], progress: Progress | None) -> tuple[list[bytes], list[str]]:
     """Encode image files with the model's edge encoder, in batches as ``encode`` does
-    (`commands.encode_batches`); files that already are bitstreams pass through.
+    (`images.encode_batches`); files that already are bitstreams pass through.
 
     Returns the streams and, per file, an error message ("" when the file is usable).
     """
     streams: list[bytes] = [b""] * len(files)
     errors: list[str] = [""] * len(files)
     task = progress.add_task("encoding", total=len(files)) if progress else None
-    images: list[int] = []  # indexes of the files to encode
+    to_encode: list[int] = []  # indexes of the files to encode
     for i, path in enumerate(files):
         data = path.read_bytes()
         if _is_intact_stream(data):
@@ -99,14 +99,14 @@ def _load_streams(files: list[Path], model: Optional[str], progress: Progress | 
             if progress is not None and task is not None:
                 progress.advance(task)
         else:
-            images.append(i)
-    if images:
+            to_encode.append(i)
+    if to_encode:
         try:
-            encoder = commands.load_encoder(model, None)
-        except commands.EdgeInputError as exc:
+            encoder = images.load_encoder(model, None)
+        except images.EdgeInputError as exc:
             abort(str(exc))
-        for item in commands.encode_batches(encoder, [files[i] for i in images]):
-            i = images[item.index]
+        for item in images.encode_batches(encoder, [files[i] for i in to_encode]):
+            i = to_encode[item.index]
             if item.error is not None:
                 errors[i] = item.error
             else:
@@ -150,8 +150,8 @@ def send(
     if as_json and as_csv:
         abort("choose one of --json and --csv")
     try:
-        files = [source for source, _ in commands.collect_images(paths, SEND_SUFFIXES)]
-    except commands.EdgeInputError as exc:
+        files = [source for source, _ in images.collect_images(paths, SEND_SUFFIXES)]
+    except images.EdgeInputError as exc:
         abort(str(exc))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=stderr_console(), transient=True)
@@ -193,12 +193,12 @@ def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[st
     """One stderr line per failed file; with an outbox, spool those a later `watch` can still deliver."""
     from rich.markup import escape
 
-    from vitcodec.edge.agent.uploader import PERMANENT_STATUS
+    from vitcodec.wire import is_permanent
 
     err = stderr_console()
     for i in failed:
         err.print(f"[red]failed:[/red] {escape(str(files[i]))}: {escape(str(rows[i]['error']))}", soft_wrap=True)
-    spool = [i for i in failed if "status" in rows[i] and rows[i]["status"] not in PERMANENT_STATUS]
+    spool = [i for i in failed if "status" in rows[i] and not is_permanent(rows[i]["status"])]
     message = f"{len(failed)} of {len(rows)} images failed"
     if outbox is not None and spool:
         from vitcodec.edge.agent.outbox import spool_files

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import email.utils
 import os
-import random
 import re
 import socket
 import ssl
@@ -44,6 +43,7 @@ from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
+from vitcodec.wire import NO_ANSWER, RETRY_AFTER_HTTP, Backoff, http_for_grpc, is_retryable
 
 __all__ = [
     "ClientError",
@@ -60,11 +60,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-_RETRY_HTTP = {429, 502, 503, 504}
-_RETRY_AFTER_HTTP = {429, 503}  # statuses whose Retry-After header is honoured
-_RETRY_GRPC = {grpc.StatusCode.UNAVAILABLE}
-_HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404, "FAILED_PRECONDITION": 409,
-                  "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500}
 
 
 class ClientError(Exception):
@@ -72,7 +67,7 @@ class ClientError(Exception):
     status name; both are set whichever transport was used. `retry_after`: seconds the server asked to wait
     (HTTP Retry-After), or None."""
 
-    def __init__(self, message: str, status: int = 0, code: str = "UNKNOWN", retryable: bool = False,
+    def __init__(self, message: str, status: int = NO_ANSWER, code: str = "UNKNOWN", retryable: bool = False,
                  retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message, self.status, self.code, self.retryable = message, status, code, retryable
@@ -89,23 +84,28 @@ class TlsFailure(ClientError):
     code UNAVAILABLE)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, 0, "UNAVAILABLE", retryable=False)
+        super().__init__(message, NO_ANSWER, "UNAVAILABLE", retryable=False)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of transient failures (`ClientError.retryable`): capped exponential backoff with full jitter,
-    for at most `total_s` seconds in all (the time budget), and at most `attempts` tries when that is set
-    (``attempts=1``: no retries). A Retry-After longer than what is left of the budget ends the retries."""
+    """Retries of transient failures (`ClientError.retryable`, by the rules of `vitcodec.wire`): capped
+    exponential backoff with full jitter (`vitcodec.wire.Backoff`), for at most `total_s` seconds in all (the
+    time budget), and at most `attempts` tries when that is set (``attempts=1``: no retries). A Retry-After
+    longer than what is left of the budget ends the retries."""
 
     attempts: int | None = None  # tries in all, the first included; None: as many as the budget allows
     backoff_s: float = 0.1  # first pause; doubles each time
     max_backoff_s: float = 2.0
     total_s: float = 30.0  # time budget, from the first try (or from the `since` clock given to `run`)
 
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_s, self.max_backoff_s, floor=0.0)
+
     def pause(self, attempt: int) -> float:
         """Pause before try number `attempt + 1` (full jitter)."""
-        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * (2 ** attempt)))
+        return self.backoff.delay(attempt + 1)
 
     def next_pause(self, tries: int, since: float, error: ClientError) -> float | None:
         """Seconds to wait before trying again after `tries` failed tries, the budget counted from `since`
@@ -436,7 +436,7 @@ class HttpClient(_Base):
                                    client_cert=self._client_cert)
             if diagnosis:
                 return TlsFailure(diagnosis)
-        return ClientError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}", 0, "UNAVAILABLE",
+        return ClientError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}", NO_ANSWER, "UNAVAILABLE",
                            retryable=True)
 
     def _request(self, method: str, path: str, since: Callable[[], float] | None = None,
@@ -454,10 +454,10 @@ class HttpClient(_Base):
                 except ValueError:
                     message, code = response.text or response.reason_phrase, "UNKNOWN"
                 retry_after = None
-                if response.status_code in _RETRY_AFTER_HTTP:
+                if response.status_code in RETRY_AFTER_HTTP:
                     retry_after = _parse_retry_after(response.headers.get("retry-after"))
                 raise ClientError(message, response.status_code, code,
-                                  retryable=response.status_code in _RETRY_HTTP, retry_after=retry_after)
+                                  retryable=is_retryable(response.status_code), retry_after=retry_after)
             return response
 
         return self.retry.run(once, since)
@@ -545,8 +545,8 @@ def _result_from_proto(msg: pb.ClassifyResponse, latency_ms: float) -> ClassifyR
 def _grpc_error(exc: grpc.RpcError) -> ClientError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return ClientError(details or code.name, _HTTP_FOR_GRPC.get(code.name, 500), code.name,
-                       retryable=code in _RETRY_GRPC)
+    return ClientError(details or code.name, http_for_grpc(code.name), code.name,
+                       retryable=is_retryable(code=code.name))
 
 
 _GRPC_TLS_WORDS = ("handshake", "SSL_ERROR", "CERTIFICATE_VERIFY_FAILED", "peer certificate", "TSI_")
@@ -659,7 +659,7 @@ class GrpcClient(_Base):
                     if reply.HasField("error"):
                         err = reply.error
                         error = ClientError(err.message, err.http_status, err.code,
-                                            retryable=err.code == "UNAVAILABLE")
+                                            retryable=is_retryable(code=err.code))
                         if self.retry.next_pause(tries + 1, progress, error) is not None:
                             last_error[index] = error
                             continue  # stays pending: sent again on the next stream

@@ -8,7 +8,7 @@ The model id does not change (it covers the codec and the encoder, not the class
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.data import load_arrays
 from vitcodec.models.novelty import CalibrationFit, fit_calibration
-from vitcodec.packages import MANIFEST, ModelPackage
+from vitcodec.packages import ModelPackage
 
 FIT_IMAGES = 20_000  # images of the fit split the class statistics are estimated from (128-d features)
 
@@ -63,12 +63,11 @@ def calibrate_package(package: ModelPackage, data: str, fit_images: int = FIT_IM
     _, fit_features = bitstream_features(package, fit_x, on_batch=on_batch)
     val_logits, val_features = bitstream_features(package, val_x, on_batch=on_batch)
     fit = fit_calibration(fit_features, fit_y, val_logits, val_features, val_y, config.num_classes, quantile)
-    _store(package, config, fit, data)
-    add_classifier(ModelPackage.open(package.path))
+    add_classifier(_store(package, config, fit, data))  # the graph points into the rewritten weights.pt
     return fit
 
 
-def _store(package: ModelPackage, config: JCCConfig, fit: CalibrationFit, data: str) -> None:
+def _store(package: ModelPackage, config: JCCConfig, fit: CalibrationFit, data: str) -> ModelPackage:
     from vitcodec.models.novelty import Calibration
 
     calibration = Calibration(config.embed_dim, config.num_classes)
@@ -77,8 +76,7 @@ def _store(package: ModelPackage, config: JCCConfig, fit: CalibrationFit, data: 
     state = {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
              if not k.startswith("calibration.")}
     state.update({f"calibration.{k}": v.clone() for k, v in calibration.state_dict().items()})
-    torch.save(state, path)
     manifest = dict(package.manifest)
     manifest["config"] = {**manifest["config"], "calibrated": True}
     manifest["calibration"] = {"data": data, **fit.record()}
-    (package.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return package.rewrite(manifest, files={"weights": (path.name, partial(torch.save, state))})

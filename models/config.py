@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from vitcodec.models.latent_grid import latent_grid
 from vitcodec.packages import InputSpec
 
 
@@ -51,7 +51,7 @@ class JCCConfig:
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of y for an image of the given size (inputs are padded up to the stride)."""
-        return math.ceil(height / self.stride), math.ceil(width / self.stride)
+        return latent_grid((height, width), self.stride)
 
     def input_spec(self) -> InputSpec:
         """The preprocessing this network expects, as a model package's manifest records it."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.packages import MANIFEST, PACKAGE_FORMAT, ModelPackage
 from vitcodec.codec.tables import CodecTables
+from vitcodec.models.external_weights import bind_external_weights
+from vitcodec.models.hs_export import exact_hyper_synthesis, hyper_synthesis_layers  # noqa: F401 (re-export)
 from vitcodec.models.jcc import AnalysisTransforms, JointCompressionClassifier
 from vitcodec.models.latent_networks import LatentNetworks
+from vitcodec.packages import PACKAGE_FORMAT, FileContent, ModelPackage
 
-HS_WEIGHT_BITS = 11
-WEIGHT_MAP_KEY = "vitcodec.weight_map"  # classifier.onnx metadata: where each weight comes from
+CLASSIFIER_FILE = "classifier.onnx"
 CLOUD_MODULES = ("vit", "aggregation", "g_s")  # what the cloud needs: no g_a, no float h_s
-
-
-def hyper_synthesis_layers(model: JointCompressionClassifier) -> list[dict[str, Any]]:
-    """The float h_s as plain layer dicts for ``IntegerHyperSynthesis.from_float_layers``."""
-    layers: list[dict[str, Any]] = []
-    for module in model.hyperprior.h_s:
-        if isinstance(module, nn.ReLU):
-            layers.append({"kind": "relu"})
-        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            deconv = isinstance(module, nn.ConvTranspose2d)
-            layers.append({
-                "kind": "deconv" if deconv else "conv",
-                "weight": module.weight.detach().double().cpu().numpy(),
-                "bias": None if module.bias is None else module.bias.detach().double().cpu().numpy(),
-                "stride": module.stride[0], "padding": module.padding[0],
-                "output_padding": module.output_padding[0] if deconv else 0,
-            })
-        else:
-            raise TypeError(f"h_s layer {type(module).__name__} has no integer twin")
-    return layers
 
 
 def codec_tables(model: JointCompressionClassifier) -> CodecTables:
@@ -66,13 +45,12 @@ def codec_tables(model: JointCompressionClassifier) -> CodecTables:
     )
 
 
-def build_latent_codec(model: JointCompressionClassifier) -> LatentCodec:
+def build_latent_codec(model: JointCompressionClassifier, hs_format: str = "int8",
+                       calibration_images: np.ndarray | None = None) -> LatentCodec:
+    """The tables and the exact h_s (`vitcodec.models.hs_export`: ``int8`` calibrated on the z of
+    ``calibration_images``, or the older ``fixed``)."""
     tables = codec_tables(model)
-    # 11 fractional weight bits: int16 storage halves the package, and the rate cost is unmeasurable
-    # (docs/benchmarks.md); exactness does not depend on it (the 2^53 bound is checked at build time).
-    hyper = IntegerHyperSynthesis.from_float_layers(hyper_synthesis_layers(model), tables.scale_table,
-                                                    weight_bits=HS_WEIGHT_BITS)
-    return LatentCodec(tables, hyper)
+    return LatentCodec(tables, exact_hyper_synthesis(model, tables, hs_format, calibration_images))
 
 
 def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> bytes:
@@ -119,48 +97,32 @@ def onnx_classifier_bytes(model: LatentNetworks, opset: int = 17) -> bytes:
     return buffer.getvalue()
 
 
-def classifier_graph(model: LatentNetworks) -> bytes:
-    """``onnx_classifier_bytes`` without its weights: each weight tensor becomes an external initializer
-    named in the metadata (``WEIGHT_MAP_KEY``: initializer -> [state-dict key, transposed]), which the server
-    fills from the package's ``weights.pt``. The package so holds its classifier weights once (the file is
-    ~50 kB), and ONNX Runtime computes with exactly the tensors the torch backend uses."""
+def classifier_graph(model: LatentNetworks, weights: Path) -> bytes:
+    """``onnx_classifier_bytes`` whose weight tensors are external data in ``weights`` (the package's
+    ``weights.pt``, from which ``model`` was loaded; the graph sits beside it): the package holds its classifier
+    weights once (the graph is ~50 kB), ONNX Runtime computes with exactly the tensors the torch backend loads,
+    and ``onnx.load`` or ``onnxruntime.InferenceSession`` open the file with no help
+    (`vitcodec.models.external_weights`)."""
     import onnx
-    from onnx import TensorProto, numpy_helper
 
     graph = onnx.load_from_string(onnx_classifier_bytes(model))
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
-             if k.startswith(("vit.", "calibration."))}  # the calibration statistics too: stored once
-    weight_map: dict[str, tuple[str, bool]] = {}
-    for init in graph.graph.initializer:
-        value = numpy_helper.to_array(init)
-        for key, tensor in state.items():
-            for transposed, candidate in ((False, tensor), (True, tensor.T if tensor.ndim == 2 else None)):
-                if candidate is not None and candidate.shape == value.shape and np.array_equal(candidate, value):
-                    weight_map[init.name] = (key, transposed)
-                    break
-            if init.name in weight_map:
-                break
-        if init.name in weight_map:
-            init.ClearField("raw_data")
-            del init.float_data[:]
-            init.data_location = TensorProto.EXTERNAL
-            for field, text in (("location", "weights.pt"), ("offset", "0"), ("length", "0")):
-                entry = init.external_data.add()
-                entry.key, entry.value = field, text
-    onnx.helper.set_model_props(graph, {WEIGHT_MAP_KEY: json.dumps(weight_map)})
+    stored = {k: v.numpy() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()
+              if k.startswith(("vit.", "calibration."))}  # the calibration statistics too: stored once
+    bind_external_weights(graph, stored, weights)
+    resolved = onnx.ModelProto.FromString(graph.SerializeToString())
+    onnx.external_data_helper.load_external_data_for_model(resolved, str(weights.parent))
+    onnx.checker.check_model(resolved)  # every reference reads whole tensors of the right size
     return graph.SerializeToString()
 
 
 def add_classifier(package: ModelPackage) -> ModelPackage:
     """Write ``classifier.onnx`` (see `classifier_graph`) into a compressed package, from the cloud weights as
-    stored. The model id (codec tables and encoder) does not change."""
+    stored; run again whenever ``weights.pt`` is rewritten, since the graph points into it. The model id (codec
+    tables and encoder) does not change."""
     from vitcodec.models.latent_networks import load_latent_networks
 
-    (package.path / "classifier.onnx").write_bytes(classifier_graph(load_latent_networks(package)))
-    manifest = dict(package.manifest)
-    manifest["files"] = {**manifest.get("files", {}), "classifier": "classifier.onnx"}
-    (package.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return ModelPackage.open(package.path)
+    graph = classifier_graph(load_latent_networks(package), package.file("weights"))
+    return package.rewrite(files={"classifier": (CLASSIFIER_FILE, graph)})
 
 
 def store_weights_as_float16(onnx_bytes: bytes, min_elements: int = 64) -> bytes:
@@ -208,8 +170,12 @@ def cloud_state(model: JointCompressionClassifier, modules: tuple[str, ...], hal
 def export_package(model: JointCompressionClassifier, out: Path, *, name: str, version: int = 1,
                    quality: int | None = None, compress: bool = True, half_weights: bool = True,
                    labels: tuple[str, ...] | None = None, extra: dict[str, Any] | None = None,
-                   overwrite: bool = True) -> ModelPackage:
+                   overwrite: bool = True, hs_format: str = "int8",
+                   calibration_images: np.ndarray | None = None) -> ModelPackage:
     """Write ``out/<name>/<version>/`` and return the opened package.
+
+    ``hs_format``: ``int8`` (h_s format 2, the default: the 8-bit h_s, calibrated on the z of
+    ``calibration_images``, uint8 training images, or of the z prior without them) or ``fixed`` (format 1).
 
     ``compress=False`` exports the step-one reference model: full torch weights, no ONNX, no codec.
     ``half_weights`` stores the cloud weights and the edge encoder's weights in float16 (both compute in
@@ -217,28 +183,23 @@ def export_package(model: JointCompressionClassifier, out: Path, *, name: str, v
     """
     model = model.eval().cpu()
     c = model.config
-    target = Path(out) / name / str(version)
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"{target} exists")
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    contents: dict[str, FileContent] = {}
     files: dict[str, str] = {}
     model_id = b""
     if compress:
-        codec = build_latent_codec(model)
-        codec.save(target / "codec.npz")
+        codec = build_latent_codec(model, hs_format, calibration_images)
         onnx_bytes = onnx_encoder_bytes(model)
         if half_weights:
             onnx_bytes = store_weights_as_float16(onnx_bytes)
-        (target / "encoder.onnx").write_bytes(onnx_bytes)
         model_id = codec.model_id(hashlib.sha256(onnx_bytes).digest())
         files.update(codec="codec.npz", encoder="encoder.onnx")
+        contents.update(codec=codec.save, encoder=onnx_bytes)
         modules = CLOUD_MODULES
     else:
         modules = ("g_a", *CLOUD_MODULES)
-    torch.save(cloud_state(model, modules, half_weights), target / "weights.pt")
+    state = cloud_state(model, modules, half_weights)
     files["weights"] = "weights.pt"
+    contents["weights"] = partial(torch.save, state)
     manifest = {
         "format": PACKAGE_FORMAT,
         "name": name,
@@ -256,6 +217,5 @@ def export_package(model: JointCompressionClassifier, out: Path, *, name: str, v
         "files": files,
         **(extra or {}),
     }
-    (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    package = ModelPackage.open(target)
+    package = ModelPackage.write(Path(out) / name / str(version), manifest, contents, overwrite=overwrite)
     return add_classifier(package) if compress else package

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
-from vitcodec.codec.errors import CodecError
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.packages import ModelPackage
+from vitcodec.models.latent_grid import check_latent_grid
 from vitcodec.models.latent_networks import load_latent_networks
 from vitcodec.models.config import JCCConfig
 from vitcodec.outputs import top_k as top_k_indexes
@@ -54,10 +54,7 @@ class CloudModel:
     def decode(self, stream: bytes) -> DecodedStream:
         """Parse, check the model id and integrity, entropy-decode: raises CodecError subclasses."""
         header, z_payload, y_payload = unpack_stream(stream, expected_model_id=self.model_id)
-        expected = self.config.latent_shape(*header.image_size)
-        if tuple(header.latent_shape) != expected:
-            raise CodecError(f"latent shape {tuple(header.latent_shape)} does not match image size "
-                             f"{tuple(header.image_size)} for this model (expected {expected})")
+        check_latent_grid(header.image_size, header.latent_shape, self.config.stride, self.name)
         y_hat = self.codec.decode(z_payload, y_payload, header.latent_shape)
         return DecodedStream(header, y_hat, len(stream))
 

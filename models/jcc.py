@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitcodec.models.config import JCCConfig
-from vitcodec.models.encoder import AnalysisTransform
+from vitcodec.models.encoder import ConvStem
 from vitcodec.models.hyperprior import MeanScaleHyperprior
 from vitcodec.models.latent_networks import LatentNetworks
 
@@ -29,7 +29,7 @@ class JointCompressionClassifier(LatentNetworks):
 
     def _add_encoder_side(self, config: JCCConfig) -> None:
         c = config
-        self.g_a = AnalysisTransform(c.in_chans, c.encoder_channels, c.M, c.kernel_size)
+        self.g_a = ConvStem(c.in_chans, c.encoder_channels, c.M, c.kernel_size)
         self.hyperprior = MeanScaleHyperprior(c.M, c.N)
 
     # -- geometry -------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class JointCompressionClassifier(LatentNetworks):
 
 
 class AnalysisTransforms(nn.Module):
-    """g_a and h_a in float: the network exported to ``encoder.onnx`` for the edge runtime
+    """g_a (`ConvStem`) and h_a in float: the network exported to ``encoder.onnx`` for the edge runtime
     (`vitcodec.edge.encoder.EdgeEncoder`); rounding and coding happen in codec/."""
 
     def __init__(self, model: JointCompressionClassifier) -> None:

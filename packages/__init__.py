@@ -13,10 +13,22 @@ from .discovery import (
     resolve_model,
     zoo_root,
 )
-from .package import MANIFEST, PACKAGE_FORMAT, InputSpec, ModelNotFoundError, ModelPackage
+from .package import (
+    CLOUD_FILES,
+    EDGE_FILES,
+    MANIFEST,
+    PACKAGE_FORMAT,
+    FileContent,
+    InputSpec,
+    ModelNotFoundError,
+    ModelPackage,
+)
 
 __all__ = [
+    "CLOUD_FILES",
     "DEFAULT_MODEL",
+    "EDGE_FILES",
+    "FileContent",
     "MANIFEST",
     "PACKAGE_FORMAT",
     "describe_mismatch",

@@ -84,7 +84,6 @@ def uncalibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding the zoo's fmnist-q2 with its calibration taken out (no temperature, no novelty
     statistics, classifier.onnx without the novelty output): what every package exported before calibration
     looks like. Same model id as the zoo's fmnist-q2, so serve it on its own."""
-    import json
     import shutil
 
     zoo = _zoo_repository()
@@ -96,14 +95,12 @@ def uncalibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("uncalibrated-repo")
     shutil.copytree(zoo / "fmnist-q2", root / "fmnist-q2")
-    path = root / "fmnist-q2" / "1"
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["config"]["calibrated"] = False
+    package = ModelPackage.open(root / "fmnist-q2" / "1")
+    manifest = {**package.manifest, "config": {**package.manifest["config"], "calibrated": False}}
     manifest.pop("calibration", None)
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-    torch.save({k: v for k, v in state.items() if not k.startswith("calibration.")}, path / "weights.pt")
-    add_classifier(ModelPackage.open(path))
+    state = torch.load(package.file("weights"), map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("calibration.")}
+    add_classifier(package.rewrite(manifest, files={"weights": ("weights.pt", lambda path: torch.save(state, path))}))
     return root
 
 
@@ -195,6 +192,17 @@ AUTH_TOKEN = "s3cret"
 def auth_server(start_server) -> Any:
     """A server that wants ``Authorization: Bearer s3cret`` (serving fmnist-q2 only)."""
     return start_server(auth_token=AUTH_TOKEN, models=["fmnist-q2"])
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway PostgreSQL server (tests/pg_cluster.py) for the archive tests, stopped at the end; skips
+    without one, fails under CI."""
+    from pg_cluster import cluster_or_skip
+
+    cluster = cluster_or_skip()
+    yield cluster
+    cluster.destroy()
 
 
 def scrape(metrics_text: str, name: str, **labels: str) -> float:

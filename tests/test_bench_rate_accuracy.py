@@ -56,7 +56,10 @@ def test_small_run_with_real_codecs_cnn_and_zoo(tmp_path: Path, capsys) -> None:
             "--plot", str(plot), "--json", str(out_json), "--no-progress"]
     assert bench.main(args) == 0
     text = capsys.readouterr().out
-    report = json.loads(out_json.read_text())
+    document = json.loads(out_json.read_text())
+    assert document["benchmark"] == "rate_accuracy" and document["machine"]["cpu_model"]
+    report = bench.read_report(out_json)
+    assert report == document["results"]
     available = [c for c, ok in bench.available_codecs().items() if ok]
     assert {p["codec"] for p in report["codecs"]} == set(available)
     for codec in available:
@@ -90,3 +93,16 @@ def test_bad_qualities_are_one_line_errors() -> None:
         bench.parse_qualities(["gif=10"])
     with pytest.raises(SystemExit, match="0..100"):
         bench.parse_qualities(["jpeg=120"])
+
+
+def test_codecs_from_reads_a_results_file_and_an_old_bare_report(tmp_path: Path) -> None:
+    """`--codecs-from` takes both the bare report of 2026-12-01 (kept in benchmarks/results/) and a results file."""
+    import common  # benchmarks/ is on pytest's pythonpath
+
+    bench = _load()
+    old = BENCH.parent / "results" / "rate_accuracy_codecs_2026-12-01.json"
+    report = bench.read_report(old)
+    assert report["codecs"] and 0.0 < report["raw_cnn_top1"] <= 1.0 and report["n_finetune"] > 0
+    wrapped = common.write_results("rate_accuracy", report, None, [], path=tmp_path / "ra.json")
+    assert json.loads(wrapped.read_text())["results"] == report
+    assert bench.read_report(wrapped) == report

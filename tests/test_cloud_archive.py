@@ -1,7 +1,11 @@
 """The archive (``--archive``): ids in every classify answer (REST native, gRPC native, KServe v2 over both), one
 entry per distinct stream, listing with filters and cursors, metadata, reconstructions, deletion, the bearer
 token on every new route, 404 without an archive, retention by age and size, failures that never fail a
-classification, and ``vitcodec-cloud reclassify``."""
+classification, and ``vitcodec-cloud reclassify``.
+
+The server and store tests run on both backends: a SQLite file and a real PostgreSQL server (the session's
+throwaway cluster, tests/pg_cluster.py; a fresh database for each module or test). The faults (database down,
+disk full, SIGKILL) are in test_cloud_archive_faults.py."""
 
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ from typer.testing import CliRunner
 from vitcodec.cloud.archive import (
     ArchiveRecord,
     ImageQuery,
-    SqliteArchive,
     now_us,
+    open_archive,
     stream_id,
 )
+from vitcodec.cloud.archive_sqlite import SqliteArchive
 from vitcodec.cloud.cli import app as cloud_app
 from vitcodec.cloud.metrics import Metrics
 from vitcodec.edge.cli import app as edge_app
@@ -44,15 +49,31 @@ GRPC_AUTH = (("authorization", f"Bearer {TOKEN}"),)
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def archive_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("archive") / "archive.db"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _new_location(request, backend: str, folder) -> str:
+    """A fresh, empty archive: a SQLite file in `folder`, or a new database on the test PostgreSQL server."""
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres").new_database()
+    return str(folder / "archive.db")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def archive_location(request, tmp_path_factory):
+    return _new_location(request, request.param, tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(params=BACKENDS)
+def store_location(request, tmp_path):
+    """For the store tests: a fresh archive on each backend."""
+    return _new_location(request, request.param, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def archive_server(start_server, archive_path):
+def archive_server(start_server, archive_location):
     """fmnist-q1 and fmnist-q2 with an archive, behind a bearer token (so every new route is tested with it)."""
-    return start_server(archive=archive_path, auth_token=TOKEN, models=["fmnist-q1", "fmnist-q2"])
+    return start_server(archive=archive_location, auth_token=TOKEN, models=["fmnist-q1", "fmnist-q2"])
 
 
 @pytest.fixture(scope="module")
@@ -284,10 +305,10 @@ def _record(i: int, created_us: int, size: int = 64) -> ArchiveRecord:
                          created_us=created_us)
 
 
-def test_retention_by_age(tmp_path):
+def test_retention_by_age(store_location):
     day = 86_400 * 1_000_000
     metrics = Metrics()
-    store = SqliteArchive(tmp_path / "a.db", max_age_days=5, retention_interval_s=3600, metrics=metrics)
+    store = open_archive(store_location, max_age_days=5, retention_interval_s=3600, metrics=metrics)
     store.start()
     try:
         old = [_record(i, now_us() - 10 * day + i) for i in range(5)]
@@ -303,10 +324,10 @@ def test_retention_by_age(tmp_path):
         store.close()
 
 
-def test_retention_by_size_keeps_the_newest(tmp_path):
+def test_retention_by_size_keeps_the_newest(store_location):
     limit = 256 * 1024
     metrics = Metrics()
-    store = SqliteArchive(tmp_path / "a.db", max_bytes=limit, retention_interval_s=3600, metrics=metrics)
+    store = open_archive(store_location, max_bytes=limit, retention_interval_s=3600, metrics=metrics)
     store.start()
     try:
         start = now_us() - 1_000_000
@@ -320,8 +341,8 @@ def test_retention_by_size_keeps_the_newest(tmp_path):
         assert 0 < deleted < len(records) and scrape(text, "vitcodec_archive_bytes") <= limit
         kept = [e.id for e in store.list(ImageQuery(limit=1000)).images]
         assert kept == [r.id for r in reversed(records[deleted:])]  # the oldest went first
-        db = tmp_path / "a.db"
-        assert os.path.getsize(db) <= limit + 64 * 1024  # freed pages went back to the file system
+        if isinstance(store, SqliteArchive):
+            assert os.path.getsize(store.path) <= limit + 64 * 1024  # freed pages went back to the file system
     finally:
         store.close()
 
@@ -357,14 +378,14 @@ def test_an_unwritable_archive_never_fails_classification(start_server, tmp_path
 # -- reclassify -----------------------------------------------------------------------------------------------
 
 def test_reclassify_with_the_same_model_changes_nothing_and_reports_other_model_ids(
-        http, archive_path, model_repo, edge_streams, other_streams, other_package):
+        http, archive_location, model_repo, edge_streams, other_streams, other_package):
     for stream in edge_streams[24:30] + other_streams[:3]:
         _classify(http, stream)
     listed = _all_pages(http, {"limit": 1000})  # also waits for the queued writes
     ours = [e for e in listed if e["model"] == "fmnist-q2"]
     theirs = [e for e in listed if e["model"] == "fmnist-q1"]
     assert len(ours) >= 6 and len(theirs) >= 3
-    result = runner.invoke(cloud_app, ["reclassify", "--archive", str(archive_path), "--model", "fmnist-q2",
+    result = runner.invoke(cloud_app, ["reclassify", "--archive", archive_location, "--model", "fmnist-q2",
                                        "--model-repo", str(model_repo), "--threads", "1"])
     assert result.exit_code == 0, result.output
     output = result.output
@@ -379,16 +400,35 @@ def test_reclassify_with_the_same_model_changes_nothing_and_reports_other_model_
     assert http.get(f"/v1/images/{theirs[0]['id']}").json()["reclassifications"] == []
     # --since in the future: nothing to do
     later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
-    result = runner.invoke(cloud_app, ["reclassify", "--archive", str(archive_path), "--model", "fmnist-q2",
+    result = runner.invoke(cloud_app, ["reclassify", "--archive", archive_location, "--model", "fmnist-q2",
                                        "--model-repo", str(model_repo), "--since", later])
     assert result.exit_code == 0 and "reclassified 0 of 0" in result.output
-    bad = runner.invoke(cloud_app, ["reclassify", "--archive", str(archive_path), "--model", "fmnist-q2",
+    bad = runner.invoke(cloud_app, ["reclassify", "--archive", archive_location, "--model", "fmnist-q2",
                                     "--model-repo", str(model_repo), "--since", "someday"])
     assert bad.exit_code == 2
 
 
-def test_store_reads_without_a_writer_thread(tmp_path):
+def test_store_reads_without_a_writer_thread(store_location):
     """What the reclassify command does: no writer thread, reads and writes on the caller's thread."""
-    store = SqliteArchive(tmp_path / "b.db")
+    store = open_archive(store_location)
     assert store.count() == 0 and list(store.iter_streams()) == []
     assert json.dumps(store.status().__dict__)
+    store.close()
+
+
+def test_the_archive_setting_names_the_backend(tmp_path):
+    from pydantic import ValidationError
+
+    from vitcodec.cloud.archive_postgres import PostgresArchive, redact
+    from vitcodec.cloud.settings import Settings
+
+    assert isinstance(open_archive(tmp_path / "x.db"), SqliteArchive)
+    assert Settings(_env_file=None, archive=tmp_path / "x.db").archive == str(tmp_path / "x.db")
+    url = "postgresql://vit:secret@db.example:5432/archive?sslmode=require"
+    store = open_archive(Settings(_env_file=None, archive=url).archive)
+    assert isinstance(store, PostgresArchive) and "secret" not in store.location  # nothing is connected yet
+    assert redact(url) == "postgresql://vit:***@db.example:5432/archive?sslmode=require"
+    with pytest.raises(ValidationError, match="postgresql:// URL"):
+        Settings(_env_file=None, archive="mysql://db/archive")
+    with pytest.raises(ValueError, match="not a valid PostgreSQL URL"):
+        open_archive("postgresql://db/archive?no_such_option=1")

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vitcodec.demo import report as demo_report
-from vitcodec.edge import commands
+from vitcodec.edge import images
 from vitcodec.edge.cli import app
 from vitcodec.edge.client import connect
 from vitcodec.protos import grpc_service_pb2 as v2pb
@@ -58,8 +58,8 @@ def calibrated_server(start_server, calibrated_repo):
 def samples(calibrated_package) -> list[tuple[str, bytes]]:
     """(file name, bitstream) of every bundled sample, encoded on the edge for fmnist-q2."""
     files = [s.path for s in demo_report.read_samples(SAMPLES)]
-    encoder = commands.load_encoder(str(calibrated_package.path), None)
-    items = list(commands.encode_batches(encoder, [Path(f) for f in files]))
+    encoder = images.load_encoder(str(calibrated_package.path), None)
+    items = list(images.encode_batches(encoder, [Path(f) for f in files]))
     assert all(item.error is None for item in items)
     pairs = [(Path(f).name, item.result.stream) for f, item in zip(files, items)]
     from vitcodec.models.inference import CloudModel
@@ -318,18 +318,18 @@ def test_torch_and_onnxruntime_backends_agree_on_novelty(calibrated_server, star
     np.testing.assert_allclose(ort_answer["PROBABILITIES"], torch_answer["PROBABILITIES"], atol=1e-5)
 
 
-def test_vitcodec_decode_prints_novelty(calibrated_package, samples, tmp_path):
-    """`vitcodec decode` (the local decoder) reports the same flag as the server for a calibrated package."""
-    from vitcodec.models.cli import app as torch_app
+def test_cloud_decode_prints_novelty(calibrated_package, samples, tmp_path):
+    """`vitcodec-cloud decode` (the local decoder) reports the same flag as the server for a calibrated package."""
+    from vitcodec.cloud.cli import app as cloud_app
 
     for name, stream in samples:
         if name not in (FLAGGED_DRAWING, "fmnist-00000.png"):
             continue
         path = tmp_path / f"{name}.vcb"
         path.write_bytes(stream)
-        result = CliRunner().invoke(torch_app, ["decode", str(path), "--model", str(calibrated_package.path), "--json"])
+        result = CliRunner().invoke(cloud_app, ["decode", str(path), "--model", str(calibrated_package.path), "--json"])
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
         assert report["out_of_distribution"] is _is_colour(name) and math.isfinite(report["novelty"])
-        text = CliRunner().invoke(torch_app, ["decode", str(path), "--model", str(calibrated_package.path)]).stdout
+        text = CliRunner().invoke(cloud_app, ["decode", str(path), "--model", str(calibrated_package.path)]).stdout
         assert ("unlike the training data" in text) is _is_colour(name)

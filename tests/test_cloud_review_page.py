@@ -23,7 +23,7 @@ from PIL import Image
 
 from vitcodec.cloud.archive import stream_id
 from vitcodec.demo import report as demo_report
-from vitcodec.edge import commands
+from vitcodec.edge import images
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -72,8 +72,8 @@ def archived(api, review_repo) -> dict[str, dict]:
 
     package = resolve_model("fmnist-q2", roots=[review_repo])
     files = [Path(s.path) for s in demo_report.read_samples(SAMPLES)]
-    encoder = commands.load_encoder(str(package.path), None)
-    items = list(commands.encode_batches(encoder, files))
+    encoder = images.load_encoder(str(package.path), None)
+    items = list(images.encode_batches(encoder, files))
     assert all(item.error is None for item in items)
     entries = {}
     for item in items:

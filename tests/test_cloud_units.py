@@ -15,6 +15,7 @@ import pytest
 from vitcodec.cloud import errors
 from vitcodec.cloud.settings import Settings
 from vitcodec.cloud.tensors import deserialize_bytes, serialize_bytes
+from vitcodec import wire
 from vitcodec.codec import errors as codec_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def test_error_table_covers_every_domain_error_once_for_both_transports():
         assert errors.is_known(cls.__new__(cls)), cls
     # the HTTP status and the gRPC code always tell the same story
     for status, code in errors.ERROR_TABLE.values():
-        assert errors.HTTP_TO_GRPC[status] == code
+        assert wire.GRPC_FOR_HTTP[status] == code and wire.http_for_grpc(code.name) == status
     mismatch = codec_errors.ModelMismatchError(b"\x01\x02\x03\x04", b"\xaa\xbb\xcc\xdd")
     info = errors.describe(mismatch)
     assert (info.http_status, info.grpc_code) == (409, grpc.StatusCode.FAILED_PRECONDITION)
@@ -120,3 +121,13 @@ def test_intra_op_threads_leave_a_core_to_the_transports(monkeypatch) -> None:
     assert Settings(torch_threads=2).intra_op_threads == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert Settings().intra_op_threads == 1
+
+
+def test_the_hot_routes_do_not_import_the_app_they_sit_in_front_of():
+    """app.py builds on fastpath.py; both answer errors through rest/errors.py, so no import goes back."""
+    import ast
+
+    tree = ast.parse((ROOT / "cloud" / "rest" / "fastpath.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "app" not in imported and "vitcodec.cloud.rest.app" not in imported
+    assert "errors" in imported  # the shared error answer

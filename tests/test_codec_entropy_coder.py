@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch
+from codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch
 
 from vitcodec.codec import entropy_coder
 from vitcodec.codec.entropy_coder import EntropyTable
@@ -35,6 +35,14 @@ def compressai_roundtrip(symbols, indexes, cdf, cdf_length, offset):
     args = (indexes.ravel().tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist())
     data = ans.RansEncoder().encode_with_indexes(symbols.ravel().tolist(), *args)
     return data, np.array(ans.RansDecoder().decode_with_indexes(data, *args), dtype=np.int32)
+
+
+def test_exported_tables_match_compressai_buffers():
+    eb, gc = entropy_bottleneck(6), gaussian_conditional()
+    tables = export_tables(eb, gc)
+    assert tables.z_channels == 6 and tables.scale_levels == 64
+    assert np.array_equal(tables.y_offset, gc._offset.numpy())
+    assert len(set(tables.z_offset.tolist())) > 1  # channels really differ
 
 
 def test_round_trip_with_escapes_and_extremes(tables, y_table):

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from test_codec_fixtures import (
+from codec_fixtures import (
     entropy_bottleneck,
     export_tables,
     float_hs,

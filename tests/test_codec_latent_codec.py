@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_codec_fixtures import (
+from codec_fixtures import (
     entropy_bottleneck,
     export_tables,
     float_hs,

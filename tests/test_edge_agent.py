@@ -21,7 +21,7 @@ from conftest import AUTH_TOKEN
 from vitcodec.edge.agent.intake import Candidate, StabilityTracker
 from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey, entry_id
 from vitcodec.edge.agent.results import ResultsLog
-from vitcodec.edge.agent.uploader import Backoff
+from vitcodec.wire import Backoff
 
 FAST = ["--poll", "0.1", "--settle", "0.1", "--unreadable-after", "1", "--timeout", "3", "--max-backoff", "0.5",
         "--json", "--status-interval", "1"]

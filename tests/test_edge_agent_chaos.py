@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_processes import (AgentProcess, ChaosProxy, ServerProcess, assert_exactly_once, count_lines,
+from agent_processes import (AgentProcess, ChaosProxy, assert_exactly_once, count_lines, model_server,
                              sample_images, wait_for, write_pngs)
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def images():
 @pytest.fixture(scope="module")
 def server(model_repo, tmp_path_factory):
     """One server process shared by the tests that do not kill it."""
-    proc = ServerProcess(model_repo, tmp_path_factory.mktemp("server-logs")).start()
+    proc = model_server(model_repo, tmp_path_factory.mktemp("server-logs")).start_ready()
     yield proc
     proc.stop()
 
@@ -48,7 +48,7 @@ def _finish(agent: AgentProcess, results: Path, n: int = N) -> None:
 
 
 def test_server_killed_and_back_after_12_s(model_repo, tmp_path, images):
-    server = ServerProcess(model_repo, tmp_path).start()
+    server = model_server(model_repo, tmp_path).start_ready()
     inbox = tmp_path / "inbox"
     sources = write_pngs(images[: N // 2], inbox)  # half there before the agent starts, half while it runs
     agent = _agent(model_repo, tmp_path, inbox, server.http_url).start()
@@ -62,7 +62,7 @@ def test_server_killed_and_back_after_12_s(model_repo, tmp_path, images):
         time.sleep(11)
         assert agent.proc.poll() is None, agent.log()
         assert count_lines(results) == answered_at_kill  # nothing answered while the server was gone
-        server.start()
+        server.start_ready()
         _finish(agent, results)
     finally:
         agent.kill()

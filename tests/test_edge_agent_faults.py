@@ -31,7 +31,7 @@ from vitcodec.edge.agent.outbox import Outbox, SourceKey
 from vitcodec.edge.agent.results import ResultsLog
 from vitcodec.edge.agent.runner import Agent, AgentConfig
 from vitcodec.edge.agent.status import Reporter
-from vitcodec.edge.agent.uploader import Backoff
+from vitcodec.wire import Backoff
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "samples").glob("fmnist-*.png"))
 

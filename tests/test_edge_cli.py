@@ -1,4 +1,4 @@
-"""`vitcodec-edge encode` / `inspect` and `vitcodec decode` through their real entry points (typer apps in
+"""`vitcodec-edge encode` / `inspect` and `vitcodec-cloud decode` through their real entry points (typer apps in
 process, and the installed console scripts), including every kind of bad input: each must end with one
 ``error:`` line naming the problem and a non-zero exit, never a traceback."""
 
@@ -29,9 +29,9 @@ def edge(*args: str):
 
 
 def cloud(*args: str):
-    from vitcodec.models.cli import app as models_app
+    from vitcodec.cloud.cli import app as cloud_app
 
-    return runner.invoke(models_app, [str(a) for a in args])
+    return runner.invoke(cloud_app, [str(a) for a in args])
 
 
 def assert_one_line_error(result, *needles: str, code: int | None = None) -> str:
@@ -353,7 +353,7 @@ def test_console_scripts(encoded, bad_streams, bad_images, package, model_repo, 
         ((_script("vitcodec-edge"), "inspect", bad_streams["bit-flipped payload"]), "checksum mismatch"),
         ((_script("vitcodec-edge"), "encode", bad_images["truncated"], "--model", package.path, "-o", tmp_path),
          "not a readable image"),
-        ((_script("vitcodec"), "decode", bad_streams["foreign png"]), "not a vitcodec stream"),
+        ((_script("vitcodec-cloud"), "decode", bad_streams["foreign png"]), "not a vitcodec stream"),
     ]:
         proc = run(*args)
         lines = proc.stderr.splitlines()  # one line even on a narrow terminal (COLUMNS=60)

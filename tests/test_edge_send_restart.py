@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_processes import child_env, free_port, sample_images, wait_for, write_pngs
+from agent_processes import child_env, sample_images, wait_for, write_pngs
 from vitcodec.cloud import process
 
 pytest.importorskip("trustme")
@@ -46,72 +45,34 @@ def image_dir(tmp_path_factory):
     return write_pngs(sample_images(N), folder), folder
 
 
-class TlsServer:
-    """`vitcodec-cloud serve` with TLS, on ports chosen once so that it comes back on the same ones."""
+def tls_server(model_repo: Path, pki: Path, log_dir: Path) -> process.ServerProcess:
+    """`vitcodec-cloud serve` with TLS (cloud/process.py), on ports chosen once so that it comes back on the same
+    ones."""
+    return process.ServerProcess.serving(
+        model_repo, "fmnist-q2", log_dir / "server.log", "--log-level", "warning", "--tls-cert",
+        str(pki / "server.pem"), "--tls-key", str(pki / "server.key"), env=child_env(model_repo),
+        ssl_context=ssl.create_default_context(cafile=str(pki / "ca.pem")))
 
-    def __init__(self, model_repo: Path, pki: Path, log_dir: Path) -> None:
-        self.model_repo, self.pki, self.log_dir = model_repo, pki, log_dir
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        while self.grpc_port == self.http_port:
-            self.grpc_port = free_port()
-        self.context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-        self.server: process.ServerProcess | None = None
-        self.starts = 0
 
-    @property
-    def https_url(self) -> str:
-        return f"https://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpcs_url(self) -> str:
-        return f"grpcs://127.0.0.1:{self.grpc_port}"
-
-    def start(self, wait: bool = True) -> None:
-        self.starts += 1
-        argv = ["vitcodec-cloud", "serve", "--model-repo", str(self.model_repo), "--model", "fmnist-q2", "--host",
-                "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--log-level",
-                "warning", "--tls-cert", str(self.pki / "server.pem"), "--tls-key", str(self.pki / "server.key")]
-        self.server = process.ServerProcess(argv, self.log_dir / f"server-{self.starts}.log", self.https_url,
-                                            env=child_env(self.model_repo), ssl_context=self.context)
-        self.server.start()
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        assert self.server is not None
-        self.server.wait_ready(120.0, model="fmnist-q2")
-
-    def streams_classified(self) -> int:
-        """Bitstreams this server process has classified (its /metrics), 0 while it cannot answer."""
-        try:
-            with urllib.request.urlopen(self.https_url + "/metrics", timeout=2, context=self.context) as r:
-                text = r.read().decode()
-        except OSError:
-            return 0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("vitcodec_streams_total{") and 'kind="classify"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return int(total)
-
-    def kill(self) -> None:
-        assert self.server is not None and self.server.proc is not None
-        os.killpg(self.server.pid, signal.SIGKILL)
-        self.server.proc.wait(30)
-        self.server.stop(0.0)  # reaped: closes the log
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(30.0)
+def streams_classified(server: process.ServerProcess) -> int:
+    """Bitstreams this server process has classified (its /metrics), 0 while it cannot answer."""
+    try:
+        with urllib.request.urlopen(server.http_url + "/metrics", timeout=2, context=server.ssl_context) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("vitcodec_streams_total{") and 'kind="classify"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
 
 
 @pytest.mark.parametrize("transport", ["grpcs", "https"])
 def test_send_survives_a_server_killed_and_restarted(transport, model_repo, pki, image_dir, tmp_path):
     sources, folder = image_dir
-    server = TlsServer(model_repo, pki, tmp_path)
-    server.start()
-    url = server.grpcs_url if transport == "grpcs" else server.https_url
+    server = tls_server(model_repo, pki, tmp_path).start_ready()
+    url = server.grpc_url if transport == "grpcs" else server.http_url
     out, err = tmp_path / "send.jsonl", tmp_path / "send.err"
     argv = [sys.executable, "-m", "vitcodec.edge.cli", "send", str(folder), "--server", url, "--ca-cert",
             str(pki / "ca.pem"), "--json", "--concurrency", CONCURRENCY]  # --retry-for: the default (30 s)
@@ -119,22 +80,22 @@ def test_send_survives_a_server_killed_and_restarted(transport, model_repo, pki,
         with out.open("wb") as stdout, err.open("wb") as stderr:
             send = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=child_env(model_repo))
         try:
-            wait_for(lambda: server.streams_classified() >= KILL_AFTER or send.poll() is not None,
+            wait_for(lambda: streams_classified(server) >= KILL_AFTER or send.poll() is not None,
                      SEND_DEADLINE_S, f"{KILL_AFTER} answers", 0.02, lambda: err.read_text(errors="replace"))
             assert send.poll() is None, "send finished before the server could be killed"
             server.kill()
             killed_at = time.monotonic()
             time.sleep(1.0)
-            server.start(wait=False)  # back on the same ports ~1 s later; models load while send retries
+            server.start()  # back on the same ports ~1 s later; models load while send retries
             restarted_after = time.monotonic() - killed_at
-            server.wait_ready()
+            server.wait_ready(120.0, server.model)
             code = send.wait(SEND_DEADLINE_S)
         finally:
             if send.poll() is None:
                 send.kill()
                 send.wait(30)
     finally:
-        server.stop()
+        server.stop(30.0)
     assert restarted_after < 3.0
     stderr_text = err.read_text(errors="replace")
     assert code == 0, stderr_text[-3000:]

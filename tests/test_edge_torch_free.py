@@ -81,7 +81,29 @@ def test_encode_in_the_edge_venv_decodes_in_the_cloud(edge_venv, package, fmnist
     decoded = CloudModel(package).decode(stream)
     assert np.array_equal(decoded.y_hat, np.load(tmp_path / "y_hat.npy"))
 
-    if Path(package.path).resolve().is_relative_to(PROJECT / "models" / "zoo"):  # the zoo ships in the wheel
-        proc = run(bin_dir / "vitcodec-edge", "encode", png, "-o", tmp_path / "default", "--threads", "1")
-        assert proc.returncode == 0, proc.stderr
-        assert (tmp_path / "default" / "shirt.vcb").read_bytes() == stream
+
+def test_the_default_model_ships_in_the_wheel(edge_venv, fmnist_images, tmp_path):
+    """With no --model and no VITCODEC_MODEL_REPO, the edge venv encodes with the zoo installed from the wheel
+    (not this checkout's): the checkout's default package, byte for byte."""
+    from vitcodec.packages import DEFAULT_MODEL, iter_packages, zoo_root
+
+    shipped = [p for p in iter_packages(zoo_root()) if p.name == DEFAULT_MODEL]
+    assert shipped, f"this checkout's zoo ({zoo_root()}) has no {DEFAULT_MODEL}"
+    expected = max(shipped, key=lambda p: p.version)
+    proc = run(edge_venv / "bin" / "python", "-c", "from vitcodec.packages import zoo_root; print(zoo_root())")
+    assert proc.returncode == 0, proc.stderr
+    installed_zoo = Path(proc.stdout.strip()).resolve()
+    assert installed_zoo.is_relative_to(edge_venv.resolve()), installed_zoo  # the wheel's copy, not the checkout
+
+    png = tmp_path / "shirt.png"
+    Image.fromarray(fmnist_images[0][3, :, :, 0]).save(png)
+    proc = run(edge_venv / "bin" / "vitcodec-edge", "encode", png, "-o", tmp_path / "default", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    proc = run(edge_venv / "bin" / "vitcodec-edge", "inspect", tmp_path / "default" / "shirt.vcb", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_id"] == expected.model_id.hex()
+    # and the wheel's copy is the checkout's: the same stream as with the checkout's package named explicitly
+    proc = run(edge_venv / "bin" / "vitcodec-edge", "encode", png, "--model", expected.path, "-o",
+               tmp_path / "explicit", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "default" / "shirt.vcb").read_bytes() == (tmp_path / "explicit" / "shirt.vcb").read_bytes()

@@ -29,6 +29,7 @@ def test_default_model_is_q2() -> None:
     assert resolve_model().name == "fmnist-q2"
 
 
+@pytest.mark.slow  # 500 real bitstreams per model through the edge encoder and the cloud decoder
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_zoo_model_scores_above_floor_on_500_test_images(name: str) -> None:
     report = evaluate(name, "fashion-mnist", limit=500)

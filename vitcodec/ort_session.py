@@ -9,16 +9,19 @@ from pathlib import Path
 import onnxruntime as ort
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
     """Full graph optimisation, sequential execution, no spinning threads (small devices and shared servers
-    both lose more to busy-waiting than they gain); ``threads`` caps the intra-op pool when given."""
+    both lose more to busy-waiting than they gain; the exact h_s GEMMs run one small session per layer back to
+    back, and spinning pools starved each other there, 13x slower); ``threads`` caps the intra-op pool when
+    given; ``spinning`` turns busy-waiting back on for whoever measured it helps."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

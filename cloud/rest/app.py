@@ -5,7 +5,6 @@ small pure-ASGI layers for request metrics, the body limit and the hot routes (f
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
@@ -17,17 +16,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import vitcodec
+from vitcodec.wire import GRPC_FOR_HTTP
 
 from ..auth import Authenticator
 from ..dataplane import DataPlane
-from ..errors import ERROR_TABLE, HTTP_TO_GRPC, PayloadTooLarge, describe, is_known
+from ..errors import ERROR_TABLE, PayloadTooLarge
 from ..metrics import Metrics
 from ..settings import Settings
 from . import images, native, review, v2
+from .errors import error_response
 from .fastpath import HotRoutes
 from .schemas import InferRequestBody
-
-log = logging.getLogger("vitcodec.cloud.rest")
 
 DESCRIPTION = """Classifies learned-compression bitstreams without decoding pixels, and reconstructs images on demand.
 
@@ -38,15 +37,6 @@ DESCRIPTION = """Classifies learned-compression bitstreams without decoding pixe
 * Errors are `{"error": ..., "code": ...}` with the HTTP status of the server's error table (the gRPC API maps the
   same errors to the matching status codes).
 """
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    info = describe(exc)
-    if not is_known(exc):
-        log.error("unhandled error", exc_info=exc)
-    headers = {"WWW-Authenticate": "Bearer"} if info.http_status == 401 else None
-    return JSONResponse({"error": info.message, "code": info.code_name}, status_code=info.http_status,
-                        headers=headers)
 
 
 class MetricsMiddleware:
@@ -168,7 +158,7 @@ def build_fastapi(plane: DataPlane, settings: Settings, auth: Authenticator | No
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_TO_GRPC.get(exc.status_code)
+        code = GRPC_FOR_HTTP.get(exc.status_code)
         return JSONResponse({"error": str(exc.detail), "code": code.name if code else "UNKNOWN"},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

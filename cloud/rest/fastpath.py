@@ -24,6 +24,7 @@ from ..auth import Authenticator
 from ..dataplane import DataPlane
 from ..settings import Settings
 from .deps import inflate_body
+from .errors import error_response
 from .schemas import ClassifyResponse
 
 _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -71,8 +72,6 @@ class HotRoutes:
         await self._answer(self._infer, (name, version), scope, receive, send)
 
     async def _answer(self, handler: Any, args: tuple, scope: Scope, receive: Receive, send: Send) -> None:
-        from .app import error_response  # app.py imports this module
-
         headers: dict[bytes, str] = {}
         for key, value in scope["headers"]:
             if key in _HEADERS and key not in headers:

@@ -65,7 +65,7 @@ def watch(
     from vitcodec.console import error_line
     from vitcodec.edge.agent.runner import Agent, AgentConfig, AgentSetupError, install_signal_handlers
     from vitcodec.edge.agent.status import Reporter
-    from vitcodec.edge.agent.uploader import Backoff
+    from vitcodec.wire import Backoff
     from vitcodec.edge.client import TlsOptions, env_token
 
     config = AgentConfig(

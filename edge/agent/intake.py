@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vitcodec.codec.bitstream import looks_like_stream
 from vitcodec.edge.agent.outbox import SourceKey
-from vitcodec.edge.commands import IMAGE_SUFFIXES, STREAM_SUFFIX, encode_batches
+from vitcodec.edge.images import IMAGE_SUFFIXES, STREAM_SUFFIX, encode_batches
 
 WRITING_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 

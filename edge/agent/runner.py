@@ -33,7 +33,8 @@ from vitcodec.edge.agent.intake import (Candidate, Encoded, SourcePolicy, Stabil
 from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey
 from vitcodec.edge.agent.results import ResultsLog
 from vitcodec.edge.agent.status import Reporter
-from vitcodec.edge.agent.uploader import Backoff, Uploader
+from vitcodec.edge.agent.uploader import Uploader
+from vitcodec.wire import Backoff
 
 
 class AgentSetupError(Exception):
@@ -105,7 +106,7 @@ class Agent:
             raise AgentSetupError(f"{config.results}: cannot open the results file ({exc.strerror or exc})") from None
         self.encoder: Any = None
         if self.roots:
-            from vitcodec.edge.commands import EdgeInputError, load_encoder
+            from vitcodec.edge.images import EdgeInputError, load_encoder
 
             try:
                 self.encoder = load_encoder(config.model, config.threads)

@@ -5,13 +5,13 @@ Why unary calls from a pool of worker threads (over the existing clients, gRPC o
 long-lived stream: every entry gets its own deadline, so a stalled connection costs one timeout per call in
 flight and never holds the rest; gRPC multiplexes the calls over one HTTP/2 connection anyway.
 
-Failures are sorted in two:
-- permanent refusals (400 corrupt stream, 404 unknown model, 409 model mismatch, 413 too large, and their
-  gRPC codes INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED): the stream and the
+Failures are sorted in two, by the rules of `vitcodec.wire`:
+- permanent refusals (`is_permanent`: 400 corrupt stream, 404 unknown model, 409 model mismatch, 413 too large,
+  and their gRPC codes INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED): the stream and the
   server's message go to ``rejected/``, a ``rejected`` line to the results, never retried;
 - everything else (connection refused or reset, timeouts, 5xx, 429, UNAVAILABLE, a refused token): retried
-  with capped exponential backoff and jitter, per entry and, for server-wide trouble, for all workers at once
-  (one gate), so an outage does not become a storm of doomed calls.
+  with capped exponential backoff and jitter (`Backoff`), per entry and, for server-wide trouble
+  (`is_server_wide`), for all workers at once (one gate), so an outage does not become a storm of doomed calls.
 
 While the server is unreachable, a prober asks its readiness (``GET /v2/health/ready`` or gRPC
 ``ServerReady``, both open without a token) every `PROBE_INTERVAL_S` on a fresh connection; when it turns from
@@ -27,42 +27,18 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from vitcodec.edge.agent.outbox import Entry, Outbox, path_fields
 from vitcodec.edge.agent.results import LedgerError, ResultsLog
 from vitcodec.edge.agent.status import Reporter, now_iso
+from vitcodec.wire import NO_ANSWER, Backoff, is_permanent, is_server_wide
 
-PERMANENT_STATUS = frozenset({400, 404, 409, 413, 415, 422})
-SERVER_WIDE_STATUS = frozenset({0, 429, 502, 503, 504})
-SERVER_WIDE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN"})
 RECONNECT_AFTER_S = 5.0  # a fresh channel after this long without success (gRPC's own reconnect backoff grows to minutes)
 PROBE_INTERVAL_S = 1.0  # readiness probes while the server is unreachable
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with jitter: the n-th consecutive failure waits up to base * 2**(n-1),
-    never more than `cap_s`, scaled by a random factor in [0.5, 1] so that devices do not retry in step."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.cap_s, self.base_s * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
-
-
-def is_permanent(exc: Any) -> bool:
-    return getattr(exc, "status", 0) in PERMANENT_STATUS
-
-
-def is_server_wide(exc: Any) -> bool:
-    return getattr(exc, "status", 0) in SERVER_WIDE_STATUS or getattr(exc, "code", "") in SERVER_WIDE_CODES
 
 
 class Uploader:
@@ -206,13 +182,13 @@ class Uploader:
         try:
             result = self._get_client().classify(stream, top_k=self.top_k)
         except ClientError as exc:
-            if is_permanent(exc):
+            if is_permanent(exc.status):
                 self._reject(entry, stream, exc)
             else:
                 self._transient(entry, exc)
             return
         except Exception as exc:  # noqa: BLE001 - e.g. a channel closed under us while reconnecting
-            self._transient(entry, ClientError(f"{type(exc).__name__}: {exc}", 0, "UNAVAILABLE", True))
+            self._transient(entry, ClientError(f"{type(exc).__name__}: {exc}", NO_ANSWER, "UNAVAILABLE", True))
             return
         self._succeeded()
         record = {"id": entry.id, **path_fields(entry.source.path, "file"), "source": entry.source.as_dict(),
@@ -276,7 +252,7 @@ class Uploader:
     def _transient(self, entry: Entry, exc: Any) -> None:
         failures = self._bump(entry)
         now = time.monotonic()
-        if is_server_wide(exc):
+        if is_server_wide(exc.status, exc.code):
             with self._cond:
                 if now >= self._gate:
                     self._gate_failures += 1
