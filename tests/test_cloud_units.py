@@ -76,7 +76,8 @@ def test_generated_protos_are_reproducible(tmp_path):
     pytest.importorskip("grpc_tools")
     work = tmp_path / "protos"
     work.mkdir()
-    for proto in (ROOT / "protos").glob("*.proto"):
+    package = ROOT / "protos" / "src" / "vitcodec" / "protos"
+    for proto in package.glob("*.proto"):
         shutil.copy(proto, work)
     protos = sorted(p.name for p in work.glob("*.proto"))
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{work}", f"--python_out={work}",
@@ -84,7 +85,7 @@ def test_generated_protos_are_reproducible(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "protos" / "fix_imports.py"), str(work)], check=True, timeout=60)
     generated = sorted(p.name for p in work.glob("*_pb2*.py"))
     assert generated == ["grpc_service_pb2.py", "grpc_service_pb2_grpc.py", "vitcodec_pb2.py", "vitcodec_pb2_grpc.py"]
-    _, mismatch, missing = filecmp.cmpfiles(work, ROOT / "protos", generated, shallow=False)
+    _, mismatch, missing = filecmp.cmpfiles(work, package, generated, shallow=False)
     assert not mismatch and not missing, f"run `make protos`: {mismatch + missing} differ"
 
 
