@@ -42,7 +42,7 @@ demo: $(STAMP)
 	$(PY) -m vitcodec.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I $(PROTO_PKG) --python_out=$(PROTO_PKG) --grpc_python_out=$(PROTO_PKG) $(PROTO_PKG)/*.proto
+	$(PY) -m grpc_tools.protoc -I $(PROTO_PKG) --python_out=$(PROTO_PKG) --pyi_out=$(PROTO_PKG) --grpc_python_out=$(PROTO_PKG) $(PROTO_PKG)/*.proto
 	$(PY) protos/fix_imports.py
 
 clean-venv:
