@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo protos zoo rate-accuracy clean-venv help
+.PHONY: install test test-fast lint demo protos zoo rate-accuracy clean-venv help
 
 help:
 	@echo "make install    create .venv (idempotent) with vitcodec[cloud,train,dev] + the Fashion-MNIST Debian package"
 	@echo "make test       install if needed, then run the whole test suite"
 	@echo "make test-fast  the suite without tests marked slow"
+	@echo "make lint       ruff (style and likely bugs) and pyright (types; every import resolved), as CI runs them"
 	@echo "make demo       install if needed, serve the default model, run the edge client on the samples"
 	@echo "make protos     regenerate the gRPC modules from protos/*.proto"
 	@echo "make zoo        retrain the Fashion-MNIST zoo with the two-step recipe (hours on 2 CPU cores)"
@@ -37,6 +38,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Configuration in pyproject.toml ([tool.ruff], [tool.pyright]); CI runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright
 
 demo: $(STAMP)
 	$(PY) -m vitcodec.demo $(DEMO_ARGS)
