@@ -5,24 +5,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo protos zoo rate-accuracy clean-venv help
+.PHONY: install test test-fast lint demo protos zoo rate-accuracy clean-venv help
 
 help:
 	@echo "make install    create .venv (idempotent) with vitcodec[cloud,train,dev] + the Fashion-MNIST Debian package"
 	@echo "make test       install if needed, then run the whole test suite"
 	@echo "make test-fast  the suite without tests marked slow"
+	@echo "make lint       ruff (style and likely bugs) and pyright (types; every import resolved), as CI runs them"
 	@echo "make demo       install if needed, serve the default model, run the edge client on the samples"
 	@echo "make protos     regenerate the gRPC modules from protos/*.proto"
 	@echo "make zoo        retrain the Fashion-MNIST zoo with the two-step recipe (hours on 2 CPU cores)"
 	@echo "make rate-accuracy  the zoo against JPEG/WebP/AVIF + a pixel CNN (RATE_ARGS='--limit 1000 ...')"
 
-$(STAMP): pyproject.toml
+# One distribution per folder (docs/architecture.md, "Folders and distributions"), installed editable in one pip
+# command so pip takes each vitcodec-* requirement from its folder, never from an index.
+DISTS := common codec packages protos edge models cloud demo
+PROTO_PKG := protos/src/vitcodec/protos
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(DISTS))
 	@if [ "$$(id -u)" = "0" ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cloud,train,dev]'
+	$(PY) -m pip install -q $(addprefix -e ./,$(DISTS)) -e '.[cloud,train,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,11 +39,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Configuration in pyproject.toml ([tool.ruff], [tool.pyright]); CI runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright
+
 demo: $(STAMP)
 	$(PY) -m vitcodec.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos protos/*.proto
+	$(PY) -m grpc_tools.protoc -I $(PROTO_PKG) --python_out=$(PROTO_PKG) --pyi_out=$(PROTO_PKG) --grpc_python_out=$(PROTO_PKG) $(PROTO_PKG)/*.proto
 	$(PY) protos/fix_imports.py
 
 clean-venv:
@@ -49,7 +60,7 @@ clean-venv:
 # (compressed packages are calibrated on the fit/val splits: temperature and novelty threshold), and
 # measurement on the whole test split. About 2 hours on 2 CPU cores; every run resumes from its last.pt.
 ZOO_RUNS ?= runs
-ZOO_OUT ?= packages/zoo
+ZOO_OUT ?= packages/src/vitcodec/packages/zoo
 JOINT = $(VENV)/bin/vitcodec train --stage joint --data fashion-mnist --batch-size 64 --lr 3e-4 --codec-lr 1e-3 \
 	--warmup-steps 100 --label-smoothing 0.1 --no-progress --threads 1 \
 	--init $(ZOO_RUNS)/fmnist-pretrain/final.pt

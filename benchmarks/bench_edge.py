@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             tools = sum(directory_bytes(p) for p in site.iterdir() if p.name.split("-")[0] in ("pip", "setuptools"))
             figures["edge_venv_mib"] = round(directory_bytes(venv) / 2**20, 1)
             figures["edge_venv_without_pip_mib"] = round((directory_bytes(venv) - tools) / 2**20, 1)
-            figures["edge_wheel_kib"] = round(next((work / "edge" / "wheels").glob("*.whl")).stat().st_size / 1024, 1)
+            figures["edge_wheel_kib"] = round(sum(w.stat().st_size for w in (work / "edge" / "wheels").glob("*.whl")) / 1024, 1)
 
     print_markdown(figures)
     if args.json:

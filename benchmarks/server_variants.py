@@ -5,11 +5,9 @@ A variant is a label, extra ``VITCODEC_*``-style environment and extra ``vitcode
     --variant 'asyncio=VITCODEC_EVENT_LOOP=asyncio'   --variant 'uvloop=--event-loop uvloop'
 
 ``--baseline-ref REF`` adds a variant that runs the server code of git commit REF instead of the working tree:
-the commit's folders are exported (``git archive``) into a temporary ``vitcodec`` package laid out as
-pyproject.toml's ``package-dir`` maps them, and that tree goes first on the server's PYTHONPATH, where Python
-finds it before the editable install. Same interpreter and libraries; only the project's code differs. (The
-server runs as the ``vitcodec-cloud`` console script, whose sys.path starts with the venv's bin/, not with the
-working directory, where the checkout's own ``vitcodec/`` folder would come first.)
+the commit's package folders are exported (``git archive``) into a temporary ``vitcodec`` tree, and that tree
+goes first on the server's PYTHONPATH, where Python finds it before the editable install. Same interpreter and
+libraries; only the project's code differs.
 Also the benchmarks' one way to start a server, `start_server` (on free ports, optionally with TLS, for the
 default configuration or a variant), and `process_cpu_s`, a server's CPU time (what a transport costs on a shared
 machine). The tests' restartable server is tests' own (agent_processes.py); both build on cloud/process.py.
@@ -66,27 +64,37 @@ def export_ref(ref: str, dest: Path | None = None) -> Path:
                             check=True, capture_output=True, text=True).stdout.strip()
     pyproject = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:pyproject.toml"],
                                check=True, capture_output=True).stdout
-    package_dir: dict[str, str] = tomllib.loads(pyproject.decode())["tool"]["setuptools"]["package-dir"]
+    package_dir: dict[str, str] | None = tomllib.loads(pyproject.decode()).get("tool", {}).get(
+        "setuptools", {}).get("package-dir")
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit],
                              check=True, capture_output=True).stdout
     root = Path(dest or tempfile.mkdtemp(prefix=f"vitcodec-{commit[:10]}-"))
-    # longest source folder first, so 'cloud/rest' wins over 'cloud' for files under it
-    mapping = sorted(((src.rstrip("/"), pkg) for pkg, src in package_dir.items()), key=lambda p: -len(p[0]))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         for member in tar.getmembers():
             if not member.isfile():
                 continue
-            for src, pkg in mapping:
-                if member.name.startswith(src + "/"):
-                    rel = member.name[len(src) + 1:]
-                    target = root.joinpath(*pkg.split("."), rel)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    extracted = tar.extractfile(member)
-                    assert extracted is not None
-                    target.write_bytes(extracted.read())
-                    break
+            target = _target(member.name, package_dir, root)
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                target.write_bytes(extracted.read())
     (root / "COMMIT").write_text(commit + "\n")
     return root
+
+
+def _target(name: str, package_dir: dict[str, str] | None, root: Path) -> Path | None:
+    """Where file `name` of the commit goes under `root`, or None if it is not package code. Two layouts:
+    today's one distribution per folder (``<folder>/src/vitcodec/...``) and, for older commits, one
+    distribution whose pyproject ``package-dir`` maps folders into the namespace."""
+    if package_dir is None:
+        folder, sep, rest = name.partition("/src/vitcodec/")
+        return root.joinpath("vitcodec", *rest.split("/")) if sep and "/" not in folder else None
+    # longest source folder first, so 'cloud/rest' wins over 'cloud' for files under it
+    for src, pkg in sorted(((s.rstrip("/"), p) for p, s in package_dir.items()), key=lambda p: -len(p[0])):
+        if name.startswith(src + "/"):
+            return root.joinpath(*pkg.split("."), name[len(src) + 1:])
+    return None
 
 
 def process_cpu_s(pid: int) -> float:

@@ -223,10 +223,13 @@ _SOURCE_IGNORE = (".venv", ".git", ".ci", "runs", "tests", "benchmarks", "docs",
                   "__pycache__", "*.egg-info", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache")
 
 
+EDGE_DISTRIBUTIONS = ("common", "codec", "packages", "protos", "edge")  # vitcodec-edge and what it needs
+
+
 def build_edge_venv(dest: Path, project: Path, timeout: float = 600.0) -> Path:
-    """A fresh venv at dest/venv holding only the base distribution: a wheel of `project` (built from a copy
-    of its sources) installed with its declared base dependencies, resolved by pip from the configured index
-    (no torch unless the base dependencies pull it in, which is what the caller checks). Returns the venv."""
+    """A fresh venv at dest/venv holding only the edge: wheels of vitcodec-edge and of the distributions it
+    needs (built from a copy of their sources) installed with their declared dependencies, resolved by pip
+    from the configured index (no torch unless those pull it in, which is what the caller checks)."""
     import shutil
     import subprocess
     import sys
@@ -237,12 +240,13 @@ def build_edge_venv(dest: Path, project: Path, timeout: float = 600.0) -> Path:
             raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
     source, wheels, venv = dest / "src", dest / "wheels", dest / "venv"
-    shutil.copytree(project, source, ignore=shutil.ignore_patterns(*_SOURCE_IGNORE))
-    # the wheel is built with this interpreter's setuptools (no build isolation: nothing to download)
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source)
-    wheel = next(wheels.glob("vitcodec-*.whl"))
+    for folder in EDGE_DISTRIBUTIONS:
+        shutil.copytree(project / folder, source / folder, ignore=shutil.ignore_patterns(*_SOURCE_IGNORE))
+    # built with this interpreter's setuptools (no build isolation: nothing to download)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels,
+        *(source / folder for folder in EDGE_DISTRIBUTIONS))
     run(sys.executable, "-m", "venv", venv)
-    run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile", wheel)
+    run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile", *sorted(wheels.glob("*.whl")))
     return venv
 
 

@@ -16,22 +16,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # PyPI's Linux torch wheels are the CUDA builds (CUDA and cuDNN come as nvidia-* wheels; only the driver is
-# the host's). Same pins as pyproject's [cloud].
+# the host's). Same pins as models/pyproject.toml.
 RUN pip install torch==2.14.1 torchvision==0.29.1
 
-COPY pyproject.toml README.md ./
-COPY vitcodec ./vitcodec
+# the server's distribution and the ones it depends on (docs/architecture.md), one pip command; the zoo is
+# vitcodec-packages' package data
+COPY common ./common
 COPY codec ./codec
 COPY packages ./packages
-COPY models ./models
-COPY edge ./edge
-COPY cloud ./cloud
 COPY protos ./protos
-COPY demo ./demo
-# [cloud] is the server extra only (no training stack: no compressai, numpy 2.x). [gpu] = onnxruntime-gpu.
+COPY edge ./edge
+COPY models ./models
+COPY cloud ./cloud
+# No training stack (no compressai, numpy 2.x). onnxruntime-gpu is vitcodec-cloud[gpu].
 # It provides the same `onnxruntime` module as the base dependency onnxruntime, so the CPU build goes first,
 # then the GPU build comes in with its own CUDA/cuDNN wheels.
-RUN pip install '.[cloud]' \
+RUN pip install ./common ./codec ./packages ./protos ./edge ./models ./cloud \
  && pip uninstall -y onnxruntime \
  && pip install 'onnxruntime-gpu[cuda,cudnn]>=1.19'
 

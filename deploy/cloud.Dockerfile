@@ -1,6 +1,6 @@
 # vitcodec cloud server, CPU. Build from the repository root:
 #   docker build -f deploy/cloud.Dockerfile -t vitcodec-cloud:0.1.0 .
-# Serves the zoo shipped in packages/zoo/ (or a repository mounted at VITCODEC_MODEL_REPO) on 8000 (HTTP) and
+# Serves the zoo shipped in vitcodec-packages (or a repository mounted at VITCODEC_MODEL_REPO) on 8000 (HTTP) and
 # 8001 (gRPC). Every `vitcodec-cloud serve` flag also reads a VITCODEC_* variable (docs/api.md, "Settings").
 FROM python:3.11-slim
 
@@ -13,21 +13,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # torch first, from the CPU wheel index (the default index's Linux wheels pull in the CUDA libraries);
-# the pins are pyproject's [cloud] pins, which the next install then finds satisfied.
+# the pins are models/pyproject.toml's pins, which the next install then finds satisfied.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
 
-# the distribution: pyproject maps these folders into the vitcodec.* namespace; the zoo is package data
-COPY pyproject.toml README.md ./
-COPY vitcodec ./vitcodec
+# the server's distribution and the ones it depends on (docs/architecture.md), one pip command; the zoo is
+# vitcodec-packages' package data
+COPY common ./common
 COPY codec ./codec
 COPY packages ./packages
-COPY models ./models
-COPY edge ./edge
-COPY cloud ./cloud
 COPY protos ./protos
-COPY demo ./demo
-# the server extra only: no training stack (compressai), so numpy resolves to 2.x
-RUN pip install '.[cloud]'
+COPY edge ./edge
+COPY models ./models
+COPY cloud ./cloud
+# no training stack (compressai is vitcodec-models[train] only), so numpy resolves to 2.x
+RUN pip install ./common ./codec ./packages ./protos ./edge ./models ./cloud
 
 RUN useradd --create-home --uid 10001 vitcodec
 USER 10001

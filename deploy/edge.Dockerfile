@@ -1,8 +1,8 @@
-# vitcodec edge client: the base distribution only (numpy, pillow, onnxruntime, constriction, grpcio, httpx,
-# typer, rich): no torch. Build from the repository root:
+# vitcodec edge client: vitcodec-edge and the distributions it needs (numpy, pillow, onnxruntime, constriction,
+# grpcio, httpx, typer, rich): no torch. Build from the repository root:
 #   docker build -f deploy/edge.Dockerfile -t vitcodec-edge:0.1.0 .
 #   docker run --rm --network host vitcodec-edge:0.1.0 vitcodec-edge send samples --server grpc://127.0.0.1:8001
-# The encoder comes from the zoo installed with the package (packages/zoo/, package data).
+# The encoder comes from the zoo installed with vitcodec-packages (packages/src/vitcodec/packages/zoo/).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,17 +13,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# every package folder must be present to build (pyproject maps them all); only the base dependencies install
-COPY pyproject.toml README.md ./
-COPY vitcodec ./vitcodec
+# one distribution per folder (docs/architecture.md): the edge's, and the ones it depends on, in one pip
+# command so every vitcodec-* requirement is met from its folder
+COPY common ./common
 COPY codec ./codec
 COPY packages ./packages
-COPY models ./models
-COPY edge ./edge
-COPY cloud ./cloud
 COPY protos ./protos
-COPY demo ./demo
-RUN pip install .
+COPY edge ./edge
+RUN pip install ./common ./codec ./packages ./protos ./edge
 
 # the demo's sample images (Fashion-MNIST test images and drawings; samples/README.md)
 COPY samples ./samples

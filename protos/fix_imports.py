@@ -1,4 +1,4 @@
-"""Post-process the modules that ``grpc_tools.protoc`` writes into ``protos/`` (run by ``make protos``).
+"""Post-process the modules that ``grpc_tools.protoc`` writes into ``protos/src/vitcodec/protos/`` (``make protos``).
 
 1. protoc writes bare imports (``import grpc_service_pb2 as ...``), which only work with ``protos/`` on
    ``sys.path``; they become package imports (``from vitcodec.protos import grpc_service_pb2 as ...``).
@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent / "src" / "vitcodec" / "protos"  # the generated modules
 PACKAGE = "vitcodec.protos"
 
 _BARE_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)

@@ -1,8 +1,8 @@
 """The layering rules of docs/architecture.md, checked by reading the imports of every module.
 
-Each top-level folder is one layer (mapped into ``vitcodec.*`` by pyproject.toml). A layer may import only the
-layers the table allows, and the torch-free layers may not import the training stack at all, not even lazily
-inside a function. The server must not reach compressai through any chain of our own imports (the training
+Each top-level folder is one distribution and one layer (``<folder>/src/vitcodec/<folder>``; ``common/`` holds the
+shared modules of the ``vitcodec`` namespace itself). A layer may import only the layers the table allows, and
+the torch-free layers may not import the training stack at all, not even lazily inside a function. The server must not reach compressai through any chain of our own imports (the training
 stack stays out of a serving install). The checker is tested on a small synthetic tree first, so a rule that
 could never fire would fail here too.
 """
@@ -52,23 +52,49 @@ RULES: dict[str, Layer] = {
 # --- reading the tree ---------------------------------------------------------------------------------
 
 
+def distributions(root: Path) -> list[Path]:
+    """The folders that are distributions: a pyproject.toml whose setuptools finds packages under src/."""
+    found = []
+    for config in sorted(root.glob("*/pyproject.toml")):
+        find = tomllib.loads(config.read_text()).get("tool", {}).get("setuptools", {}).get("packages", {})
+        if isinstance(find, dict) and find.get("find", {}).get("where") == ["src"]:
+            found.append(config.parent)
+    return found
+
+
 def package_dirs(root: Path) -> dict[str, Path]:
-    """Import name -> folder, from pyproject's setuptools package-dir."""
-    config = tomllib.loads((root / "pyproject.toml").read_text())
-    mapping = config["tool"]["setuptools"]["package-dir"]
-    return {name: root / folder for name, folder in mapping.items()}
+    """Import name -> folder, for every package of every distribution (`vitcodec` itself is the namespace
+    portion holding the shared modules; only one distribution may put modules there)."""
+    dirs: dict[str, Path] = {}
+    for dist in distributions(root):
+        namespace = dist / "src" / "vitcodec"
+        if (namespace / "__init__.py").exists():
+            raise AssertionError(f"{namespace}/__init__.py would end the shared namespace at {dist.name}")
+        if any(namespace.glob("*.py")):
+            if "vitcodec" in dirs:
+                raise AssertionError(f"two distributions put modules in the namespace: {dirs['vitcodec']}, {namespace}")
+            dirs["vitcodec"] = namespace
+        for init in sorted(namespace.rglob("__init__.py")):
+            name = ".".join(("vitcodec", *init.parent.relative_to(namespace).parts))
+            if name in dirs:
+                raise AssertionError(f"{name} is in two distributions: {dirs[name]}, {init.parent}")
+            dirs[name] = init.parent
+    return dirs
 
 
 def iter_modules(dirs: dict[str, Path]) -> Iterator[tuple[str, Path]]:
-    """(module name, file) for every .py file of every mapped package (sub-packages by their own mapping)."""
-    folders = {folder.resolve(): name for name, folder in dirs.items()}
+    """(module name, file) for every .py file of every package; a folder of modules without __init__.py below
+    a package would be installed as a namespace nobody declared, so it is an error."""
+    packaged = {folder.resolve() for folder in dirs.values()}
     for name, folder in dirs.items():
         for path in sorted(folder.glob("*.py")):
             module = name if path.stem == "__init__" else f"{name}.{path.stem}"
             yield module, path
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
-            if sub.resolve() not in folders:  # an unmapped sub-package would not be installed
-                raise AssertionError(f"{sub} is a package folder missing from pyproject's package-dir")
+        if name == "vitcodec":
+            continue
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.py"))):
+            if sub.resolve() not in packaged:
+                raise AssertionError(f"{sub} holds modules but no __init__.py")
 
 
 def imports_of(module: str, path: Path) -> set[str]:
@@ -152,9 +178,9 @@ def test_every_module_follows_the_import_rules() -> None:
     assert violations(ROOT) == []
 
 
-def test_every_mapped_package_has_a_rule() -> None:
+def test_every_package_has_a_rule() -> None:
     for name in package_dirs(ROOT):
-        assert layer_of(name) is not None, f"{name} is mapped in pyproject.toml but has no layer rule"
+        assert layer_of(name) is not None, f"{name} is a package of a distribution but has no layer rule"
 
 
 def test_the_edge_agent_is_edge_and_only_the_cli_imports_it() -> None:
@@ -172,15 +198,19 @@ def test_the_edge_agent_is_edge_and_only_the_cli_imports_it() -> None:
 
 
 def _fake_tree(tmp_path: Path, files: dict[str, str]) -> Path:
-    dirs = {"vitcodec": "vitcodec", "vitcodec.codec": "codec", "vitcodec.edge": "edge",
-            "vitcodec.cloud": "cloud", "vitcodec.models": "models"}
-    lines = ", ".join(f'"{k}" = "{v}"' for k, v in dirs.items())
-    (tmp_path / "pyproject.toml").write_text(f"[tool.setuptools]\npackage-dir = {{ {lines} }}\n")
-    for folder in dirs.values():
+    for folder in ("common", "codec", "edge", "cloud", "models"):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "__init__.py").write_text("")
+        (tmp_path / folder / "pyproject.toml").write_text('[tool.setuptools.packages.find]\nwhere = ["src"]\n')
+        package = tmp_path / folder / "src" / "vitcodec"
+        if folder == "common":
+            package.mkdir(parents=True)
+            (package / "results.py").write_text("")
+        else:
+            (package / folder).mkdir(parents=True)
+            (package / folder / "__init__.py").write_text("")
     for rel, text in files.items():
-        (tmp_path / rel).write_text(text)
+        folder, name = rel.split("/", 1)
+        (tmp_path / folder / "src" / "vitcodec" / folder / name).write_text(text)
     return tmp_path
 
 

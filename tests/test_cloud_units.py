@@ -73,19 +73,21 @@ def test_bytes_tensor_layout_round_trips():
 
 
 def test_generated_protos_are_reproducible(tmp_path):
-    """`make protos` regenerates exactly the committed modules (protoc + fix_imports.py)."""
+    """`make protos` regenerates exactly the committed modules and their type stubs (protoc + fix_imports.py)."""
     pytest.importorskip("grpc_tools")
     work = tmp_path / "protos"
     work.mkdir()
-    for proto in (ROOT / "protos").glob("*.proto"):
+    package = ROOT / "protos" / "src" / "vitcodec" / "protos"
+    for proto in package.glob("*.proto"):
         shutil.copy(proto, work)
     protos = sorted(p.name for p in work.glob("*.proto"))
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{work}", f"--python_out={work}",
-                    f"--grpc_python_out={work}", *protos], check=True, cwd=work, timeout=120)
+                    f"--pyi_out={work}", f"--grpc_python_out={work}", *protos], check=True, cwd=work, timeout=120)
     subprocess.run([sys.executable, str(ROOT / "protos" / "fix_imports.py"), str(work)], check=True, timeout=60)
-    generated = sorted(p.name for p in work.glob("*_pb2*.py"))
-    assert generated == ["grpc_service_pb2.py", "grpc_service_pb2_grpc.py", "vitcodec_pb2.py", "vitcodec_pb2_grpc.py"]
-    _, mismatch, missing = filecmp.cmpfiles(work, ROOT / "protos", generated, shallow=False)
+    generated = sorted(p.name for p in work.glob("*_pb2*.py*"))
+    assert generated == ["grpc_service_pb2.py", "grpc_service_pb2.pyi", "grpc_service_pb2_grpc.py",
+                         "vitcodec_pb2.py", "vitcodec_pb2.pyi", "vitcodec_pb2_grpc.py"]
+    _, mismatch, missing = filecmp.cmpfiles(work, package, generated, shallow=False)
     assert not mismatch and not missing, f"run `make protos`: {mismatch + missing} differ"
 
 

@@ -112,6 +112,6 @@ def test_training_commands_name_the_extra_without_compressai(no_compressai, tmp_
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     result = subprocess.run(executable(["vitcodec", *args]), env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 2, result.stderr
-    assert "pip install 'vitcodec[train]'" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "pip install './models[train]'" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one error line
     assert _blocked_pids(log)  # it failed because compressai was refused, not for another reason

@@ -39,8 +39,41 @@ def pyproject() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+@cache
+def distributions() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Distribution name -> (folder, its pyproject), for every folder that is a distribution."""
+    found = {}
+    for config in sorted(ROOT.glob("*/pyproject.toml")):
+        data = tomllib.loads(config.read_text())
+        found[data["project"]["name"]] = (config.parent.name, data)
+    return found
+
+
+def requirement_name(dep: str) -> str:
+    return re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower()
+
+
+def closure(names: set[str], extras: tuple[str, ...] = ()) -> set[str]:
+    """Every requirement name reached from `names` through our distributions (with `extras` of each)."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in distributions():
+            project = distributions()[name][1]["project"]
+            deps = list(project.get("dependencies", []))
+            for extra in extras:
+                deps += project.get("optional-dependencies", {}).get(extra, [])
+            todo += [requirement_name(d) for d in deps]
+    return seen
+
+
 def scripts() -> dict[str, str]:
-    return pyproject()["project"]["scripts"]
+    return {name: target for _, data in distributions().values()
+            for name, target in data["project"].get("scripts", {}).items()}
 
 
 @cache
@@ -272,11 +305,16 @@ def test_dockerfile_copies_exist_and_build_the_distribution(name):
                 assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
                 assert source.rstrip("/") not in ignored, f"{name}: COPY {source} is excluded by .dockerignore"
                 sources.append(source.rstrip("/"))
-    # `pip install .` needs pyproject, its readme, and every folder it maps into the namespace
-    needed = {"pyproject.toml", pyproject()["project"]["readme"],
-              *pyproject()["tool"]["setuptools"]["package-dir"].values()}
-    missing = {n for n in needed if not any(n == s or n.startswith(s + "/") for s in sources)}
+    # every folder pip installs is copied, and together they are every vitcodec-* distribution they need
+    # (they are not on any index: a missing one would fail the build)
+    folders = {name: folder for name, (folder, _) in distributions().items()}
+    installed = {p.strip("./") for cmd in _pip_installs(name) if cmd.startswith("pip install ")
+                 for p in cmd.split()[2:] if p.startswith("./")}
+    assert installed, f"{name}: installs none of our distributions"
+    missing = {f for f in installed if not any(f == s or f.startswith(s + "/") for s in sources)}
     assert not missing, f"{name}: not copied: {missing}"
+    ours = {n for n in closure({n for n, f in folders.items() if f in installed}) if n.startswith("vitcodec")}
+    assert {folders[n] for n in ours} == installed, f"{name}: installs {installed}, needs {ours}"
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -312,48 +350,40 @@ def _pip_installs(name: str) -> list[str]:
 
 def test_edge_image_is_torch_free():
     installs = _pip_installs("edge")
-    assert installs == ["pip install ."], installs  # the base distribution: no extras
+    assert len(installs) == 1 and "vitcodec-edge" in {n for n, (f, _) in distributions().items()
+                                                      if f"./{f}" in installs[0].split()}, installs
+    assert not {"torch", "torchvision", "timm", "compressai"} & closure({"vitcodec-edge"})
     assert "torch" not in (ROOT / "deploy/edge.Dockerfile").read_text().replace("torch-free", "").replace(
         "no torch", "")
 
 
-def test_cloud_images_pin_pyprojects_torch():
-    cloud_extra = pyproject()["project"]["optional-dependencies"]["cloud"]
-    pins = {d for d in cloud_extra if d.startswith(("torch==", "torchvision=="))}
+def test_cloud_images_pin_the_models_torch():
+    pins = {d for d in distributions()["vitcodec-models"][1]["project"]["dependencies"]
+            if d.startswith(("torch==", "torchvision=="))}
     assert len(pins) == 2
     for name in ("cloud", "cloud-gpu"):
         installs = " ".join(_pip_installs(name))
         assert all(pin in installs for pin in pins), (name, installs)
-        assert "'.[cloud]'" in installs
+        assert "./cloud" in installs
     assert "--index-url https://download.pytorch.org/whl/cpu" in " ".join(_pip_installs("cloud"))
     gpu = " ".join(_pip_installs("cloud-gpu"))
-    gpu_extra = pyproject()["project"]["optional-dependencies"]["gpu"]
+    gpu_extra = distributions()["vitcodec-cloud"][1]["project"]["optional-dependencies"]["gpu"]
     assert any(d.startswith("onnxruntime-gpu") for d in gpu_extra) and "onnxruntime-gpu" in gpu
     assert "pip uninstall -y onnxruntime" in gpu  # one `onnxruntime` module, the GPU build's
 
 
 def test_cloud_images_install_no_training_stack():
-    """The server images install `.[cloud]` only, and that extra (resolved through any extra it names) holds no
-    compressai; `make install` gives developers both sides in one command."""
-    extras = pyproject()["project"]["optional-dependencies"]
-
-    def resolved(extra: str) -> set[str]:
-        names = set()
-        for dep in extras[extra]:
-            name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower()
-            if name == "vitcodec":
-                for inner in re.search(r"\[(.*)\]", dep).group(1).split(","):
-                    names |= resolved(inner.strip())
-            else:
-                names.add(name)
-        return names
-
-    assert "compressai" not in resolved("cloud")
-    assert {"compressai", "torch", "timm"} <= resolved("train")
+    """The server images install vitcodec-cloud and what it needs, which holds no compressai (that is
+    vitcodec-models[train]); `make install` gives developers both sides in one command."""
+    assert "compressai" not in closure({"vitcodec-cloud"})
+    assert {"compressai", "torch", "timm"} <= closure({"vitcodec-models"}, extras=("train",))
     for name in ("cloud", "cloud-gpu"):
         installs = " ".join(_pip_installs(name))
         assert "compressai" not in installs and "train" not in installs, (name, installs)
-    assert "pip install -q -e '.[cloud,train,dev]'" in (ROOT / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-e '.[cloud,train,dev]'" in makefile
+    dists = re.search(r"^DISTS := (.*)$", makefile, re.MULTILINE).group(1).split()
+    assert sorted(dists) == sorted(folder for folder, _ in distributions().values())
 
 
 def test_dockerignore_keeps_the_context_small():

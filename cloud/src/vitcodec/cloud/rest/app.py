@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import vitcodec
+from vitcodec.version import __version__
 from vitcodec.wire import GRPC_FOR_HTTP
 
 from ..auth import Authenticator
@@ -125,7 +125,7 @@ def create_app(plane: DataPlane, settings: Settings, auth: Authenticator | None 
 
 def build_fastapi(plane: DataPlane, settings: Settings, auth: Authenticator | None = None) -> FastAPI:
     """Every route, documented (OpenAPI), with the error table as exception handlers."""
-    app = FastAPI(title="vitcodec cloud", version=vitcodec.__version__, description=DESCRIPTION,
+    app = FastAPI(title="vitcodec cloud", version=__version__, description=DESCRIPTION,
                   openapi_tags=[{"name": "v2", "description": "Open Inference Protocol (KServe v2)"},
                                 {"name": "v2 health", "description": "Probes; never need a token"},
                                 {"name": "native", "description": "vitcodec's own bitstream API"},

@@ -6,9 +6,9 @@ class DataError(RuntimeError):
 
 
 class TrainingExtraMissing(ImportError):
-    """compressai is not installed: a server install (``vitcodec[cloud]``) leaves the training stack out, and
+    """compressai is not installed: a server install (``vitcodec-cloud``) leaves the training stack out, and
     training, export and building whole networks need it. The message says which extra brings it."""
 
     def __init__(self) -> None:
         super().__init__("this command needs compressai, which a server install leaves out: "
-                         "pip install 'vitcodec[train]' (or 'vitcodec[cloud,train]')", name="compressai")
+                         "install the models' training extra, e.g. pip install './models[train]' from a checkout", name="compressai")

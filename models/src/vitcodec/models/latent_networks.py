@@ -1,7 +1,7 @@
 """The networks that work on decoded latents ŷ: the ViT classifier, feature aggregation and g_s.
 
 They are all the cloud needs, and they need no entropy model: this module imports neither compressai nor
-any module that does, so a server installs and runs without the training stack (``vitcodec[cloud]``).
+any module that does, so a server installs and runs without the training stack (``vitcodec-cloud``).
 `JointCompressionClassifier` (models/jcc.py) extends this class with g_a and the hyperprior, so the
 state-dict keys (``vit.*``, ``aggregation.*``, ``g_s.*``) are the same in both and a package's
 ``weights.pt`` loads into either.

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-import vitcodec
+from vitcodec.version import __version__
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import ModelMismatchError
 from vitcodec.models.latent_grid import check_latent_grid, latent_grid
@@ -117,7 +117,7 @@ class DataPlane:
         return self.repository.get(name, version).ready and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": vitcodec.__version__, "extensions": list(EXTENSIONS)}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def output_names(self, entry: ModelEntry) -> list[str]:
         """The v2 outputs of a model: probabilities and label, novelty when it is calibrated, and archive_id
