@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vitcodec.cloud import process
 from vitcodec.cloud.process import free_port
 
@@ -59,7 +58,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> "AgentProcess":
+    def start(self) -> AgentProcess:
         self.starts += 1
         log = open(self.log_dir / f"agent-{self.starts}.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "vitcodec.edge.cli", "watch", *self.args],
@@ -175,7 +174,7 @@ class ChaosProxy:
         while not self.closing.is_set():
             try:
                 client, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.stats["connections"] += 1
             if self.chaos.is_set() and self.rng.random() < 0.3:

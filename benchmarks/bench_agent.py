@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from agent_processes import child_env, count_lines, sample_images, wait_for, write_pngs
-from common import add_results_args, machine_info, machine_line, write_results
 from server_variants import start_server
+
+from common import add_results_args, machine_info, machine_line, write_results
 
 
 def scan_ms(folder: Path, repeats: int) -> float:

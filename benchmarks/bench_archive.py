@@ -71,7 +71,6 @@ def real_streams(n: int, threads: int) -> tuple[list[bytes], Any]:
 
 def load_model(threads: int) -> Any:
     import torch
-
     from vitcodec.cloud.backends import make_loader
     from vitcodec.cloud.repository import ModelRepository
 
@@ -192,7 +191,6 @@ def list_latency(path: Path, queries: int, labels: list[str], seed: int = 0) -> 
 def reconstruct_latency(path: Path, n: int, threads: int) -> dict[str, Any]:
     """Cold and warm ``GET /v1/images/{id}/reconstruction`` on a real server over the archive."""
     import httpx
-
     from vitcodec.cloud.archive import ImageQuery
     from vitcodec.cloud.archive_sqlite import SqliteArchive
     from vitcodec.cloud.server import BackgroundServer

@@ -47,10 +47,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from common import REPO as ROOT
-from common import add_results_args, cpu_model, machine_info, summary_ms, usable_cpus, write_results
-from common import percentile as pct  # noqa: F401 - bench_hs.py imports it from here
 from workloads import (
     build_edge_venv,
     directory_bytes,
@@ -59,6 +55,10 @@ from workloads import (
     photo_crops,
     scale_levels,
 )
+
+from common import REPO as ROOT
+from common import add_results_args, cpu_model, machine_info, summary_ms, usable_cpus, write_results
+from common import percentile as pct  # noqa: F401 - bench_hs.py imports it from here
 
 
 def machine() -> str:
@@ -71,7 +71,6 @@ def machine() -> str:
 
 def paper_model(workdir: Path, seed: int = 0):
     import torch
-
     from vitcodec.models.export import export_package
     from vitcodec.models.registry import create_model
 
@@ -143,7 +142,6 @@ def _ideal_bits(symbols: np.ndarray, scales: np.ndarray, bound: float) -> float:
 
 def rate_cost(model, package, pixels: np.ndarray) -> dict[str, float]:
     import torch
-
     from vitcodec.codec.entropy_coder import EntropyTable
     from vitcodec.edge.encoder import EdgeEncoder
 

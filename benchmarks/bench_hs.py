@@ -105,7 +105,6 @@ def calibrated_int8(layers: list[dict], tables, z_hat: np.ndarray):
     """The 8-bit h_s of float layer dicts, calibrated on ẑ (float64 (B, N, h, w)) as the exporter does."""
     import torch
     from torch import nn
-
     from vitcodec.codec.int8_quantise import HsCalibration, quantise
 
     x, outputs = torch.from_numpy(z_hat), []
@@ -178,7 +177,6 @@ def rate_cost(old, new, tables, y: np.ndarray, z: np.ndarray) -> dict:
 
 def paper_figures(pixels: np.ndarray, calibration_pixels: np.ndarray, threads: int, rounds: int) -> dict:
     import torch
-
     from vitcodec.edge.preprocess import normalise
     from vitcodec.models.export import codec_tables
     from vitcodec.models.hs_export import exact_hyper_synthesis, hyper_synthesis_layers
@@ -233,8 +231,8 @@ def zoo_decoding(streams_n: int, batch: int, threads: int, int8_hyper=None) -> d
     from vitcodec.codec.bitstream import unpack_stream
     from vitcodec.codec.exact_gemm import Float64Gemm, Int8LimbGemm
     from vitcodec.codec.latent_codec import LatentCodec
-    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.packages import resolve_model
 
     package = resolve_model("fmnist-q2")
     images = fashion_mnist_test(streams_n)

@@ -24,13 +24,14 @@ import argparse
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from workloads import encoded_streams
 
 from common import add_results_args, interleaved, machine_info, machine_line, write_results
-from workloads import encoded_streams
 
 
 def _package(args):
@@ -39,7 +40,6 @@ def _package(args):
     if not args.preset:
         return resolve_model(args.model)
     import torch
-
     from vitcodec.models.export import export_package
     from vitcodec.models.registry import create_model
 
@@ -70,7 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def conventional_networks(config, device):
     """The conventional pipeline's g_s and DeiT at our sizes, random weights; and the padded input size."""
     import timm
-
     from vitcodec.models.decoder import SynthesisTransform
 
     c = config
@@ -225,7 +224,6 @@ def print_report(t: dict[str, float], args: argparse.Namespace, package, pipelin
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
-
     from vitcodec.models.inference import CloudModel
 
     if args.threads:

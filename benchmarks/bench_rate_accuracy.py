@@ -29,9 +29,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -186,10 +187,9 @@ def ratio_text(hit: dict) -> str:
 
 # -- the classifier -----------------------------------------------------------------------------------------
 
-def cached_cnn(cache: Path, tag: str, build: Callable[[], "object"], train: Callable[["object"], dict]):
+def cached_cnn(cache: Path, tag: str, build: Callable[[], object], train: Callable[[object], dict]):
     """Load ``cache/tag.pt`` or build, train and store it (the file records what trained it)."""
     import torch
-
     from vitcodec.models.pixel_cnn import load_pixel_cnn, save_pixel_cnn
 
     path = cache / f"{tag}.pt"
@@ -256,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from rich.console import Console
     from rich.progress import Progress
-
     from vitcodec.models.data import load_fashion_mnist
 
     if args.threads:

@@ -44,9 +44,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import add_results_args, machine_info, machine_line, median_seconds, percentile, write_results
 from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_server
 from workloads import encoded_streams
+
+from common import add_results_args, machine_info, machine_line, median_seconds, percentile, write_results
 
 MODES = ("sweep", "sustained", "paths")
 PATHS = ("rest-v2-json", "rest-v2-binary", "rest-native", "grpc-v2", "grpc-native", "grpc-native-stream")
@@ -62,7 +63,6 @@ def raw_loop(package, streams: list[bytes], batch: int, device: str, threads: in
              backend: str = "torch") -> float:
     """Images per second of the plain batched loop (no server, same backend), median of `repeats` runs."""
     import torch
-
     from vitcodec.cloud.backends import make_loader
     from vitcodec.codec.bitstream import unpack_stream
 
@@ -82,7 +82,6 @@ def model_cpu_ms(package, streams: list[bytes], threads: int, n: int) -> float:
     """CPU ms per stream of the model alone, one stream at a time (the server's work at concurrency 1), with the
     intra-op threads the server uses (``threads``, or the server's default when 0)."""
     import torch
-
     from vitcodec.cloud.backends import make_loader
     from vitcodec.cloud.settings import Settings
     from vitcodec.codec.bitstream import unpack_stream
@@ -154,7 +153,6 @@ class GrpcChannel:
 
     def open(self) -> None:
         import grpc
-
         from vitcodec.protos import grpc_service_pb2 as v2pb
         from vitcodec.protos import grpc_service_pb2_grpc as v2grpc
         from vitcodec.protos import vitcodec_pb2 as pb
@@ -191,7 +189,7 @@ class Clients:
 
     @classmethod
     def pool(cls, size: int, model: str, http_port: int, grpc_port: int, ssl_context: ssl.SSLContext | None = None,
-             timeout: float = 30.0) -> list["Clients"]:
+             timeout: float = 30.0) -> list[Clients]:
         """`size` clients sharing one gRPC channel (the first owns it), each with its own HTTP connection."""
         first = cls(model, http_port, grpc_port, ssl_context=ssl_context, timeout=timeout)
         return [first, *(cls(model, http_port, grpc_port, first.grpc, ssl_context, timeout)

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader
-
-from common import add_results_args, machine_info, machine_line, write_results
 from vitcodec.models.batches import Augmentation, InMemoryBatches
 from vitcodec.models.data import RandomCropFlip, TensorImageDataset, load_pixels
 from vitcodec.models.losses import JointLoss, LossWeights
 from vitcodec.models.registry import create_model, get_preset
+
+from common import add_results_args, machine_info, machine_line, write_results
 
 
 def old_pipeline(pixels: torch.Tensor, labels: torch.Tensor, spec, batch_size: int) -> Iterator:

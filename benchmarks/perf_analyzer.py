@@ -50,10 +50,11 @@ import venv
 from pathlib import Path
 
 import bench_server
-from common import add_results_args, machine_info, machine_line, write_results
 from server_variants import Variant, baseline_variant, parse_variant, process_cpu_s, start_server
 from vitcodec.cloud.process import ServerProcess
 from workloads import encoded_streams
+
+from common import add_results_args, machine_info, machine_line, write_results
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"

@@ -22,11 +22,11 @@ import ssl
 import subprocess
 import tarfile
 import tempfile
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
 from vitcodec.cloud.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent

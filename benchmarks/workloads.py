@@ -103,9 +103,8 @@ def encoded_streams(package, n: int) -> list[bytes]:
 
 def _input(model, pixels: np.ndarray):
     import torch
-
-    from vitcodec.packages import InputSpec
     from vitcodec.edge.preprocess import normalise
+    from vitcodec.packages import InputSpec
 
     c = model.config
     spec = InputSpec(tuple(c.img_size), c.in_chans, tuple(c.mean), tuple(c.std), c.stride)
@@ -190,7 +189,6 @@ def export_realistic(preset: str, root: Path, name: str, calibration: np.ndarray
                      quality: int = 2, **overrides):
     """Build `preset` with seed `seed`, make it realistic on `calibration`, export to root/name/1."""
     import torch
-
     from vitcodec.models.export import export_package
     from vitcodec.models.registry import create_model
 

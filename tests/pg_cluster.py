@@ -23,7 +23,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from vitcodec.cloud.process import free_port
 
 SERVER_USER = "postgres"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_STACK = frozenset({"torch", "torchvision", "timm", "compressai"})

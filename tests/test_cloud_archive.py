@@ -20,9 +20,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from conftest import scrape
 from PIL import Image
 from typer.testing import CliRunner
-
 from vitcodec.cloud.archive import (
     ArchiveRecord,
     ImageQuery,
@@ -40,8 +40,6 @@ from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
 from vitcodec.results import ClassScore
-
-from conftest import scrape
 
 TOKEN = "archive-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -418,7 +416,6 @@ def test_store_reads_without_a_writer_thread(store_location):
 
 def test_the_archive_setting_names_the_backend(tmp_path):
     from pydantic import ValidationError
-
     from vitcodec.cloud.archive_postgres import PostgresArchive, redact
     from vitcodec.cloud.settings import Settings
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from agent_processes import child_env
 from vitcodec.cloud import process
 from vitcodec.cloud.archive import ImageQuery, open_archive, stream_id
@@ -201,7 +200,6 @@ COMMIT_SLACK_S = 0.75  # one commit's duration on a busy 2-core machine, generou
 def many_streams(package) -> list[bytes]:
     """400 distinct real streams (Fashion-MNIST test images, or noise without the dataset) for fmnist-q2."""
     import numpy as np
-
     from vitcodec.edge.encoder import EdgeEncoder
 
     try:

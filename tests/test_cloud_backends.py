@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from vitcodec.cloud.backends import BACKENDS, make_loader
 from vitcodec.cloud.served_model import ServedModel
 from vitcodec.codec.bitstream import unpack_stream

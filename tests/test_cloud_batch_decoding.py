@@ -10,10 +10,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-
+from vitcodec.cloud.decoding import decode_isolated
 from vitcodec.codec.bitstream import pack_stream, unpack_stream
 from vitcodec.codec.errors import CorruptPayloadError
-from vitcodec.cloud.decoding import decode_isolated
 from vitcodec.edge.client import ClientError, connect
 from vitcodec.protos import grpc_service_pb2 as v2
 from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc

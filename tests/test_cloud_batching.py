@@ -10,7 +10,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-
 from vitcodec.cloud.repository import ModelRepository
 from vitcodec.edge.client import RetryPolicy, connect
 from vitcodec.protos import grpc_service_pb2 as v2

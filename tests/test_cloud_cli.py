@@ -55,7 +55,6 @@ def test_serve_command_runs_and_stops_on_sigterm(model_repo, edge_streams, tmp_p
 
 def test_serve_help_lists_the_options():
     from typer.testing import CliRunner
-
     from vitcodec.cloud.cli import app
 
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})

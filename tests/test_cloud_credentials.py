@@ -20,7 +20,6 @@ import grpc
 import httpx
 import pytest
 from typer.testing import CliRunner
-
 from vitcodec.cloud.auth import Authenticator
 from vitcodec.cloud.cli import app as cloud_app
 from vitcodec.cloud.credentials import (

@@ -10,7 +10,6 @@ import json
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
-
 from vitcodec.edge.cli import app
 from vitcodec.edge.client import ClientError, GrpcClient, HttpClient, RetryPolicy, connect
 
@@ -310,7 +309,7 @@ class _StartLater:
         time.sleep(self.delay)
         self.servers.append(self.start_server(models=["fmnist-q2"], wait_ready=False, **self.ports))
 
-    def __enter__(self) -> "_StartLater":
+    def __enter__(self) -> _StartLater:
         self.thread.start()
         return self
 

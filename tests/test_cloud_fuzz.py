@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import httpx
 import pytest
-
 from vitcodec.codec.bitstream import StreamHeader, pack_stream, unpack_stream
 from vitcodec.protos import grpc_service_pb2 as v2
 from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc

@@ -13,7 +13,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
-
 from vitcodec.protos import grpc_service_pb2 as v2
 from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc
 from vitcodec.protos import vitcodec_pb2 as pb

@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
 from vitcodec.codec.bitstream import read_stream_info
 
 

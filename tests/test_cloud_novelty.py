@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-
 from vitcodec.demo import report as demo_report
 from vitcodec.edge import images
 from vitcodec.edge.cli import app

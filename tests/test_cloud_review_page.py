@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 from PIL import Image
-
 from vitcodec.cloud.archive import stream_id
 from vitcodec.demo import report as demo_report
 from vitcodec.edge import images

@@ -16,7 +16,6 @@ from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
-
 from vitcodec.edge.client import ClientError, RetryPolicy, TlsFailure, TlsOptions, connect
 
 trustme = pytest.importorskip("trustme")
@@ -24,7 +23,7 @@ trustme = pytest.importorskip("trustme")
 NO_RETRY = RetryPolicy(total_s=0)
 
 
-def _write_pair(cert: "trustme.LeafCert", folder: Path, name: str) -> tuple[Path, Path]:
+def _write_pair(cert: trustme.LeafCert, folder: Path, name: str) -> tuple[Path, Path]:
     cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
     cert.cert_chain_pems[0].write_to_path(str(cert_path))
     cert.private_key_pem.write_to_path(str(key_path))

@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import pytest
-
 from bench_tls import KINDS, abuse, client_hello, metrics_5xx, status_5xx
 from vitcodec.edge.client import RetryPolicy, TlsOptions, connect
 

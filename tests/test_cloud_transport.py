@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-
 from vitcodec.protos import grpc_service_pb2 as v2pb
 from vitcodec.protos import grpc_service_pb2_grpc as v2grpc
 from vitcodec.protos import vitcodec_pb2 as pb

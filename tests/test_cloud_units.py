@@ -11,11 +11,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
+from vitcodec import wire
 from vitcodec.cloud import errors
 from vitcodec.cloud.settings import Settings
 from vitcodec.cloud.tensors import deserialize_bytes, serialize_bytes
-from vitcodec import wire
 from vitcodec.codec import errors as codec_errors
 
 ROOT = Path(__file__).resolve().parents[1]

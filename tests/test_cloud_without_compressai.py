@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from vitcodec.cloud.process import ServerProcess, executable, free_port
 from vitcodec.edge.client import ClientError, RetryPolicy, connect
 

@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-
 from vitcodec.codec.bitstream import (
     FORMAT_VERSION,
     StreamHeader,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from codec_fixtures import entropy_bottleneck, export_tables, gaussian_conditional, torch
-
 from vitcodec.codec import entropy_coder
 from vitcodec.codec.entropy_coder import EntropyTable
 from vitcodec.codec.errors import CorruptPayloadError

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from vitcodec.codec.exact_gemm import EXACT_LIMIT, Float64Gemm, Int8LimbGemm, default_engine, matmul_integer_model
 from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
 from vitcodec.codec.latent_codec import LatentCodec

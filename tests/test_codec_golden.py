@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 from vitcodec.codec.bitstream import StreamHeader, pack_stream, unpack_stream
 from vitcodec.codec.entropy_coder import EntropyTable
 from vitcodec.codec.integer_hyper_synthesis import FixedLayer, IntegerHyperSynthesis

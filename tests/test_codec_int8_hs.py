@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from test_codec_exact_gemm import slow_conv2d, slow_conv_transpose2d
 from codec_fixtures import entropy_bottleneck, export_tables, float_hs, gaussian_conditional, layer_dicts, torch
-
+from test_codec_exact_gemm import slow_conv2d, slow_conv_transpose2d
 from vitcodec.codec.hyper_synthesis import hyper_from_arrays
 from vitcodec.codec.int8_gemm import NumpyInt8Gemm, OrtInt8Gemm
 from vitcodec.codec.int8_hyper_synthesis import SYMBOL_CLAMP, InputMap, Int8HyperSynthesis, Int8Layer

@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from codec_fixtures import (
     entropy_bottleneck,
     export_tables,
@@ -21,7 +20,6 @@ from codec_fixtures import (
     random_z_symbols,
     torch,
 )
-
 from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from codec_fixtures import (
     entropy_bottleneck,
     export_tables,
@@ -13,7 +11,6 @@ from codec_fixtures import (
     gaussian_conditional,
     integer_hs,
 )
-
 from vitcodec.codec.bitstream import StreamHeader, header_size, pack_stream, unpack_stream
 from vitcodec.codec.errors import CodecError, CorruptPayloadError
 from vitcodec.codec.latent_codec import LatentCodec

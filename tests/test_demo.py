@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from vitcodec.cloud import process
 from vitcodec.demo import commands as demo_cmds
 from vitcodec.demo import report as demo_report

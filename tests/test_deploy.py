@@ -8,14 +8,13 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
-
 from vitcodec.demo import commands as demo_cmds
 from vitcodec.demo import report as demo_report
 from vitcodec.demo import run as demo_run
@@ -143,7 +142,7 @@ def click_command(program: str) -> Any:
               "vitcodec": "vitcodec.models.cli"}[program]
     target = scripts()[program]
     assert target.startswith(module + ":"), target
-    app = getattr(__import__(module, fromlist=["app"]), "app")
+    app = __import__(module, fromlist=["app"]).app
     return typer.main.get_command(app)
 
 

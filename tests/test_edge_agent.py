@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from agent_processes import AgentProcess, child_env, count_lines, free_port, read_results, wait_for
 from conftest import AUTH_TOKEN
-
 from vitcodec.edge.agent.intake import Candidate, StabilityTracker
 from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey, entry_id
 from vitcodec.edge.agent.results import ResultsLog
@@ -223,8 +221,8 @@ def _run_log(agent: AgentProcess, run: int) -> str:
 
 
 def _stream_of(model_repo: Path, image: Path) -> bytes:
-    from vitcodec.packages import resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.packages import resolve_model
 
     return EdgeEncoder(resolve_model("fmnist-q2", roots=[model_repo])).encode_image(image).stream
 
@@ -354,7 +352,6 @@ def test_send_lists_failures_and_spools_them_for_watch(model_repo, tmp_path, aut
 
 def test_watch_is_registered_and_documented():
     from typer.main import get_command
-
     from vitcodec.edge.cli import app
 
     command = get_command(app).commands["watch"]
@@ -393,7 +390,6 @@ def test_compose_runs_the_agent():
     port, with its state on a host folder kept out of the image and of git."""
     import yaml
     from typer.main import get_command
-
     from vitcodec.edge.cli import app
 
     root = Path(__file__).resolve().parents[1]

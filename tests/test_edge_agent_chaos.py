@@ -10,9 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agent_processes import (AgentProcess, ChaosProxy, assert_exactly_once, count_lines, model_server,
-                             sample_images, wait_for, write_pngs)
+from agent_processes import (
+    AgentProcess,
+    ChaosProxy,
+    assert_exactly_once,
+    count_lines,
+    model_server,
+    sample_images,
+    wait_for,
+    write_pngs,
+)
 
 pytestmark = pytest.mark.slow
 

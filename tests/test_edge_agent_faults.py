@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from agent_processes import count_lines, free_port, read_results, wait_for
 from conftest import AUTH_TOKEN
-
 from vitcodec.edge.agent import outbox as outbox_module
 from vitcodec.edge.agent.intake import SourcePolicy
 from vitcodec.edge.agent.outbox import Outbox, SourceKey
@@ -54,7 +52,7 @@ class LiveAgent:
     def _run(self) -> None:
         self.rc = self.agent.run()
 
-    def __enter__(self) -> "LiveAgent":
+    def __enter__(self) -> LiveAgent:
         self._thread.start()
         wait_for(lambda: self.events("start"), 30, "the agent to start", 0.05, self.log)
         return self
@@ -336,7 +334,6 @@ def test_requeue_sends_refused_streams_again(tmp_path, auth_server, cloud_server
     """A stream for a model the server did not serve is refused (404, kept in rejected/); once a server that
     has the model is there, `vitcodec-edge requeue` puts it back and the running agent sends it."""
     from typer.testing import CliRunner
-
     from vitcodec.edge.cli import app
 
     inbox = tmp_path / "inbox"

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
-
 from vitcodec.codec.bitstream import StreamHeader, pack_stream, read_stream_info, unpack_stream
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.edge.cli import app as edge_app

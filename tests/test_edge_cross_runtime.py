@@ -5,16 +5,14 @@ realistic by `workloads.make_realistic`; trained zoo models when the repository 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-from workloads import export_realistic, fashion_mnist_test, photo_crops, scale_levels
-
 from vitcodec.codec.bitstream import read_stream_info
 from vitcodec.edge.encoder import EdgeEncoder
+from workloads import export_realistic, fashion_mnist_test, photo_crops, scale_levels
 
 FMNIST_IMAGES = 300
 REPOSITORY_IMAGES = 100  # `vitcodec eval` checks the zoo models on all 10k

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-
-from vitcodec.packages import InputSpec
 from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
+from vitcodec.packages import InputSpec
 
 GREY = InputSpec((28, 28), 1, (0.5,), (0.5,), 4)
 RGB = InputSpec((32, 32), 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 16)

@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from agent_processes import child_env, sample_images, wait_for, write_pngs
 from vitcodec.cloud import process
 

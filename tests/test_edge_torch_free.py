@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from workloads import build_edge_venv, directory_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]

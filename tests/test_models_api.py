@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 import vitcodec.models
 from vitcodec.models import create_model, list_models
 

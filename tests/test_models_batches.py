@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from vitcodec.models.batches import Augmentation, InMemoryBatches, normalise, random_crop, random_erase
 from vitcodec.models.data import SPLITS, DataError, load_arrays, load_pixels, validation_indices
 from vitcodec.models.registry import get_preset
@@ -22,7 +21,8 @@ def _generator(seed: int = 0) -> torch.Generator:
 def test_unaugmented_batches_equal_the_edge_preprocessing(tmp_path: Path) -> None:
     """Same image, same tensor: the edge's `normalise` (numpy) and the trainer's batches (torch) agree bit
     for bit, for odd-size colour files fitted to a grey model by the edge's own functions."""
-    from vitcodec.edge.preprocess import load_image, normalise as edge_normalise, to_pixels
+    from vitcodec.edge.preprocess import load_image, to_pixels
+    from vitcodec.edge.preprocess import normalise as edge_normalise
 
     rng = np.random.default_rng(0)
     (tmp_path / "a").mkdir()

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from vitcodec.models.data import DataError, build_dataset, load_fashion_mnist, read_idx
 from vitcodec.models.registry import get_preset
 

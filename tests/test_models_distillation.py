@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from vitcodec.models.data import build_dataset, load_arrays
 from vitcodec.models.losses import JointLoss, LossWeights, distillation_loss
 from vitcodec.models.pixel_cnn import PixelCNN, load_pixel_cnn, predict, save_pixel_cnn
@@ -124,7 +123,6 @@ def test_bad_teachers_are_clear_errors(tmp_path: Path) -> None:
 
 def test_cli_passes_the_distillation_flags(tmp_path: Path) -> None:
     from typer.testing import CliRunner
-
     from vitcodec.models.cli import app
 
     teacher = _teacher_file(tmp_path / "teacher.pt")
@@ -149,7 +147,6 @@ def test_cli_passes_the_distillation_flags(tmp_path: Path) -> None:
 def test_teacher_command_trains_a_usable_teacher(tmp_path: Path) -> None:
     """`vitcodec teacher` writes the file `train --teacher` takes, with what trained it and its test top-1."""
     from typer.testing import CliRunner
-
     from vitcodec.models.cli import app
 
     out = tmp_path / "teacher.pt"

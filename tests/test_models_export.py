@@ -68,7 +68,6 @@ GOLDEN_MODEL_ID = "628c5efc"
 @pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory):
     import torch
-
     from vitcodec.models.export import export_package
 
     torch.manual_seed(1)
@@ -81,7 +80,6 @@ def test_export_writes_the_same_bytes_as_before_the_package_writer(tmp_path) -> 
     import hashlib
 
     import torch
-
     from vitcodec.models.export import export_package
 
     torch.manual_seed(1)
@@ -158,7 +156,6 @@ def test_rewriting_the_weights_rebinds_the_classifier(tiny_package, tmp_path) ->
     from functools import partial
 
     import torch
-
     from vitcodec.models.export import add_classifier
     from vitcodec.models.inference import CloudModel
     from vitcodec.packages import ModelPackage

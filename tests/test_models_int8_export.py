@@ -23,7 +23,6 @@ def images(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     import torch
-
     from vitcodec.models.export import export_package
 
     root = tmp_path_factory.mktemp("repo")

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from vitcodec.models.losses import JointLoss, LossWeights, bits_per_pixel, quality_weights
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vitcodec.models.registry import create_model, get_preset, list_models
 
 

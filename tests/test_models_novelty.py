@@ -8,10 +8,17 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from vitcodec.models.novelty import (Calibration, CalibrationFit, class_gaussians, expected_calibration_error,
-                                     fit_calibration, fit_temperature, mahalanobis_to_nearest,
-                                     negative_log_likelihood, softmax)
+from vitcodec.models.novelty import (
+    Calibration,
+    CalibrationFit,
+    class_gaussians,
+    expected_calibration_error,
+    fit_calibration,
+    fit_temperature,
+    mahalanobis_to_nearest,
+    negative_log_likelihood,
+    softmax,
+)
 
 
 def test_ece_by_hand() -> None:

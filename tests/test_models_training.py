@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from vitcodec.models.train import TrainSettings, train
 
 

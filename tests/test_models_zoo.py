@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
-from vitcodec.packages import iter_packages, resolve_model, zoo_root
 from vitcodec.models.evaluate import evaluate
+from vitcodec.packages import iter_packages, resolve_model, zoo_root
 
 ZOO = {p.name: p for p in iter_packages(zoo_root())}
 EXPECTED = {"fmnist-uncompressed", "fmnist-q1", "fmnist-q2", "fmnist-q3"}

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from vitcodec.packages import (
     CLOUD_FILES,
     EDGE_FILES,
@@ -129,7 +128,6 @@ def test_the_edge_files_are_all_a_device_needs(tmp_path: Path) -> None:
     import shutil
 
     import numpy as np
-
     from vitcodec.edge.encoder import EdgeEncoder
     from vitcodec.packages import DEFAULT_MODEL, resolve_model
 

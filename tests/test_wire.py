@@ -7,7 +7,6 @@ import random
 
 import grpc
 import pytest
-
 from vitcodec import wire
 
 KINDS = [wire.BAD_REQUEST, wire.UNAUTHENTICATED, wire.NOT_FOUND, wire.WRONG_MODEL, wire.TOO_LARGE, wire.UNAVAILABLE,

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from vitcodec.ort_session import create_session
 from vitcodec.packages import ModelPackage
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
-
 from vitcodec.cloud.decode_cli import decode
 from vitcodec.cloud.settings import Settings
 
@@ -52,39 +51,38 @@ def _setting(field: str, *flags: str, **options: Any) -> Any:
 
 @app.command()
 def serve(
-    model_repo: Optional[list[Path]] = _setting("model_repo", "--model-repo", help="Model repository "
+    model_repo: list[Path] | None = _setting("model_repo", "--model-repo", help="Model repository "
                                                 "(<repo>/<name>/<version>/); repeat for several. Default: the "
                                                 "bundled zoo."),
-    models: Optional[list[str]] = _setting("models", "--model", help="Serve only this model name; repeatable."),
-    host: Optional[str] = _setting("host", "--host"),
-    http_port: Optional[int] = _setting("http_port", "--http-port"),
-    grpc_port: Optional[int] = _setting("grpc_port", "--grpc-port"),
-    device: Optional[str] = _setting("device", "--device"),
-    backend: Optional[str] = _setting("backend", "--backend"),
-    torch_threads: Optional[int] = _setting("torch_threads", "--threads"),
-    max_batch_size: Optional[int] = _setting("max_batch_size", "--max-batch-size"),
-    max_queue_delay_ms: Optional[float] = _setting("max_queue_delay_ms", "--max-queue-delay-ms"),
-    max_body_bytes: Optional[int] = _setting("max_body_bytes", "--max-body-bytes"),
-    png_workers: Optional[int] = _setting("png_workers", "--png-workers"),
-    auth_token: Optional[str] = _setting("auth_token", "--auth-token", envvar="VITCODEC_AUTH_TOKEN",
+    models: list[str] | None = _setting("models", "--model", help="Serve only this model name; repeatable."),
+    host: str | None = _setting("host", "--host"),
+    http_port: int | None = _setting("http_port", "--http-port"),
+    grpc_port: int | None = _setting("grpc_port", "--grpc-port"),
+    device: str | None = _setting("device", "--device"),
+    backend: str | None = _setting("backend", "--backend"),
+    torch_threads: int | None = _setting("torch_threads", "--threads"),
+    max_batch_size: int | None = _setting("max_batch_size", "--max-batch-size"),
+    max_queue_delay_ms: float | None = _setting("max_queue_delay_ms", "--max-queue-delay-ms"),
+    max_body_bytes: int | None = _setting("max_body_bytes", "--max-body-bytes"),
+    png_workers: int | None = _setting("png_workers", "--png-workers"),
+    auth_token: str | None = _setting("auth_token", "--auth-token", envvar="VITCODEC_AUTH_TOKEN",
                                          show_envvar=False),
-    credentials: Optional[Path] = _setting("credentials", "--credentials"),
-    tls_cert: Optional[Path] = _setting("tls_cert", "--tls-cert"),
-    tls_key: Optional[Path] = _setting("tls_key", "--tls-key"),
-    tls_client_ca: Optional[Path] = _setting("tls_client_ca", "--tls-client-ca"),
-    event_loop: Optional[str] = _setting("event_loop", "--event-loop"),
-    http_parser: Optional[str] = _setting("http_parser", "--http-parser"),
-    log_level: Optional[str] = _setting("log_level", "--log-level"),
-    access_log: Optional[bool] = _setting("access_log", "--access-log/--no-access-log"),
-    archive: Optional[str] = _setting("archive", "--archive"),
-    archive_max_age_days: Optional[float] = _setting("archive_max_age_days", "--archive-max-age-days"),
-    archive_max_mb: Optional[float] = _setting("archive_max_mb", "--archive-max-mb"),
+    credentials: Path | None = _setting("credentials", "--credentials"),
+    tls_cert: Path | None = _setting("tls_cert", "--tls-cert"),
+    tls_key: Path | None = _setting("tls_key", "--tls-key"),
+    tls_client_ca: Path | None = _setting("tls_client_ca", "--tls-client-ca"),
+    event_loop: str | None = _setting("event_loop", "--event-loop"),
+    http_parser: str | None = _setting("http_parser", "--http-parser"),
+    log_level: str | None = _setting("log_level", "--log-level"),
+    access_log: bool | None = _setting("access_log", "--access-log/--no-access-log"),
+    archive: str | None = _setting("archive", "--archive"),
+    archive_max_age_days: float | None = _setting("archive_max_age_days", "--archive-max-age-days"),
+    archive_max_mb: float | None = _setting("archive_max_mb", "--archive-max-mb"),
 ) -> None:
     """Serve every model of the repository over HTTP and gRPC until SIGTERM/SIGINT (then drain gracefully)."""
     # the parameters are named as the Settings fields: the flags given (the rest stay None)
     given = {name: value for name, value in locals().items() if value is not None and value != []}
     from pydantic import ValidationError
-
     from vitcodec.cloud.credentials import CredentialsError
     from vitcodec.cloud.server import CloudServer, run_event_loop
     from vitcodec.cloud.tls import TlsConfigError
@@ -117,9 +115,9 @@ def reclassify(
     archive: str = typer.Option(..., "--archive", help="The server's archive (its --archive: a SQLite file or a "
                                 "postgresql:// URL)."),
     model: str = typer.Option(..., "--model", help="Model name to classify with (its latest version)."),
-    model_repo: Optional[list[Path]] = typer.Option(None, "--model-repo", help="Model repository; repeatable. "
+    model_repo: list[Path] | None = typer.Option(None, "--model-repo", help="Model repository; repeatable. "
                                                     "Default: VITCODEC_MODEL_REPO, else the bundled zoo."),
-    since: Optional[str] = typer.Option(None, "--since", help="Only entries first classified at or after this ISO "
+    since: str | None = typer.Option(None, "--since", help="Only entries first classified at or after this ISO "
                                         "8601 time (UTC when it names no zone)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Streams decoded and classified together."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
@@ -132,15 +130,13 @@ def reclassify(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
-
-    from vitcodec.console import abort, stderr_console, table_console
-    from vitcodec.packages import ModelNotFoundError
-
     from vitcodec.cloud.archive import is_database_url, open_archive, parse_time
     from vitcodec.cloud.backends import make_loader
     from vitcodec.cloud.errors import ArchiveUnavailable, InvalidRequest
     from vitcodec.cloud.reclassify import reclassify_archive
     from vitcodec.cloud.repository import ModelRepository
+    from vitcodec.console import abort, stderr_console, table_console
+    from vitcodec.packages import ModelNotFoundError
 
     if not is_database_url(archive) and not Path(archive).is_file():
         abort(f"{archive}: no such archive")
@@ -215,9 +211,8 @@ def credentials_add(
 ) -> None:
     """Add device NAME and print its new token, once, on stdout (the file keeps only a salted hash of it);
     creates FILE when it does not exist. Give the token to the device as VITCODEC_AUTH_TOKEN."""
-    from vitcodec.console import abort
-
     from vitcodec.cloud.credentials import CredentialsError, add_device
+    from vitcodec.console import abort
 
     try:
         token, created = add_device(file, name)
@@ -235,9 +230,8 @@ def credentials_revoke(
 ) -> None:
     """Remove device NAME: a running server refuses its token after its next reload (the file's change is
     noticed within seconds; SIGHUP at once); the other devices keep working."""
-    from vitcodec.console import abort
-
     from vitcodec.cloud.credentials import CredentialsError, revoke_device
+    from vitcodec.console import abort
 
     try:
         revoke_device(file, name)
@@ -249,9 +243,8 @@ def credentials_revoke(
 @credentials_app.command("list")
 def credentials_list(file: Path = _credentials_file()) -> None:
     """The devices of FILE with their creation times (tokens are never stored, so never shown)."""
-    from vitcodec.console import abort
-
     from vitcodec.cloud.credentials import CredentialsError, read_credentials
+    from vitcodec.console import abort
 
     try:
         devices = read_credentials(file)

@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from vitcodec.version import __version__
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.errors import ModelMismatchError
 from vitcodec.models.latent_grid import check_latent_grid, latent_grid
-from vitcodec.outputs import encode_png, top_k as top_k_indexes
+from vitcodec.outputs import encode_png
+from vitcodec.outputs import top_k as top_k_indexes
 from vitcodec.packages import DEFAULT_MODEL
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
+from vitcodec.version import __version__
 
 from .archive import (
     ARCHIVE_TOP_K,

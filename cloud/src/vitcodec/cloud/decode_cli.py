@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
-
 from vitcodec.console import error_line
 
 if TYPE_CHECKING:
     import numpy as np
-
     from vitcodec.models.inference import CloudModel, DecodedStream, Prediction
     from vitcodec.packages import ModelPackage
 
@@ -28,10 +26,10 @@ console = Console()
 
 def decode(
     file: Path = typer.Argument(..., help="A .vcb bitstream written by `vitcodec-edge encode`."),
-    model: Optional[str] = typer.Option(None, help="Zoo name or package path (default: found by the stream's "
+    model: str | None = typer.Option(None, help="Zoo name or package path (default: found by the stream's "
                                         "model id)."),
     top_k: int = typer.Option(5, min=1, help="How many classes to list."),
-    reconstruct: Optional[Path] = typer.Option(None, help="Also decode pixels and write this PNG."),
+    reconstruct: Path | None = typer.Option(None, help="Also decode pixels and write this PNG."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Classify a bitstream file on this machine, without a server and without decoding pixels; reconstruct
@@ -80,7 +78,7 @@ def _read_stream_file(file: Path) -> bytes:
         _stop(f"{file}: cannot read ({exc.strerror or exc})")
 
 
-def _stream_package(file: Path, data: bytes, model: str | None) -> "ModelPackage":
+def _stream_package(file: Path, data: bytes, model: str | None) -> ModelPackage:
     """The package that decodes this stream: ``--model``, else found by the header's model id.
 
     The container's integrity is checked first, so that a damaged model id reads as damage, not as an
@@ -105,7 +103,7 @@ def _stream_package(file: Path, data: bytes, model: str | None) -> "ModelPackage
     return package
 
 
-def _load_cloud_model(package: "ModelPackage") -> "CloudModel":
+def _load_cloud_model(package: ModelPackage) -> CloudModel:
     """torch is imported only now, so bad input is refused without loading models; load errors exit 2."""
     from vitcodec.models.inference import CloudModel  # torch, no compressai: the server install has it
     from vitcodec.packages import ModelNotFoundError
@@ -119,7 +117,7 @@ def _load_cloud_model(package: "ModelPackage") -> "CloudModel":
               f"{' '.join(str(exc).split())[:300]}", 2)
 
 
-def _write_png(path: Path, pixels: "np.ndarray") -> None:
+def _write_png(path: Path, pixels: np.ndarray) -> None:
     from vitcodec.outputs import encode_png
 
     try:
@@ -128,7 +126,7 @@ def _write_png(path: Path, pixels: "np.ndarray") -> None:
         _stop(f"{path}: cannot write the reconstruction ({exc.strerror or exc})")
 
 
-def _decode_result(file: Path, model_name: str, decoded: "DecodedStream", pred: "Prediction") -> dict[str, Any]:
+def _decode_result(file: Path, model_name: str, decoded: DecodedStream, pred: Prediction) -> dict[str, Any]:
     from vitcodec.outputs import bits_per_pixel
 
     h, w = decoded.header.image_size

@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-
 from vitcodec.codec.errors import CodecError, CorruptPayloadError
 
 from .served_model import Payload, ServedModel

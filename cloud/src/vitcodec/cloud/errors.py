@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-
 from vitcodec.codec.errors import (
     BadMagicError,
     CodecError,

@@ -37,8 +37,14 @@ from .metrics import Metrics
 from .repository import ModelRepository
 from .rest import create_app
 from .settings import Settings
-from .tls import (AccessLogIdentity, ClientIdentityMiddleware, PeerIdentities, ServerTls, TlsConfigError,
-                  tls_http_protocol)
+from .tls import (
+    AccessLogIdentity,
+    ClientIdentityMiddleware,
+    PeerIdentities,
+    ServerTls,
+    TlsConfigError,
+    tls_http_protocol,
+)
 
 log = logging.getLogger("vitcodec.cloud.server")
 

@@ -27,8 +27,8 @@ from .errors import (
 from .hyper_synthesis import HyperSynthesis, hyper_from_arrays
 from .int8_hyper_synthesis import Int8HyperSynthesis
 from .integer_hyper_synthesis import FixedLayer, IntegerHyperSynthesis
-from .scale_index import HyperOutput
 from .latent_codec import EncodedLatents, LatentCodec
+from .scale_index import HyperOutput
 from .tables import CodecTables
 
 __all__ = [

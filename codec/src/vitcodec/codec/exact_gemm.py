@@ -155,7 +155,6 @@ class Int8LimbGemm:
         second core gains on GEMMs of a few milliseconds, and with spinning the per-layer pools starve each
         other (docs/benchmarks.md). Callers that decode in several threads use the cores that way."""
         import onnxruntime as ort
-
         from vitcodec.ort_session import session_options  # the one session setup, loaded with onnxruntime
 
         self._ort, self._options = ort, session_options

@@ -96,7 +96,6 @@ class OrtInt8Gemm:
         """`threads`: intra-op threads per GEMM; one by default (measured fastest for the millisecond GEMMs of
         h_s on 2 cores, see `exact_gemm.Int8LimbGemm`); callers decoding in several threads use the cores."""
         import onnxruntime as ort
-
         from vitcodec.ort_session import session_options
 
         self._ort, self._options, self.threads = ort, session_options, threads

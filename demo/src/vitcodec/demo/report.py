@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from rich.table import Table
-
 from vitcodec import outputs
 
 SAMPLES_DIR = Path("samples")

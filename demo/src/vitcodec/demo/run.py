@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-
 from vitcodec.cloud.process import (
     Interrupted,
     ServerProcess,

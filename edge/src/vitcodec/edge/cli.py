@@ -11,12 +11,11 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
 from vitcodec.console import abort, stderr_console, table_console
 from vitcodec.edge import commands, images
 from vitcodec.edge.agent.command import requeue, watch
@@ -60,7 +59,7 @@ def client_key_option() -> Any:
                              "certificate file).")
 
 
-def tls_options(ca_cert: Optional[Path], client_cert: Optional[Path], client_key: Optional[Path]) -> Any:
+def tls_options(ca_cert: Path | None, client_cert: Path | None, client_key: Path | None) -> Any:
     """The client's `TlsOptions`, or None when no TLS option was given."""
     from vitcodec.edge.client import TlsOptions
 
@@ -82,7 +81,7 @@ def _is_intact_stream(data: bytes) -> bool:
     return True
 
 
-def _load_streams(files: list[Path], model: Optional[str], progress: Progress | None) -> tuple[list[bytes], list[str]]:
+def _load_streams(files: list[Path], model: str | None, progress: Progress | None) -> tuple[list[bytes], list[str]]:
     """Encode image files with the model's edge encoder, in batches as ``encode`` does
     (`images.encode_batches`); files that already are bitstreams pass through.
 
@@ -116,7 +115,7 @@ def _load_streams(files: list[Path], model: Optional[str], progress: Progress | 
     return streams, errors
 
 
-def _token(token: Optional[str]) -> Optional[str]:
+def _token(token: str | None) -> str | None:
     from vitcodec.edge.client import env_token
 
     return env_token(token)
@@ -126,18 +125,18 @@ def _token(token: Optional[str]) -> Optional[str]:
 def send(
     paths: list[Path] = typer.Argument(..., help="Images, .vcb bitstream files, or folders of either."),
     server: str = typer.Option("http://127.0.0.1:8000", "--server", "-s", help=_SERVER_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024, help="Requests in flight."),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Classes to report per image (JSON output)."),
-    token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
+    token: str | None = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
     retry_for: float = typer.Option(30.0, "--retry-for", min=0.0, help=_RETRY_HELP),
-    ca_cert: Optional[Path] = ca_cert_option(),
-    client_cert: Optional[Path] = client_cert_option(),
-    client_key: Optional[Path] = client_key_option(),
-    outbox: Optional[Path] = typer.Option(None, "--outbox", help="Spool images that failed for a transient "
+    ca_cert: Path | None = ca_cert_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
+    outbox: Path | None = typer.Option(None, "--outbox", help="Spool images that failed for a transient "
                                           "reason (server unreachable, timeouts, 5xx) into this outbox; "
                                           "`vitcodec-edge watch --outbox DIR` sends them later."),
 ) -> None:
@@ -189,10 +188,9 @@ def send(
 
 
 def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[str, Any]], failed: list[int],
-                     outbox: Optional[Path], model: Optional[str]) -> None:
+                     outbox: Path | None, model: str | None) -> None:
     """One stderr line per failed file; with an outbox, spool those a later `watch` can still deliver."""
     from rich.markup import escape
-
     from vitcodec.wire import is_permanent
 
     err = stderr_console()
@@ -257,19 +255,19 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool, top_k: 
 
 @app.command()
 def reconstruct(
-    file: Optional[Path] = typer.Argument(None, help="An image (encoded here first) or a bitstream file; or "
+    file: Path | None = typer.Argument(None, help="An image (encoded here first) or a bitstream file; or "
                                           "give --id."),
-    image_id: Optional[str] = typer.Option(None, "--id", help="Instead of FILE: the archive id of a stream the "
+    image_id: str | None = typer.Option(None, "--id", help="Instead of FILE: the archive id of a stream the "
                                            "server kept (the archive_id of a classify answer)."),
     server: str = typer.Option("http://127.0.0.1:8000", "--server", "-s", help=_SERVER_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the PNG."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
-    token: Optional[str] = typer.Option(None, "--token", help=_TOKEN_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
+    token: str | None = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds for the request."),
     retry_for: float = typer.Option(30.0, "--retry-for", min=0.0, help=_RETRY_HELP),
-    ca_cert: Optional[Path] = ca_cert_option(),
-    client_cert: Optional[Path] = client_cert_option(),
-    client_key: Optional[Path] = client_key_option(),
+    ca_cert: Path | None = ca_cert_option(),
+    client_cert: Path | None = client_cert_option(),
+    client_key: Path | None = client_key_option(),
 ) -> None:
     """Ask the cloud server to reconstruct an image from its bitstream (a file here, or --id of one the server
     archived); writes a PNG of the original size."""

@@ -37,7 +37,6 @@ from urllib.parse import quote, urlsplit
 
 import grpc
 import httpx
-
 from vitcodec.protos import grpc_service_pb2 as v2_pb
 from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc
 from vitcodec.protos import vitcodec_pb2 as pb

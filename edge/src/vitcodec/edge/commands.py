@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
 from vitcodec.console import abort, error_line, stderr_console, table_console
 from vitcodec.edge.images import (
     DEFAULT_BATCH,
@@ -34,7 +33,7 @@ from vitcodec.edge.images import (
 # --- printing -----------------------------------------------------------------------------------------
 
 
-def _size(hw: Optional[tuple[int, int]]) -> str:
+def _size(hw: tuple[int, int] | None) -> str:
     return f"{hw[1]}x{hw[0]}" if hw else ""
 
 
@@ -69,10 +68,10 @@ def _print_encode_table(rows: list[EncodedFile], model_name: str, model_id: str)
 def encode(
     paths: list[Path] = typer.Argument(..., help="Images or folders of images (searched recursively)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the .vcb files (created if missing)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or package path (default "
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name or package path (default "
                                         "fmnist-q2)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="ONNX Runtime intra-op threads "
+    threads: int | None = typer.Option(None, "--threads", "-t", min=1, help="ONNX Runtime intra-op threads "
                                           "(default: its own choice)."),
     batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", min=1, help="Images per encoder call."),
 ) -> None:
@@ -117,7 +116,7 @@ def encode(
 
 def inspect(
     files: list[Path] = typer.Argument(..., help="Bitstream (.vcb) files."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check that each stream is for this "
+    model: str | None = typer.Option(None, "--model", "-m", help="Also check that each stream is for this "
                                         "model (name or package path)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
 ) -> None:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from vitcodec.codec.bitstream import StreamHeader, pack_stream
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.packages import ModelPackage
 from vitcodec.edge.preprocess import load_image, normalise, to_pixels
 from vitcodec.ort_session import create_session
 from vitcodec.outputs import bits_per_pixel
+from vitcodec.packages import ModelPackage
 
 
 @dataclass

@@ -10,9 +10,10 @@ The commands that print these rows live in ``edge/commands.py`` (``encode``, ``i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from vitcodec.outputs import bits_per_pixel
 
@@ -83,15 +84,15 @@ class EncodedFile:
     """One row of `encode`: what was written for one image, or why nothing was."""
 
     source: Path
-    output: Optional[Path] = None
-    source_size: Optional[tuple[int, int]] = None  # (H, W) of the file as read
-    image_size: Optional[tuple[int, int]] = None  # (H, W) coded, as the stream header says
+    output: Path | None = None
+    source_size: tuple[int, int] | None = None  # (H, W) of the file as read
+    image_size: tuple[int, int] | None = None  # (H, W) coded, as the stream header says
     num_bytes: int = 0
     header_bytes: int = 0
     z_bytes: int = 0
     y_bytes: int = 0
     encode_ms: float = 0.0
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def bpp(self) -> float:
@@ -108,10 +109,10 @@ class EncodedFile:
                 "image_size": list(self.image_size or ()), "encode_ms": round(self.encode_ms, 3)}
 
 
-def load_encoder(model: Optional[str], threads: Optional[int]):
+def load_encoder(model: str | None, threads: int | None):
     """The model's `EdgeEncoder`; any failure to find or load it becomes an `EdgeInputError`."""
-    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.edge.encoder import EdgeEncoder
+    from vitcodec.packages import ModelNotFoundError, resolve_model
 
     try:
         package = resolve_model(model)
@@ -132,9 +133,9 @@ class EncodedImage:
     """One image through `encode_batches`: its stream (``result``), or why there is none (``error``)."""
 
     index: int  # position in the list given
-    source_size: Optional[tuple[int, int]] = None  # (H, W) of the file as read
+    source_size: tuple[int, int] | None = None  # (H, W) of the file as read
     result: Any = None  # EncodeResult
-    error: Optional[str] = None  # the reader's message, or "encoding failed (...)"
+    error: str | None = None  # the reader's message, or "encoding failed (...)"
     read_ms: float = 0.0  # reading and fitting, per image of its batch
 
 
@@ -143,7 +144,6 @@ def encode_batches(encoder, images: list[Path], batch_size: int = DEFAULT_BATCH)
     an image at small sizes), yielding one `EncodedImage` per image in input order, batch by batch. The one
     batching path of ``encode`` and ``send``, so both write the same bytes for the same files."""
     import numpy as np
-
     from vitcodec.edge.preprocess import ImageReadError, load_image, to_pixels
 
     for start in range(0, len(images), max(1, batch_size)):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
 from vitcodec.packages import InputSpec
 
 

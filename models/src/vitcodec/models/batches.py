@@ -11,14 +11,13 @@ a device sends.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from vitcodec.packages import InputSpec
 
 

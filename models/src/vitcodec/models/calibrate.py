@@ -8,12 +8,11 @@ The model id does not change (it covers the codec and the encoder, not the class
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import torch
-
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.data import load_arrays
 from vitcodec.models.novelty import CalibrationFit, fit_calibration

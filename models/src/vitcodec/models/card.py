@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vitcodec.packages import iter_packages, zoo_root
 from vitcodec.models.losses import QUALITIES
+from vitcodec.packages import iter_packages, zoo_root
 
 
 def zoo_table() -> str:

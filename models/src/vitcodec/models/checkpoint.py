@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from vitcodec.models.config import JCCConfig
 from vitcodec.packages import ModelPackage
 

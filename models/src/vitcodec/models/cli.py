@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
 from vitcodec.console import abort, error_line
 
 if TYPE_CHECKING:
@@ -39,35 +38,35 @@ def train_cmd(
     stage: str = typer.Option("pretrain", help="pretrain = step one (no compression); joint = step two (rate-distortion-accuracy)."),
     preset: str = typer.Option("jcc-fmnist-28-s8", help="Network preset (see `vitcodec models`); ignored with --init."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
-    init: Optional[Path] = typer.Option(None, help="Checkpoint to start from (step two starts from step one's final.pt)."),
-    quality: Optional[int] = typer.Option(None, help="1|2|3: the paper's alpha/beta (0.1/0.001, 0.3/0.003, 0.6/0.006)."),
-    alpha: Optional[float] = typer.Option(None, help="Cross-entropy weight (overrides --quality)."),
-    beta: Optional[float] = typer.Option(None, help="MSE weight on 0..255 pixels (overrides --quality)."),
+    init: Path | None = typer.Option(None, help="Checkpoint to start from (step two starts from step one's final.pt)."),
+    quality: int | None = typer.Option(None, help="1|2|3: the paper's alpha/beta (0.1/0.001, 0.3/0.003, 0.6/0.006)."),
+    alpha: float | None = typer.Option(None, help="Cross-entropy weight (overrides --quality)."),
+    beta: float | None = typer.Option(None, help="MSE weight on 0..255 pixels (overrides --quality)."),
     recon_weight: float = typer.Option(0.0002, help="Step one's weight on the reconstruction MSE."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy."),
     epochs: float = typer.Option(1.0, help="Epochs over the training split (fractions allowed)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (overrides --epochs)."),
-    stop_at_step: Optional[int] = typer.Option(None, help="End early at this step, keeping the learning-rate schedule of the full run."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps (overrides --epochs)."),
+    stop_at_step: int | None = typer.Option(None, help="End early at this step, keeping the learning-rate schedule of the full run."),
     batch_size: int = typer.Option(128, help="Batch size per process."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then cosine)."),
-    codec_lr: Optional[float] = typer.Option(None, help="Peak learning rate of g_a and the hyperprior (default: --lr)."),
+    codec_lr: float | None = typer.Option(None, help="Peak learning rate of g_a and the hyperprior (default: --lr)."),
     warmup_steps: int = typer.Option(200, help="Linear warmup steps."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N training images."),
+    limit: int | None = typer.Option(None, help="Use only the first N training images."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     amp: bool = typer.Option(True, help="bfloat16 autocast on CUDA."),
     cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16/AMX); measured slower than float32 for the Fashion-MNIST presets (docs/benchmarks.md)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile on CUDA."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    teacher: Optional[Path] = typer.Option(None, help="Pixel CNN checkpoint to distil from (benchmarks/bench_rate_accuracy.py --cache writes one); default: no distillation."),
+    teacher: Path | None = typer.Option(None, help="Pixel CNN checkpoint to distil from (benchmarks/bench_rate_accuracy.py --cache writes one); default: no distillation."),
     distill: str = typer.Option("soft", help="soft (KL at temperature --distill-tau) | hard (CE against the teacher's argmax, as DeiT); only with --teacher."),
     distill_alpha: float = typer.Option(0.5, help="The teacher's share of the accuracy term: (1-A)*CE(labels) + A*distillation."),
     distill_tau: float = typer.Option(1.0, help="Temperature of soft distillation."),
     holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="Train on the training split less a held-out validation split (5k images for Fashion-MNIST), measured after each epoch into log.jsonl; --no-holdout trains on all of it."),
     erase_prob: float = typer.Option(0.0, help="Random erasing: probability per image of zeroing a random rectangle (2-33 %% of the image)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Step one: override the preset's tokenizer, linear | conv."),
-    pool: Optional[str] = typer.Option(None, help="Step one: override the preset's pooling, cls | seq."),
+    tokenizer: str | None = typer.Option(None, help="Step one: override the preset's tokenizer, linear | conv."),
+    pool: str | None = typer.Option(None, help="Step one: override the preset's pooling, cls | seq."),
 ) -> None:
     """Train one step of the two-step recipe. Works unchanged under torchrun (DDP)."""
     from vitcodec.models.train import TrainSettings, train
@@ -91,9 +90,9 @@ def train_cmd(
 def teacher_cmd(
     out: Path = typer.Option(..., help="Checkpoint to write: the file `train --teacher` takes."),
     epochs: float = typer.Option(10.0, help="Epochs over the 60k Fashion-MNIST training images."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N training images (quick runs)."),
+    limit: int | None = typer.Option(None, help="Use only the first N training images (quick runs)."),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train the pixel CNN that step one and step two distil from (the rate-accuracy benchmark's raw CNN).
@@ -105,11 +104,10 @@ def teacher_cmd(
     from dataclasses import asdict
 
     import torch
-
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from vitcodec.models.data import load_fashion_mnist
     from vitcodec.models.errors import DataError
     from vitcodec.models.pixel_cnn import FitSettings, PixelCNN, accuracy, fit, save_pixel_cnn
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if threads:
         torch.set_num_threads(threads)
@@ -138,8 +136,8 @@ def teacher_cmd(
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List network presets and the model zoo with measured test figures."""
-    from vitcodec.packages import iter_packages, repository_roots
     from vitcodec.models import create_model, get_preset, list_models
+    from vitcodec.packages import iter_packages, repository_roots
 
     presets = []
     for name in list_models():
@@ -186,7 +184,7 @@ def eval_cmd(
     model: str = typer.Option(..., help="Zoo name or package path."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
     split: str = typer.Option("test", help="Dataset split: test (the shipped figures), val (held out of train, for choices), fit, train."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate the first N images only."),
+    limit: int | None = typer.Option(None, help="Evaluate the first N images only."),
     batch_size: int = typer.Option(256, help="Images per batch."),
     device: str = typer.Option("cpu", help="Torch device for the cloud side."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
@@ -194,9 +192,8 @@ def eval_cmd(
 ) -> None:
     """Accuracy, rate and PSNR measured on real bitstreams (edge ONNX encoder -> cloud decoder)."""
     from rich.progress import Progress
-
-    from vitcodec.packages import ModelNotFoundError, resolve_model
     from vitcodec.models.evaluate import evaluate
+    from vitcodec.packages import ModelNotFoundError, resolve_model
 
     if record and split != "test":
         abort(f"--record stores test-split figures (the model card's), not {split!r}")
@@ -229,10 +226,10 @@ def export_cmd(
     out: Path = typer.Option(..., help="Model repository root: writes OUT/<name>/<version>/."),
     name: str = typer.Option(..., help="Model name in the repository."),
     version: int = typer.Option(1, help="Model version."),
-    quality: Optional[int] = typer.Option(None, help="Quality recorded in streams (default: the training --quality)."),
+    quality: int | None = typer.Option(None, help="Quality recorded in streams (default: the training --quality)."),
     fp32_weights: bool = typer.Option(False, help="Store the cloud weights and the edge encoder in float32 (default: float16 storage, float32 compute; half the size)."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Compressed packages: fit the temperature and the novelty score on the training data's fit/val splits (see `vitcodec calibrate`)."),
-    data: Optional[str] = typer.Option(None, help="Dataset to calibrate on (default: the one the checkpoint was trained on)."),
+    data: str | None = typer.Option(None, help="Dataset to calibrate on (default: the one the checkpoint was trained on)."),
     hs_format: str = typer.Option("int8", help="Exact h_s: int8 (format 2: 8-bit integer inference, quantised on the z of the training data's fit split) or fixed (format 1, the older wide fixed point)."),
     hs_calibration_images: int = typer.Option(2000, help="Fit-split images whose z calibrate the int8 h_s."),
 ) -> None:
@@ -293,9 +290,8 @@ def calibrate_cmd(
     _calibrate(package, data)
 
 
-def _calibrate(package: "ModelPackage", data: str) -> None:
+def _calibrate(package: ModelPackage, data: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from vitcodec.models.calibrate import calibrate_package
     from vitcodec.models.errors import DataError
 

@@ -8,7 +8,6 @@ from typing import Any
 from vitcodec.models.latent_grid import latent_grid
 from vitcodec.packages import InputSpec
 
-
 TOKENIZERS = ("linear", "conv")
 POOLS = ("cls", "seq")
 
@@ -73,11 +72,11 @@ class JCCConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JCCConfig":
+    def from_dict(cls, data: dict[str, Any]) -> JCCConfig:
         tuple_fields = {"img_size", "encoder_channels", "decoder_channels", "mean", "std", "labels"}
         clean = {k: (tuple(v) if k in tuple_fields and v is not None else v) for k, v in data.items()}
         return cls(**clean)
 
-    def with_overrides(self, **overrides: Any) -> "JCCConfig":
+    def with_overrides(self, **overrides: Any) -> JCCConfig:
         """timm's habit: unset (None) overrides are ignored."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

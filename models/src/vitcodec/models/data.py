@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-
 from vitcodec.edge.preprocess import ImageReadError, load_image, standardise, to_batch, to_pixels
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.errors import DataError

@@ -5,12 +5,12 @@ cloud path (codec + torch) decodes and classifies it. Rates count every byte of 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-
 from vitcodec.codec.bitstream import read_stream_info
 from vitcodec.edge.preprocess import normalise, to_batch
 from vitcodec.models.checkpoint import load_package_network

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.codec.tables import CodecTables
 from vitcodec.models.external_weights import bind_external_weights

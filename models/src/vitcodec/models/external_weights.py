@@ -59,7 +59,6 @@ def bind_external_weights(graph: onnx.ModelProto, stored: Mapping[str, np.ndarra
     into ``weights`` (the file the tensors were loaded from, which will sit beside the graph). ``stored`` holds
     the tensors as the file stores them (dtype included), by state-dict key. Initializers that match nothing,
     or whose storage is not one whole entry of the file, stay inside the graph. Returns how many were bound."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     extents = stored_tensor_extents(weights)

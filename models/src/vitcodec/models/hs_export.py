@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
 from vitcodec.codec.int8_hyper_synthesis import Int8HyperSynthesis
 from vitcodec.codec.int8_quantise import HsCalibration, quantise
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis

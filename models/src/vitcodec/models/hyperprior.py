@@ -11,7 +11,6 @@ import warnings
 
 import torch
 from torch import Tensor, nn
-
 from vitcodec.models.encoder import conv, deconv
 from vitcodec.models.errors import TrainingExtraMissing
 

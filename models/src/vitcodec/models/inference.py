@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from vitcodec.codec.bitstream import StreamHeader, unpack_stream
 from vitcodec.codec.latent_codec import LatentCodec
-from vitcodec.packages import ModelPackage
+from vitcodec.models.config import JCCConfig
 from vitcodec.models.latent_grid import check_latent_grid
 from vitcodec.models.latent_networks import load_latent_networks
-from vitcodec.models.config import JCCConfig
 from vitcodec.outputs import top_k as top_k_indexes
+from vitcodec.packages import ModelPackage
 
 
 @dataclass(frozen=True)

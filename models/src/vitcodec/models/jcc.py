@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.encoder import ConvStem
 from vitcodec.models.hyperprior import MeanScaleHyperprior

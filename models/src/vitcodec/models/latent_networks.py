@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.decoder import FeatureAggregation, SynthesisTransform
 from vitcodec.models.novelty import Calibration

@@ -48,7 +48,7 @@ class Calibration(nn.Module):
         distance = ((diff @ self.precision) * diff).sum(-1).min(dim=1).values
         return distance / self.threshold
 
-    def load_fit(self, fit: "CalibrationFit") -> None:
+    def load_fit(self, fit: CalibrationFit) -> None:
         self.temperature.fill_(fit.temperature)
         self.class_means.copy_(torch.as_tensor(fit.class_means, dtype=torch.float32))
         self.precision.copy_(torch.as_tensor(fit.precision, dtype=torch.float32))

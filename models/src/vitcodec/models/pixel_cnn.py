@@ -12,16 +12,16 @@ so a caller that holds the JCC's normalised tensors only has to undo that normal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-
 from vitcodec.models.data import RandomCropFlip, TensorImageDataset
 
 KIND = "pixel-cnn"  # the checkpoint's kind tag, so a JCC checkpoint is never loaded as a teacher
@@ -47,7 +47,7 @@ class PixelCNNConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PixelCNNConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PixelCNNConfig:
         tuples = {"img_size", "mean", "std", "labels"}
         clean = {k: tuple(v) if k in tuples else v for k, v in data.items()}
         if "stages" in clean:

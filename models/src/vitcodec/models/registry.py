@@ -71,7 +71,7 @@ def get_preset(name: str) -> JCCConfig:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(list_models())}") from None
 
 
-def create_model(name: str | JCCConfig, **overrides: Any) -> "JointCompressionClassifier":
+def create_model(name: str | JCCConfig, **overrides: Any) -> JointCompressionClassifier:
     """Build a network from a preset name (or a config); overrides replace config fields, and those given as
     None are ignored (timm's habit, so CLI options left unset change nothing)."""
     from vitcodec.models.jcc import JointCompressionClassifier

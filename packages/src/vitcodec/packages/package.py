@@ -59,7 +59,7 @@ class ModelPackage:
     manifest: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "ModelPackage":
+    def open(cls, path: str | os.PathLike[str]) -> ModelPackage:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -74,7 +74,7 @@ class ModelPackage:
 
     @classmethod
     def write(cls, path: str | os.PathLike[str], manifest: Mapping[str, Any], contents: Mapping[str, FileContent],
-              *, overwrite: bool = False) -> "ModelPackage":
+              *, overwrite: bool = False) -> ModelPackage:
         """Write a new package folder: every file the manifest's ``files`` map names (key -> file name), from
         ``contents[key]``, then the manifest, which marks the package complete. Returns it opened.
 
@@ -96,7 +96,7 @@ class ModelPackage:
         return cls.open(path)
 
     def rewrite(self, manifest: Mapping[str, Any] | None = None,
-                files: Mapping[str, tuple[str, FileContent]] | None = None) -> "ModelPackage":
+                files: Mapping[str, tuple[str, FileContent]] | None = None) -> ModelPackage:
         """Replace files (key -> (file name, content)) and/or the manifest of this package, and return it
         reopened. The ``files`` map keeps its order and gains the keys written; each file is replaced whole
         (written beside, then renamed), the manifest last. The model id is the caller's: rewriting the

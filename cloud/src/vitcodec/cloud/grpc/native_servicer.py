@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult

@@ -8,7 +8,6 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-
 from vitcodec.protos import grpc_service_pb2, vitcodec_pb2
 
 from ..auth import Authenticator

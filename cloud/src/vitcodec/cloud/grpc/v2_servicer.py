@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-
 from vitcodec.protos import grpc_service_pb2 as pb
 from vitcodec.protos import grpc_service_pb2_grpc as pb_grpc
 

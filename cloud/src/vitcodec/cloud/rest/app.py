@@ -14,7 +14,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from vitcodec.version import __version__
 from vitcodec.wire import GRPC_FOR_HTTP
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-
 from vitcodec.results import ClassifyResult, ReconstructResult
 
 from ..dataplane import DataPlane

@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, quote, urlencode
 import jinja2
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-
 from vitcodec.results import OOD_THRESHOLD
 
 from ..archive import ArchiveEntry, iso_time

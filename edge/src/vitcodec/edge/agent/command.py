@@ -8,28 +8,26 @@ missing folder, unknown model, unusable outbox or results file), 130 on a second
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-
 from vitcodec.edge.agent.intake import SourcePolicy
 
 
 def watch(
-    folders: Optional[list[Path]] = typer.Argument(None, help="Folders to watch (recursively) for images and .vcb "
+    folders: list[Path] | None = typer.Argument(None, help="Folders to watch (recursively) for images and .vcb "
                                                    "files; none: only drain the outbox."),
     server: str = typer.Option(..., "--server", "-s", help="Cloud server: http://HOST:PORT, https://HOST:PORT, "
                                "grpc://HOST:PORT or grpcs://HOST:PORT (TLS)."),
     outbox: Path = typer.Option(..., "--outbox", help="Spool folder (pending/, rejected/); created if missing."),
     results: Path = typer.Option(..., "--results", help="JSON-lines file the answers are appended to."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model to encode with (default fmnist-q2)."),
     source: SourcePolicy = typer.Option(SourcePolicy.keep, "--source", help="What to do with a source file once "
                                         "its stream is in the outbox: keep, move (to --done-dir) or delete."),
-    done_dir: Optional[Path] = typer.Option(None, "--done-dir", help="Where --source move puts sources "
+    done_dir: Path | None = typer.Option(None, "--done-dir", help="Where --source move puts sources "
                                             "(default OUTBOX/done)."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=256, help="Uploads in flight."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder call."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="ONNX Runtime intra-op threads."),
+    threads: int | None = typer.Option(None, "--threads", "-t", min=1, help="ONNX Runtime intra-op threads."),
     max_pending: int = typer.Option(10_000, "--max-pending", min=0, help="Outbox entry limit (0: none); intake "
                                     "pauses at the limit."),
     max_outbox_mb: float = typer.Option(256.0, "--max-outbox-mb", min=0, help="Outbox size limit in MiB (0: none)."),
@@ -42,15 +40,15 @@ def watch(
                                            "decode is reported as unreadable only once it has been unchanged "
                                            "this long (a writer that paused mid-file finishes it meanwhile)."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes recorded per image."),
-    token: Optional[str] = typer.Option(None, "--token", help="Bearer token: the device's own or the shared one "
+    token: str | None = typer.Option(None, "--token", help="Bearer token: the device's own or the shared one "
                                         "(or set VITCODEC_AUTH_TOKEN; VITCODEC_TOKEN, deprecated, is still read)."),
-    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", envvar="VITCODEC_CA_CERT", show_envvar=False,
+    ca_cert: Path | None = typer.Option(None, "--ca-cert", envvar="VITCODEC_CA_CERT", show_envvar=False,
                                            help="PEM CA certificate that signed the server's certificate (https://, "
                                                 "grpcs://; or set VITCODEC_CA_CERT)."),
-    client_cert: Optional[Path] = typer.Option(None, "--client-cert", envvar="VITCODEC_CLIENT_CERT",
+    client_cert: Path | None = typer.Option(None, "--client-cert", envvar="VITCODEC_CLIENT_CERT",
                                                show_envvar=False, help="PEM certificate of this device, for "
                                                "servers that require one (or set VITCODEC_CLIENT_CERT)."),
-    client_key: Optional[Path] = typer.Option(None, "--client-key", envvar="VITCODEC_CLIENT_KEY", show_envvar=False,
+    client_key: Path | None = typer.Option(None, "--client-key", envvar="VITCODEC_CLIENT_KEY", show_envvar=False,
                                               help="PEM private key of --client-cert (or set VITCODEC_CLIENT_KEY)."),
     as_json: bool = typer.Option(False, "--json", help="Structured logs: one JSON object per line on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log every image sent."),
@@ -65,8 +63,8 @@ def watch(
     from vitcodec.console import error_line
     from vitcodec.edge.agent.runner import Agent, AgentConfig, AgentSetupError, install_signal_handlers
     from vitcodec.edge.agent.status import Reporter
-    from vitcodec.wire import Backoff
     from vitcodec.edge.client import TlsOptions, env_token
+    from vitcodec.wire import Backoff
 
     config = AgentConfig(
         watch=list(folders or []), server=server, outbox=outbox, results=results, model=model,
@@ -90,7 +88,7 @@ def watch(
 
 def requeue(
     outbox: Path = typer.Option(..., "--outbox", help="The agent's outbox folder (the one given to watch)."),
-    ids: Optional[list[str]] = typer.Argument(None, help="Ids of refused streams (the names in OUTBOX/rejected/, "
+    ids: list[str] | None = typer.Argument(None, help="Ids of refused streams (the names in OUTBOX/rejected/, "
                                               "the `id` of their results line); none: every one."),
     list_only: bool = typer.Option(False, "--list", help="Only list the refused streams (id, status, file)."),
 ) -> None:
@@ -101,7 +99,6 @@ def requeue(
     import json
 
     from rich.markup import escape
-
     from vitcodec.console import abort, stderr_console
     from vitcodec.edge.agent.outbox import Outbox
 

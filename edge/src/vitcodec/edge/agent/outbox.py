@@ -38,7 +38,7 @@ class OutboxWriteError(OSError):
     """Writing a batch failed part way (disk full, I/O error): `committed` holds the entries that were written
     and made durable before the failure (the caller must still send them); the rest were not written."""
 
-    def __init__(self, exc: OSError, committed: list["Entry"]) -> None:
+    def __init__(self, exc: OSError, committed: list[Entry]) -> None:
         super().__init__(exc.errno, exc.strerror or str(exc))
         self.committed = committed
 
@@ -78,7 +78,7 @@ class SourceKey:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SourceKey":
+    def from_dict(cls, d: dict[str, Any]) -> SourceKey:
         return cls(path_from_fields(d), int(d["size"]), int(d["mtime_ns"]), d.get("sha256") or None)
 
 

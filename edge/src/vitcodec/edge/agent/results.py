@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vitcodec.edge.agent.outbox import SourceKey, path_from_fields
+from vitcodec.edge.agent.outbox import SourceKey
 
 
 class LedgerError(OSError):

@@ -28,8 +28,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vitcodec.edge.agent.intake import (Candidate, Encoded, SourcePolicy, StabilityTracker, Unreadable,
-                                        apply_policy, content_hash, encode_batch)
+from vitcodec.edge.agent.intake import (
+    Candidate,
+    Encoded,
+    SourcePolicy,
+    StabilityTracker,
+    Unreadable,
+    apply_policy,
+    content_hash,
+    encode_batch,
+)
 from vitcodec.edge.agent.outbox import Outbox, OutboxFull, SourceKey
 from vitcodec.edge.agent.results import ResultsLog
 from vitcodec.edge.agent.status import Reporter

@@ -121,7 +121,7 @@ class Reporter:
             self._last_status = now
             self.event("status", self.status_text(), **self.counters.snapshot())
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         if self.interactive:
             self._live = Live(Text(self.status_text()), console=self._console, refresh_per_second=4,
                               transient=False)
