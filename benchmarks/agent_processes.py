@@ -1,6 +1,6 @@
 """Real processes for the edge agent's tests and benchmarks: a `vitcodec-cloud serve` subprocess that can be
-killed and brought back on the same ports (`model_server`), a `vitcodec-edge watch` subprocess, and a TCP proxy of the tests'
-own that drops and stalls connections. Every wait is bounded in time. Not a test module: the chaos tests
+killed and brought back on the same ports (`model_server`), a `vitcodec-edge watch` subprocess, and a TCP proxy of the
+tests' own that drops and stalls connections. Every wait is bounded in time. Not a test module: the chaos tests
 import it by name (pytest's pythonpath), bench_agent.py from its own folder.
 """
 

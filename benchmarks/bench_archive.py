@@ -199,7 +199,9 @@ def reconstruct_latency(path: Path, n: int, threads: int) -> dict[str, Any]:
     store = SqliteArchive(path)
     ids = [e.id for e in store.list(ImageQuery(limit=min(1000, max(n * 4, 50)))).images]
     ids = random.Random(1).sample(ids, min(n, len(ids)))
-    settings = Settings(_env_file=None, models=[MODEL], host="127.0.0.1", http_port=0, grpc_port=0,
+    # no _env_file=None: Settings' model_config already reads no .env file, and type checkers see only the
+    # fields as __init__ parameters
+    settings = Settings(models=[MODEL], host="127.0.0.1", http_port=0, grpc_port=0,
                         archive=str(path), torch_threads=threads, log_level="warning")
     cold: list[float] = []
     warm: list[float] = []

@@ -45,6 +45,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from workloads import (
@@ -110,6 +111,7 @@ def time_stages(package, pixels: np.ndarray, threads: int | None, warmup: int = 
         total = (time.perf_counter() - t0) * 1e3
         # h_s alone on the same z (the encoder's float output, rounded as LatentCodec.encode does)
         _, z = encoder.session.run(["y", "z"], {"image": _normalised(encoder, pixels[i : i + 1])})
+        z = cast(np.ndarray, z)  # ONNX Runtime returns dense arrays for dense outputs
         symbols = np.rint(z[0].astype(np.float64) - medians).astype(np.int32)[None]
         t1 = time.perf_counter()
         codec.hyper.forward(codec.hyper.fixed_input(symbols, codec.tables.z_medians), result.y_hat.shape[1:])
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             tools = sum(directory_bytes(p) for p in site.iterdir() if p.name.split("-")[0] in ("pip", "setuptools"))
             figures["edge_venv_mib"] = round(directory_bytes(venv) / 2**20, 1)
             figures["edge_venv_without_pip_mib"] = round((directory_bytes(venv) - tools) / 2**20, 1)
-            figures["edge_wheel_kib"] = round(sum(w.stat().st_size for w in (work / "edge" / "wheels").glob("*.whl")) / 1024, 1)
+            wheels = (work / "edge" / "wheels").glob("*.whl")
+            figures["edge_wheel_kib"] = round(sum(w.stat().st_size for w in wheels) / 1024, 1)
 
     print_markdown(figures)
     if args.json:

@@ -31,6 +31,7 @@ import datetime as dt
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from bench_edge import machine, paper_model, pct, time_stages
@@ -114,7 +115,8 @@ def calibrated_int8(layers: list[dict], tables, z_hat: np.ndarray):
                 x = torch.relu(x)
                 outputs.append(x.amax(dim=(0, 2, 3)).numpy())
                 continue
-            w, b = torch.from_numpy(np.asarray(spec["weight"], np.float64)), torch.from_numpy(np.asarray(spec["bias"], np.float64))
+            w = torch.from_numpy(np.asarray(spec["weight"], np.float64))
+            b = torch.from_numpy(np.asarray(spec["bias"], np.float64))
             if spec["kind"] == "conv":
                 x = nn.functional.conv2d(x, w, b, spec["stride"], spec["padding"])
             else:
@@ -143,9 +145,9 @@ def hs_side_by_side(old, new, layers: list[dict], tables, z: np.ndarray, out_hw:
         if not (np.array_equal(a.means_fixed, r.means_fixed) and np.array_equal(a.scale_indexes, r.scale_indexes)):
             raise SystemExit("format-1 engines disagree: exactness is broken")
         stages = {
-            "8-bit h_s (format 2), ONNX Runtime MatMulInteger": lambda: new.forward(q, out_hw),
-            "format-1 h_s, int8 digit planes (the zoo's)": lambda: old.forward(fixed, out_hw),
-            "float32 h_s (ONNX Runtime)": lambda: session.run(None, {"z_hat": z_hat}),
+            "8-bit h_s (format 2), ONNX Runtime MatMulInteger": lambda q=q: new.forward(q, out_hw),
+            "format-1 h_s, int8 digit planes (the zoo's)": lambda fixed=fixed: old.forward(fixed, out_hw),
+            "float32 h_s (ONNX Runtime)": lambda z_hat=z_hat: session.run(None, {"z_hat": z_hat}),
         }
         times = interleaved(stages, rounds=rounds, block=3)
         if b in numpy_batches:
@@ -153,10 +155,10 @@ def hs_side_by_side(old, new, layers: list[dict], tables, z: np.ndarray, out_hw:
             f = new.forward(q, out_hw)
             if not (np.array_equal(n.means_fixed, f.means_fixed) and np.array_equal(n.scale_indexes, f.scale_indexes)):
                 raise SystemExit("8-bit h_s engines disagree: exactness is broken")
-            times["8-bit h_s, numpy int32 matmul"] = interleaved({"n": lambda: new_numpy.forward(q, out_hw)}, 1,
+            times["8-bit h_s, numpy int32 matmul"] = interleaved({"n": lambda q=q: new_numpy.forward(q, out_hw)}, 1,
                                                                  warmup=0)["n"]
-        times["format-1 h_s, float64 reference"] = interleaved({"r": lambda: old_reference.forward(fixed, out_hw)},
-                                                               max(1, rounds // 2), block=3)["r"]
+        reference = {"r": lambda fixed=fixed: old_reference.forward(fixed, out_hw)}
+        times["format-1 h_s, float64 reference"] = interleaved(reference, max(1, rounds // 2), block=3)["r"]
         ms = {k: round(float(np.median(v)), 3) for k, v in times.items()}
         base = ms["float32 h_s (ONNX Runtime)"]
         figures[f"batch {b}"] = {"ms": ms, "ratio_to_float32": {k: round(v / base, 3) for k, v in ms.items()}}
@@ -214,8 +216,9 @@ def zoo_figures(streams_n: int, batch: int, threads: int, rounds: int) -> dict:
     medians = codec.tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
 
     def latents(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(encoder.session.run(["y", "z"], {"image": normalise(to_batch(part, package.input_spec),
-                                                                           package.input_spec)}))
+        y, z = encoder.session.run(["y", "z"], {"image": normalise(to_batch(part, package.input_spec),
+                                                                     package.input_spec)})
+        return cast(np.ndarray, y), cast(np.ndarray, z)  # ONNX Runtime returns dense arrays for dense outputs
 
     _, z_cal = latents(images[streams_n:])
     new = calibrated_int8(layers, codec.tables, np.rint(z_cal.astype(np.float64) - medians) + medians)

@@ -13,7 +13,7 @@ our accuracy (log-bytes linear in accuracy, on the curve's upper envelope), and 
 the cheapest of them. When our accuracy is above a curve's range the curve never reaches it (ratio "> x"
 against its largest file); below its range, its cheapest file already does better (ratio "≤ x").
 
-    python benchmarks/bench_rate_accuracy.py --from-manifest                  # full test split, zoo figures from the manifests
+    python benchmarks/bench_rate_accuracy.py --from-manifest      # full test split, zoo figures from the manifests
     python benchmarks/bench_rate_accuracy.py --limit 256 --epochs 1 --qualities jpeg=10,50 webp=5,50 avif=20,60
 
 Trained CNN weights are cached under ``--cache`` (default runs/rate-accuracy, git-ignored), keyed by the
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     train_x, train_y = load_fashion_mnist("train")
     test_x, test_y = load_fashion_mnist("test")
     if args.limit:
-        train_x, train_y, test_x, test_y = train_x[:args.limit], train_y[:args.limit], test_x[:args.limit], test_y[:args.limit]
+        train_x, train_y = train_x[:args.limit], train_y[:args.limit]
+        test_x, test_y = test_x[:args.limit], test_y[:args.limit]
     ft_n = min(args.finetune_limit, len(train_x))
     t0 = time.perf_counter()
     machine = machine_info()
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     attach_ratios(ours, classical)
     report = {"machine": f"{machine['cpu_model']}, {machine['threads']} cores",
               "date": machine["date"][:16].replace("T", " ") + " UTC",
-              "command": "python benchmarks/bench_rate_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/bench_rate_accuracy.py "
+                         + " ".join(argv if argv is not None else sys.argv[1:]),
               "codecs_from": str(args.codecs_from) if earlier is not None else None,
               "n_train": len(train_x), "n_finetune": ft_n, "n_test": len(test_x), "epochs": args.epochs,
               "finetune_epochs": args.finetune_epochs, "raw_cnn_top1": raw_top1, "raw_cnn_cached": raw_cached,
@@ -437,7 +439,8 @@ def plot(points: list[CodecPoint], ours: list[OurPoint], raw_top1: float, path: 
                 label=f"{CODEC_NAMES[codec]} + CNN (raw-trained)")
         ax.plot(x, [100 * p.top1_finetuned for p in pts], "o-", color=colours[codec], markersize=4,
                 label=f"{CODEC_NAMES[codec]} + CNN (fine-tuned per quality)")
-    compressed = sorted((o for o in ours if o.bytes_per_image is not None), key=lambda o: o.bytes_per_image)
+    compressed = sorted((o for o in ours if o.bytes_per_image is not None),
+                        key=lambda o: cast(float, o.bytes_per_image))  # None filtered out above
     if compressed:
         ax.plot([o.bytes_per_image for o in compressed], [100 * o.top1 for o in compressed], "*-", color="tab:red",
                 markersize=13, label="ours (real bitstreams)")

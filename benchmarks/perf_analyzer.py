@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# perf_analyzer against the live server — {package.name}, KServe v2 infer\n")
     print(f"{machine_line(machine)} · device {args.device} · "
-          f"server batch {args.batch} · threads {args.threads or 'default'} · {len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "
+          f"server batch {args.batch} · threads {args.threads or 'default'} · "
+          f"{len(streams)} real streams of {statistics.mean(map(len, streams)):.0f} B mean · "
           f"window {args.window_ms} ms · server args {' '.join(args.server_arg) or '(defaults)'}\n")
     print(f"raw batched loop ({args.backend}, batch {args.batch}, parse + decode_payloads + classify_latents): "
           f"**{raw:.0f} images/s**\n")

@@ -163,6 +163,9 @@ def make_realistic(model, calibration: np.ndarray, seed: int = 0, y_std: float =
         for layer in convs[:-1]:  # ReLU is positively homogeneous: the last input scales by gain**2
             _scale_layer(layer, gain)
         last = convs[-1]
+        if last.bias is None:
+            raise ValueError("the last h_s convolution has no bias to set")
+        bias = last.bias
         params = last(hidden(z_hat))[..., : y.shape[2], : y.shape[3]]
         M = params.shape[1] // 2
         scales, means = params[:, :M], params[:, M:]
@@ -172,11 +175,11 @@ def make_realistic(model, calibration: np.ndarray, seed: int = 0, y_std: float =
         cap = 1000.0 / weight_sum.clamp_min(1e-9)  # keeps sum |w| below the integer h_s bound (2**11)
         alpha = torch.minimum(0.4 * centre / scales.std(dim=(0, 2, 3)).clamp_min(1e-9), cap[:M])
         last.weight[:M] *= alpha.view(-1, 1, 1, 1)
-        last.bias[:M] = alpha * (last.bias[:M] - scales.mean(dim=(0, 2, 3))) + centre
+        bias[:M] = alpha * (bias[:M] - scales.mean(dim=(0, 2, 3))) + centre
         y_mean, y_spread = y.mean(dim=(0, 2, 3)), y.std(dim=(0, 2, 3))
         beta = torch.minimum(0.5 * y_spread / means.std(dim=(0, 2, 3)).clamp_min(1e-9), cap[M:])
         last.weight[M:] *= beta.view(-1, 1, 1, 1)
-        last.bias[M:] = beta * (last.bias[M:] - means.mean(dim=(0, 2, 3))) + y_mean
+        bias[M:] = beta * (bias[M:] - means.mean(dim=(0, 2, 3))) + y_mean
 
 
 def _scale_layer(layer, factor: float) -> None:

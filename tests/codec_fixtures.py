@@ -55,7 +55,8 @@ def export_tables(eb, gc) -> CodecTables:
 
 
 def float_hs(N: int, M: int, seed: int = 0):
-    """The float h_s structure of models/hyperprior.py, randomly initialised, with scale biases spread over the table."""
+    """The float h_s structure of models/hyperprior.py, randomly initialised, with scale biases spread over the
+    table."""
     nn = torch.nn
     torch.manual_seed(seed)
     hs = nn.Sequential(

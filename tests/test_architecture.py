@@ -2,9 +2,10 @@
 
 Each top-level folder is one distribution and one layer (``<folder>/src/vitcodec/<folder>``; ``common/`` holds the
 shared modules of the ``vitcodec`` namespace itself). A layer may import only the layers the table allows, and
-the torch-free layers may not import the training stack at all, not even lazily inside a function. The server must not reach compressai through any chain of our own imports (the training
-stack stays out of a serving install). The checker is tested on a small synthetic tree first, so a rule that
-could never fire would fail here too.
+the torch-free layers may not import the training stack at all, not even lazily inside a function. The server
+must not reach compressai through any chain of our own imports (the training stack stays out of a serving
+install). The checker is tested on a small synthetic tree first, so a rule that could never fire would fail here
+too.
 """
 
 from __future__ import annotations

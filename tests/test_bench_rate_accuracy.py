@@ -78,7 +78,8 @@ def test_small_run_with_real_codecs_cnn_and_zoo(tmp_path: Path, capsys) -> None:
         o = ours[name]
         assert o["source"] == "bitstreams" and o["n"] == 256 and 0.5 < o["top1"] <= 1.0
         assert 12 < o["bytes_per_image"] < 500  # the 12-byte header is counted
-        assert set(o["ratios"]) == {f"{bench.CODEC_NAMES[c]}, {k} CNN" for c in available for k in ("raw", "fine-tuned")}
+        curves = {f"{bench.CODEC_NAMES[c]}, {k} CNN" for c in available for k in ("raw", "fine-tuned")}
+        assert set(o["ratios"]) == curves
         assert o["best"]["ratio"] > 0 and o["best"]["curve"] in o["ratios"]
         assert f"| `{name}` | bitstreams (n=256) |" in text
     assert ours["fmnist-uncompressed"]["bytes_per_image"] is None and not ours["fmnist-uncompressed"]["ratios"]

@@ -136,7 +136,8 @@ def test_bench_server_sweep_compares_with_the_raw_loop(capsys, tmp_path: Path) -
     assert rows and all(cells[-1].endswith("x") for cells in rows.values())
     figures = _results(out_json, "server_sweep")
     assert figures["api"] == "KServe v2 infer" and figures["raw_loop_images_per_s"]["torch"] > 0
-    assert [(r["transport"], r["clients"], r["answered"]) for r in figures["rows"]] == [("rest", 2, 16), ("grpc", 2, 16)]
+    rows = [(r["transport"], r["clients"], r["answered"]) for r in figures["rows"]]
+    assert rows == [("rest", 2, 16), ("grpc", 2, 16)]
 
 
 def test_bench_server_modes_refuse_options_of_another_mode() -> None:
@@ -171,7 +172,8 @@ def test_server_variants_parse_and_export_a_commit(tmp_path) -> None:
 
     variants = importlib.import_module("server_variants")  # a dataclass module: imported by name (pythonpath)
     v = variants.parse_variant("uv=VITCODEC_EVENT_LOOP=uvloop --threads 1 --http-parser=h11")
-    assert (v.label, v.env, v.args) == ("uv", {"VITCODEC_EVENT_LOOP": "uvloop"}, ["--threads", "1", "--http-parser=h11"])
+    assert (v.label, v.env, v.args) == (
+        "uv", {"VITCODEC_EVENT_LOOP": "uvloop"}, ["--threads", "1", "--http-parser=h11"])
     assert variants.parse_variant("plain=").describe() == "(defaults)"
     with pytest.raises(ValueError, match="LABEL=SPEC"):
         variants.parse_variant("no-label")

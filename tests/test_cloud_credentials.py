@@ -205,6 +205,7 @@ def test_access_logs_name_the_device(fleet_server, fleet, edge_streams, caplog):
     assert httpx.get(f"{fleet_server.http_url}/v2/models/fmnist-q2", headers=_bearer(tokens["edge-b"]),
                      timeout=30).status_code == 200
     deadline = time.monotonic() + 5  # the server logs from its own thread
+    lines: list[tuple[str, str]] = []
     while time.monotonic() < deadline:
         lines = [(r.name, r.getMessage()) for r in caplog.records if r.name.endswith("access")]
         if {"uvicorn.access", "vitcodec.cloud.grpc.access"} <= {n for n, m in lines if "[edge-b]" in m} and \
@@ -537,6 +538,7 @@ def test_a_device_token_names_the_client_before_an_mtls_certificate(start_server
             with connect(url, token=SHARED, tls=tls, retry=NO_RETRY) as client:
                 assert client.classify(edge_streams[3]).client == "cert-cam", url
         deadline = time.monotonic() + 5
+        lines: list[str] = []
         while time.monotonic() < deadline:
             lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access" and "classify" in
                      r.getMessage()]

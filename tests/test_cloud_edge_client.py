@@ -193,10 +193,12 @@ def test_retry_policy_spends_a_time_budget():
     transient = ClientError("busy", 503, "UNAVAILABLE", retryable=True)
     policy = RetryPolicy(total_s=10, backoff_s=0.1, max_backoff_s=0.4)
     now = time.monotonic()
-    assert all(0 <= policy.next_pause(n, now, transient) <= 0.4 for n in range(1, 50))
+    pauses = (policy.next_pause(n, now, transient) for n in range(1, 50))
+    assert all(p is not None and 0 <= p <= 0.4 for p in pauses)
     assert policy.next_pause(1, now - 11, transient) is None  # budget spent
     assert policy.next_pause(1, now, ClientError("bad", 400, "INVALID_ARGUMENT")) is None
-    assert policy.next_pause(1, now, ClientError("slow down", 429, retryable=True, retry_after=3)) >= 3
+    pause = policy.next_pause(1, now, ClientError("slow down", 429, retryable=True, retry_after=3))
+    assert pause is not None and pause >= 3
     assert policy.next_pause(1, now, ClientError("later", 429, retryable=True, retry_after=60)) is None
     assert RetryPolicy(attempts=2).next_pause(2, now, transient) is None
     assert RetryPolicy(total_s=0).next_pause(1, now, transient) is None
@@ -242,7 +244,7 @@ class _ScriptedServer:
 
             do_GET = do_POST = _answer
 
-            def log_message(self, *args) -> None:
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

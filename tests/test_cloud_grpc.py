@@ -39,7 +39,9 @@ def _infer_request(model: str, streams: list[bytes]) -> v2.ModelInferRequest:
 def _code(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         call(*args, timeout=30, **kwargs)
-    return info.value.code(), info.value.details()
+    details = info.value.details()
+    assert details is not None, "the gRPC error carries no details"
+    return info.value.code(), details
 
 
 def test_v2_health_and_metadata(channel):

@@ -13,17 +13,21 @@ import ssl
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
 from vitcodec.edge.client import ClientError, RetryPolicy, TlsFailure, TlsOptions, connect
+
+if TYPE_CHECKING:
+    from trustme import LeafCert
 
 trustme = pytest.importorskip("trustme")
 
 NO_RETRY = RetryPolicy(total_s=0)
 
 
-def _write_pair(cert: trustme.LeafCert, folder: Path, name: str) -> tuple[Path, Path]:
+def _write_pair(cert: LeafCert, folder: Path, name: str) -> tuple[Path, Path]:
     cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
     cert.cert_chain_pems[0].write_to_path(str(cert_path))
     cert.private_key_pem.write_to_path(str(key_path))
@@ -95,6 +99,7 @@ def test_mtls_with_the_right_certificate_works_and_names_the_client(mtls_server,
         with connect(url, tls=TlsOptions(ca_cert=pki.ca, client_cert=combined), retry=NO_RETRY) as client:
             assert client.classify(edge_streams[0]).model == "fmnist-q2"
     deadline = time.monotonic() + 5  # the server logs from its own thread
+    lines: dict[str, str] = {}
     while time.monotonic() < deadline:
         lines = {r.name: r.getMessage() for r in caplog.records if "classify" in r.getMessage().lower()}
         if {"uvicorn.access", "vitcodec.cloud.grpc.access"} <= set(lines):
@@ -454,7 +459,8 @@ def test_tls_messages_for_certificate_dates(tmp_path):
     future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
     early = trustme.CA().issue_cert("edge.example", not_before=future, not_after=future + datetime.timedelta(days=9))
     early.cert_chain_pems[0].write_to_path(str(tmp_path / "early.pem"))
-    assert "is not valid before" in _client_cert_dates_problem(tmp_path / "early.pem")
+    problem = _client_cert_dates_problem(tmp_path / "early.pem")
+    assert problem is not None and "is not valid before" in problem
 
 
 def test_client_errors_are_client_errors():

@@ -4,6 +4,8 @@ engine, batch split and thread count; refusals at build time; persistence and th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 from codec_fixtures import entropy_bottleneck, export_tables, float_hs, gaussian_conditional, layer_dicts, torch
@@ -13,6 +15,9 @@ from vitcodec.codec.int8_gemm import NumpyInt8Gemm, OrtInt8Gemm
 from vitcodec.codec.int8_hyper_synthesis import SYMBOL_CLAMP, InputMap, Int8HyperSynthesis, Int8Layer
 from vitcodec.codec.int8_quantise import HsCalibration, quantise, requantisation_multiplier
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 N, M = 8, 12
 TABLE = np.exp(np.linspace(np.log(0.11), np.log(256), 64)).astype(np.float32).astype(np.float64)
@@ -60,7 +65,7 @@ def float_model():
     return float_hs(N, M)
 
 
-def calibrate(float_model, z_hat: torch.Tensor) -> HsCalibration:
+def calibrate(float_model, z_hat: Tensor) -> HsCalibration:
     outputs, x = [], z_hat
     with torch.no_grad():
         for module in float_model:

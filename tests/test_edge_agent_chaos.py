@@ -89,7 +89,8 @@ def test_agent_killed_twice_and_restarted(model_repo, tmp_path, images, server):
     try:
         for threshold in (250, 600):
             agent.start()
-            wait_for(lambda: count_lines(results) >= threshold, FINISH_S, f"{threshold} answers", 0.05, agent.log)
+            wait_for(lambda threshold=threshold: count_lines(results) >= threshold, FINISH_S, f"{threshold} answers",
+                     0.05, agent.log)
             agent.kill()
         agent.start()
         _finish(agent, results)

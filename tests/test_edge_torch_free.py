@@ -106,3 +106,13 @@ def test_the_default_model_ships_in_the_wheel(edge_venv, fmnist_images, tmp_path
                tmp_path / "explicit", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "default" / "shirt.vcb").read_bytes() == (tmp_path / "explicit" / "shirt.vcb").read_bytes()
+
+
+def test_the_installed_edge_imports_from_the_repository_root(edge_venv):
+    """Nothing at the repository root is named `vitcodec`, so a normal install imports the same from the root of a
+    checkout as from anywhere else (docs/architecture.md, "Folders and distributions")."""
+    script = "import vitcodec.edge.encoder as m; print(m.__file__)"
+    for cwd in (PROJECT, Path(__file__).anchor):
+        proc = run(edge_venv / "bin" / "python", "-c", script, cwd=Path(cwd))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().startswith(str(edge_venv)), proc.stdout

@@ -45,7 +45,8 @@ def test_temperature_recovers_a_known_overconfidence() -> None:
     labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
     t = fit_temperature(true_logits * 3.0, labels)
     assert t == pytest.approx(3.0, rel=0.05)
-    assert negative_log_likelihood(true_logits * 3.0, labels, t) < negative_log_likelihood(true_logits * 3.0, labels, 1.0)
+    scaled = true_logits * 3.0
+    assert negative_log_likelihood(scaled, labels, t) < negative_log_likelihood(scaled, labels, 1.0)
 
 
 def test_mahalanobis_by_hand() -> None:

@@ -36,7 +36,7 @@ def test_zoo_model_scores_above_floor_on_500_test_images(name: str) -> None:
     assert report.top1 >= TOP1_FLOOR[name], report
     assert report.decode_failures == 0
     if ZOO[name].compresses:
-        assert 0 < report.bytes_per_image < 200
+        assert report.bytes_per_image is not None and 0 < report.bytes_per_image < 200
         assert report.header_bytes == 12
 
 

@@ -235,6 +235,7 @@ class ArchiveStore(abc.ABC):
 
     def start(self) -> None:
         """Start background work (the writer thread); a store used only for reading needs none."""
+        return None  # the default: nothing to start
 
     @abc.abstractmethod
     def add(self, record: ArchiveRecord) -> None:
@@ -277,6 +278,7 @@ class ArchiveStore(abc.ABC):
 
     def close(self) -> None:
         """Write what is queued, then stop."""
+        return None  # the default: nothing queued, nothing to stop
 
 
 # -- choosing a backend ---------------------------------------------------------------------------------------

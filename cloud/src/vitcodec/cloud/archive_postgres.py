@@ -20,7 +20,7 @@ import contextlib
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .archive_sql import POSTGRES, SqlArchive, schema
 from .errors import ArchiveUnavailable
@@ -31,10 +31,27 @@ try:
 except ImportError:  # the cloud extra installs it; a SQLite archive does not need it
     psycopg = None  # type: ignore[assignment]
 
+if TYPE_CHECKING:
+    from typing import LiteralString
+
 CONNECT_TIMEOUT_S = 5  # an unreachable database costs a batch this long at most (the queue absorbs the wait)
 STATEMENT_TIMEOUT_MS = 60_000
 IDLE_READERS = 4  # idle read connections kept per server
 _SCHEMA_LOCK = 0x76697463  # pg_advisory_xact_lock key while creating the tables ("vitc")
+
+
+def _psycopg():  # returns the psycopg module (its type is the module's own)
+    """psycopg, or ImportError saying how to install it when it is missing."""
+    if psycopg is None:
+        raise ImportError("a postgresql:// archive needs psycopg 3: pip install 'vitcodec[cloud]' "
+                          "(or pip install 'psycopg[binary]')")
+    return psycopg
+
+
+def _trusted(query: str) -> LiteralString:
+    """`query`, built here from constants only (never from outside input), as the literal SQL psycopg's
+    annotations ask for."""
+    return cast("LiteralString", query)
 
 
 def redact(url: str) -> str:
@@ -59,15 +76,15 @@ class PostgresArchive(SqlArchive):
     def __init__(self, url: str, *, max_age_days: float | None = None, max_bytes: int | None = None,
                  flush_interval_s: float = 0.05, flush_entries: int = 256, retention_interval_s: float = 60.0,
                  max_pending: int = 10_000, metrics: Metrics | None = None) -> None:
-        if psycopg is None:
-            raise ImportError("a postgresql:// archive needs psycopg 3: pip install 'vitcodec[cloud]' "
-                              "(or pip install 'psycopg[binary]')")
+        pg = _psycopg()
+        from psycopg.conninfo import conninfo_to_dict
+
         try:
-            psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.ProgrammingError as exc:
+            conninfo_to_dict(url)
+        except pg.ProgrammingError as exc:
             raise ValueError(f"archive: not a valid PostgreSQL URL ({exc})") from None
         self.url = url
-        self.db_errors = (psycopg.Error, OSError)
+        self.db_errors = (pg.Error, OSError)
         self._idle: list[Any] = []
         self._idle_lock = threading.Lock()
         self._schema_ready = False
@@ -76,15 +93,15 @@ class PostgresArchive(SqlArchive):
                          retention_interval_s=retention_interval_s, max_pending=max_pending, metrics=metrics)
 
     def _connect(self) -> Any:
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                               application_name="vitcodec-archive")
+        conn = _psycopg().connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                  application_name="vitcodec-archive")
         try:
-            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            conn.execute(_trusted(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
             if not self._schema_ready:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     for statement in schema(POSTGRES):
-                        conn.execute(statement)
+                        conn.execute(_trusted(statement))
                 self._schema_ready = True
         except BaseException:
             conn.close()
@@ -129,6 +146,7 @@ class PostgresArchive(SqlArchive):
     def _read(self, fn: Callable[[Any], Any]) -> Any:
         """Run a read on a pooled connection; one that broke while the database was away (a restart, a
         failover) is replaced once, then ArchiveUnavailable."""
+        pg = _psycopg()
         for attempt in range(2):
             conn = self._take() if attempt == 0 else None
             pooled = conn is not None
@@ -136,7 +154,7 @@ class PostgresArchive(SqlArchive):
                 if conn is None:
                     conn = self._connect()
                 result = fn(conn)
-            except psycopg.OperationalError as exc:
+            except pg.OperationalError as exc:
                 if conn is not None:
                     self._close_quietly(conn)
                 if pooled:

@@ -404,6 +404,7 @@ class SqlArchive(ArchiveStore):
     def _failed(self, operation: str, error: Any, lost: int) -> None:
         """Count and (at most once a minute) log a failure; the archive is degraded until a write succeeds."""
         message = str(error).strip()
+        skipped = 0
         with self._lock:
             self._state, self._error = "degraded", f"{operation}: {message}"
             self._failures += max(lost, 1)
@@ -532,10 +533,10 @@ class SqlArchive(ArchiveStore):
         while True:
             if after is None:
                 args: tuple = (since_us or 0, page)
-                rows = self._read(lambda conn: conn.execute(first, args).fetchall())
+                rows = self._read(lambda conn, args=args: conn.execute(first, args).fetchall())
             else:
                 args = (after[0], after[0], after[1], page)
-                rows = self._read(lambda conn: conn.execute(rest, args).fetchall())
+                rows = self._read(lambda conn, args=args: conn.execute(rest, args).fetchall())
             if not rows:
                 return
             yield [StoredStream(i, bytes(s), label, m, v, mid, c) for i, s, label, m, v, mid, c in rows]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NoReturn
 
 from .credentials import FAILURE_REASONS, INVALID, MALFORMED, MISSING, CredentialStore, DeviceRefused
 from .errors import Unauthorized
@@ -52,7 +52,7 @@ class Authenticator:
         store = CredentialStore(settings.credentials) if getattr(settings, "credentials", None) else None
         return cls(settings.token, store, metrics)
 
-    def _refuse(self, reason: str, message: str | None = None) -> None:
+    def _refuse(self, reason: str, message: str | None = None) -> NoReturn:
         counter = self._failures.get(reason)
         if counter is not None:
             counter.inc()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from vitcodec.ort_session import create_session
@@ -77,7 +77,9 @@ class OnnxRuntimeBackend(_PackageBackend):
         log.info("%s: classifier on ONNX Runtime (%s)", model.name, self._session.get_providers()[0])
 
     def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        results = self._session.run(self._outputs, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)})
+        # the classifier's outputs are dense tensors (ORT's annotation also allows sparse tensors, lists, maps)
+        results = cast("Sequence[np.ndarray]",
+                       self._session.run(self._outputs, {"y_hat": np.ascontiguousarray(y_hat, dtype=np.float32)}))
         return results[0], results[1] if len(results) > 1 else None
 
 
@@ -92,7 +94,8 @@ def _classifier_weights(path: Any, state: dict[str, Any]) -> dict[str, Any]:
     values = {}
     for name, (key, transposed) in weight_map.items():
         tensor = state[key].detach().float().cpu()
-        values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray((tensor.T if transposed else tensor).numpy()))
+        array = np.ascontiguousarray((tensor.T if transposed else tensor).numpy())
+        values[name] = ort.OrtValue.ortvalue_from_numpy(array)
     return values
 
 

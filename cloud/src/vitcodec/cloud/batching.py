@@ -33,7 +33,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -79,10 +79,15 @@ class BatchOutcome:
     batch_size: int
 
 
+# What streams must share to share a batch: (latent_shape,) to classify, (latent_shape, image_size) to
+# reconstruct; every item an (h, w) or (H, W) pair.
+BatchKey = tuple[tuple[int, int], ...]
+
+
 @dataclass
 class _Item:
     payload: Payload
-    key: Hashable  # (latent_shape, ...): streams with equal keys share a batch
+    key: BatchKey  # (latent_shape, ...): streams with equal keys share a batch
     future: asyncio.Future
     enqueued: float
 
@@ -95,7 +100,7 @@ class _JobResult:
     failures: int
 
 
-Forward = Callable[[np.ndarray, Hashable], Any]  # stacked ŷ (B, M, h, w), key -> B per-stream outputs
+Forward = Callable[[np.ndarray, BatchKey], Any]  # stacked ŷ (B, M, h, w), key -> B per-stream outputs
 
 
 class BatchQueue:
@@ -124,7 +129,7 @@ class BatchQueue:
     def depth(self) -> int:
         return len(self._items)
 
-    async def submit(self, payload: Payload, key: Hashable) -> BatchOutcome:
+    async def submit(self, payload: Payload, key: BatchKey) -> BatchOutcome:
         """Queue one parsed stream's (z, y) payloads; `key[0]` is its latent shape. Raises the stream's own
         decoding error, or the forward's error."""
         if self._closing:
@@ -173,7 +178,7 @@ class BatchQueue:
         self._metrics.queue_depth.labels(self.label, self.kind).set(len(self._items))
         return batch
 
-    def _job(self, payloads: list[Payload], key: Hashable) -> _JobResult:
+    def _job(self, payloads: list[Payload], key: BatchKey) -> _JobResult:
         """In the compute thread: decode the batch (one h_s pass), then one forward over what decoded."""
         t0 = time.perf_counter()
         decoded = decode_isolated(self._model, payloads, key[0])
@@ -227,12 +232,15 @@ class ModelBatcher:
 
     def __init__(self, label: str, model: ServedModel, engine: BatchingEngine) -> None:
         s = engine.settings
-        common = dict(max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_ms / 1e3,
-                      max_queue_size=s.max_queue_size, metrics=engine.metrics)
-        self.classify = BatchQueue(label, CLASSIFY, model, lambda y, key: analyse(model, y),
-                                   engine.classify_executor, **common)
-        self.reconstruct = BatchQueue(label, RECONSTRUCT, model, lambda y, key: model.reconstruct_latents(y, key[1]),
-                                      engine.reconstruct_executor, **common)
+
+        def queue(kind: str, forward: Forward, executor: ThreadPoolExecutor) -> BatchQueue:
+            return BatchQueue(label, kind, model, forward, executor, max_batch_size=s.max_batch_size,
+                              max_queue_delay_s=s.max_queue_delay_ms / 1e3, max_queue_size=s.max_queue_size,
+                              metrics=engine.metrics)
+
+        self.classify = queue(CLASSIFY, lambda y, key: analyse(model, y), engine.classify_executor)
+        self.reconstruct = queue(RECONSTRUCT, lambda y, key: model.reconstruct_latents(y, key[1]),
+                                 engine.reconstruct_executor)
         self.classify.start()
         self.reconstruct.start()
 

@@ -49,12 +49,21 @@ def _setting(field: str, *flags: str, **options: Any) -> Any:
     return typer.Option(None, *flags, show_default=shown, **options)
 
 
+# The options of `serve` whose values are lists or paths, made once here rather than in the signature (typer copies
+# an option before using it, so a module-level one is never changed).
+_MODEL_REPO_OPTION = _setting("model_repo", "--model-repo", help="Model repository (<repo>/<name>/<version>/); "
+                              "repeat for several. Default: the bundled zoo.")
+_MODELS_OPTION = _setting("models", "--model", help="Serve only this model name; repeatable.")
+_CREDENTIALS_OPTION = _setting("credentials", "--credentials")
+_TLS_CERT_OPTION = _setting("tls_cert", "--tls-cert")
+_TLS_KEY_OPTION = _setting("tls_key", "--tls-key")
+_TLS_CLIENT_CA_OPTION = _setting("tls_client_ca", "--tls-client-ca")
+
+
 @app.command()
 def serve(
-    model_repo: list[Path] | None = _setting("model_repo", "--model-repo", help="Model repository "
-                                                "(<repo>/<name>/<version>/); repeat for several. Default: the "
-                                                "bundled zoo."),
-    models: list[str] | None = _setting("models", "--model", help="Serve only this model name; repeatable."),
+    model_repo: list[Path] | None = _MODEL_REPO_OPTION,
+    models: list[str] | None = _MODELS_OPTION,
     host: str | None = _setting("host", "--host"),
     http_port: int | None = _setting("http_port", "--http-port"),
     grpc_port: int | None = _setting("grpc_port", "--grpc-port"),
@@ -67,10 +76,10 @@ def serve(
     png_workers: int | None = _setting("png_workers", "--png-workers"),
     auth_token: str | None = _setting("auth_token", "--auth-token", envvar="VITCODEC_AUTH_TOKEN",
                                          show_envvar=False),
-    credentials: Path | None = _setting("credentials", "--credentials"),
-    tls_cert: Path | None = _setting("tls_cert", "--tls-cert"),
-    tls_key: Path | None = _setting("tls_key", "--tls-key"),
-    tls_client_ca: Path | None = _setting("tls_client_ca", "--tls-client-ca"),
+    credentials: Path | None = _CREDENTIALS_OPTION,
+    tls_cert: Path | None = _TLS_CERT_OPTION,
+    tls_key: Path | None = _TLS_KEY_OPTION,
+    tls_client_ca: Path | None = _TLS_CLIENT_CA_OPTION,
     event_loop: str | None = _setting("event_loop", "--event-loop"),
     http_parser: str | None = _setting("http_parser", "--http-parser"),
     log_level: str | None = _setting("log_level", "--log-level"),
@@ -204,10 +213,13 @@ def _credentials_file() -> Any:
                         help="The credentials file of serve --credentials (or set VITCODEC_CREDENTIALS).")
 
 
+_CREDENTIALS_FILE_OPTION = _credentials_file()  # shared by the credentials commands (typer copies it per use)
+
+
 @credentials_app.command("add")
 def credentials_add(
     name: str = typer.Argument(..., help="Device name (1-64 of A-Z a-z 0-9 . _ -): its client identity."),
-    file: Path = _credentials_file(),
+    file: Path = _CREDENTIALS_FILE_OPTION,
 ) -> None:
     """Add device NAME and print its new token, once, on stdout (the file keeps only a salted hash of it);
     creates FILE when it does not exist. Give the token to the device as VITCODEC_AUTH_TOKEN."""
@@ -226,7 +238,7 @@ def credentials_add(
 @credentials_app.command("revoke")
 def credentials_revoke(
     name: str = typer.Argument(..., help="The device to remove."),
-    file: Path = _credentials_file(),
+    file: Path = _CREDENTIALS_FILE_OPTION,
 ) -> None:
     """Remove device NAME: a running server refuses its token after its next reload (the file's change is
     noticed within seconds; SIGHUP at once); the other devices keep working."""
@@ -241,7 +253,7 @@ def credentials_revoke(
 
 
 @credentials_app.command("list")
-def credentials_list(file: Path = _credentials_file()) -> None:
+def credentials_list(file: Path = _CREDENTIALS_FILE_OPTION) -> None:
     """The devices of FILE with their creation times (tokens are never stored, so never shown)."""
     from vitcodec.cloud.credentials import CredentialsError, read_credentials
     from vitcodec.console import abort

@@ -172,7 +172,7 @@ class DataPlane:
         for e in self.repository.entries():
             spec = e.package.input_spec
             out.append(ModelSummary(e.name, e.version, e.model_id.hex(), e.state.value, e.reason, e.package.quality,
-                                    e.labels, tuple(spec.size), spec.channels, e.name == self.default_model))
+                                    e.labels, spec.size, spec.channels, e.name == self.default_model))
         return out
 
     # -- stream handling -----------------------------------------------------------------------------
@@ -220,11 +220,11 @@ class DataPlane:
         entry = routed.entry
         assert entry.model is not None  # routing found it ready (`require_ready`)
         batcher = self.engine.batcher(entry.name, entry.version, entry.model)
-        latent_shape = tuple(routed.header.latent_shape)
+        latent_shape = routed.header.latent_shape  # (h, w): StreamHeader keeps both sizes as int 2-tuples
         if kind == CLASSIFY:
             return await batcher.classify.submit((routed.z_payload, routed.y_payload), (latent_shape,))
         return await batcher.reconstruct.submit((routed.z_payload, routed.y_payload),
-                                                (latent_shape, tuple(routed.header.image_size)))
+                                                (latent_shape, routed.header.image_size))
 
     # -- native operations ---------------------------------------------------------------------------
     async def classify(self, stream: bytes, model: str | None = None, version: str | None = None,
@@ -247,7 +247,7 @@ class DataPlane:
         timings = {"decode": outcome.decode_ms, "queue": outcome.queue_ms, "inference": outcome.compute_ms,
                    "batch_size": float(outcome.batch_size), "total": (time.perf_counter() - t0) * 1e3}
         return ClassifyResult(entry.name, entry.version, entry.model_id.hex(), top, routed.total_bytes,
-                              routed.header_bytes, tuple(routed.header.image_size), timings,
+                              routed.header_bytes, routed.header.image_size, timings,
                               novelty=scores.novelty, archive_id=archive_id, client=client)
 
     def _keep(self, stream: bytes, routed: RoutedStream, scores: Scores, client: str | None) -> str | None:
@@ -261,7 +261,7 @@ class DataPlane:
             top = [ClassScore(int(i), entry.labels[int(i)], float(scores.probs[i]))
                    for i in top_k_indexes(scores.probs, ARCHIVE_TOP_K)]
             self.archive.add(ArchiveRecord(image_id, stream, entry.name, entry.version, entry.model_id.hex(), top,
-                                           tuple(routed.header.image_size), scores.novelty, client))
+                                           routed.header.image_size, scores.novelty, client))
         except Exception:  # noqa: BLE001 - the archive never fails a classification
             log.exception("archiving stream %s failed", image_id)
             self.metrics.archive_failures.labels("write").inc()
@@ -273,7 +273,7 @@ class DataPlane:
         self._check_open()
         routed = self._route(self._as_bytes(stream), model, version)
         entry = routed.entry
-        size = tuple(routed.header.image_size)
+        size = routed.header.image_size
         outcome = await self._submit(routed, RECONSTRUCT)
         t1 = time.perf_counter()
         png = await self.engine.offload(encode_png, outcome.value)
@@ -340,10 +340,12 @@ class DataPlane:
             results = [await one(0, streams[0])]
         else:
             results = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)), return_exceptions=True)
+        classified: list[tuple[Scores, RoutedStream]] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        scores = [r[0] for r in results]
+            classified.append(result)
+        scores = [r[0] for r in classified]
         probs = np.stack([r.probs for r in scores]).astype(np.float32, copy=False)
         novelty = None
         if entry.calibrated:
@@ -354,7 +356,7 @@ class DataPlane:
         archive_ids = None
         if self.archive is not None:  # only once every stream of the request was classified
             archive_ids = [self._keep(bytes(stream), routed, score, client)
-                           for stream, (score, routed) in zip(streams, results)]
+                           for stream, (score, routed) in zip(streams, classified)]
         return InferResponse(entry.name, entry.version, self._outputs(entry, probs, novelty, wanted, archive_ids),
                              id=request.id, parameters={"client": client} if client else {})
 
@@ -381,6 +383,8 @@ class DataPlane:
             elif name == PROBS_NAME:
                 outputs.append(InferOutput(name, "FP32", [batch, classes], probs, params))
             elif name == NOVELTY_NAME:
+                if novelty is None:  # `infer` offers this output only for calibrated models, which give it
+                    raise RuntimeError(f"model {entry.name!r} has no novelty to return")
                 outputs.append(InferOutput(name, "FP32", [batch], novelty, params))
             elif name == ARCHIVE_ID_NAME:
                 outputs.append(InferOutput(name, "BYTES", [batch], [(i or "").encode() for i in archive_ids or []],

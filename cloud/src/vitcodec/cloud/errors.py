@@ -5,7 +5,8 @@ status pairs themselves (and the clients' retry rules) are the wire contract of 
 clients; this table only says which kind each exception is.
 Codec errors (`vitcodec.codec.errors`) and `vitcodec.packages.ModelNotFoundError` keep their own one-line
 message (what is wrong with the bytes, which model is missing); `HINTS` adds what a client can do about it.
-Each concept has one class: the server raises the library's errors rather than look-alikes of its own. Anything not in the table is a bug: 500 / INTERNAL with a generic message (the traceback is logged).
+Each concept has one class: the server raises the library's errors rather than look-alikes of its own. Anything
+not in the table is a bug: 500 / INTERNAL with a generic message (the traceback is logged).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class ErrorInfo:
 
 # exception class -> its kind of failure (HTTP status, gRPC code). Looked up along the exception's MRO: the
 # most specific wins.
-ERROR_TABLE: dict[type[BaseException], WireStatus] = {
+ERROR_TABLE: dict[type[Exception], WireStatus] = {
     # the bytes are not a usable stream
     CodecError: BAD_REQUEST,
     TruncatedStreamError: BAD_REQUEST,

@@ -69,7 +69,7 @@ def reclassify_archive(archive: ArchiveStore, entry: ModelEntry, since_us: int |
                 report.foreign[key] = report.foreign.get(key, 0) + 1
                 report.foreign_names.setdefault(key, set()).add(f"{stored.model} v{stored.version}")
                 continue
-            by_shape[tuple(header.latent_shape)].append((stored, (z_payload, y_payload)))
+            by_shape[header.latent_shape].append((stored, (z_payload, y_payload)))
         done = len(page) - sum(len(group) for group in by_shape.values())
         if advance is not None and done:
             advance(done)
@@ -98,7 +98,8 @@ def _classify_chunk(model: ServedModel, labels: list[str], entry: ModelEntry, sh
         if row is None:
             continue
         stored = chunk[i][0]
-        top = [ClassScore(int(c), labels[int(c)], float(probs[row][c])) for c in top_k_indexes(probs[row], ARCHIVE_TOP_K)]
+        top = [ClassScore(int(c), labels[int(c)], float(probs[row][c]))
+               for c in top_k_indexes(probs[row], ARCHIVE_TOP_K)]
         rows.append(Reclassification(stored.id, entry.name, entry.version, entry.model_id.hex(), top,
                                      None if novelty is None else float(novelty[row])))
         report.reclassified += 1

@@ -175,8 +175,10 @@ class CloudServer:
             logging.getLogger("uvicorn.access").addFilter(self._access_filter)
         sock = _bind(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
+        # uvicorn annotates timeout_graceful_shutdown as int, but only hands it to asyncio.timeout (any seconds)
         config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=s.log_level.lower(),
-                                access_log=s.access_log, timeout_graceful_shutdown=s.graceful_timeout_s,
+                                access_log=s.access_log,
+                                timeout_graceful_shutdown=s.graceful_timeout_s,  # pyright: ignore[reportArgumentType]
                                 server_header=False, http=http, **tls_options)
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="vitcodec-http")
@@ -235,7 +237,7 @@ class CloudServer:
         while not (self.plane and self.plane.ready()):
             if self._load_task is not None and self._load_task.done():
                 self._load_task.result()
-                if not self.plane.ready():
+                if self.plane is None or not self.plane.ready():
                     states = ", ".join(f"{e.name}: {e.state.value} {e.reason}" for e in self.repository.entries())
                     raise RuntimeError(f"models failed to load ({states or 'no models found'})")
             if time.monotonic() > deadline:
@@ -325,6 +327,8 @@ class CloudServer:
         try:
             waiter = asyncio.create_task(stop.wait())
             done_http = self._http_task
+            if done_http is None:  # start() sets it, or raises
+                raise RuntimeError("the HTTP server was not started")
             await asyncio.wait({waiter, done_http}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
         finally:

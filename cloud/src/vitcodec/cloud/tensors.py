@@ -7,6 +7,7 @@ numeric tensors are their elements in row-major order, little-endian.
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 import numpy as np
 
@@ -56,6 +57,14 @@ def numeric_from_bytes(buffer: bytes, datatype: str, name: str = "input") -> np.
 
 def numeric_to_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=NUMERIC_DTYPES[datatype]).tobytes()
+
+
+def output_to_bytes(data: list[bytes] | np.ndarray, datatype: str) -> bytes:
+    """One output's data (`InferOutput.data`) in its binary layout: a BYTES output holds a list of its elements,
+    any other datatype an array."""
+    if datatype == "BYTES":
+        return serialize_bytes(cast("list[bytes]", data))
+    return numeric_to_bytes(cast(np.ndarray, data), datatype)
 
 
 def element_count(shape: list[int]) -> int:

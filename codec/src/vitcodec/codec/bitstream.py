@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import operator
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 from .errors import (
     BadMagicError,
@@ -83,7 +84,7 @@ class StreamHeader:
 
 def _as_int(value: object) -> int | None:
     """Python int of any integer type (numpy's included); None for anything else, bools too."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         return None
     try:
         return operator.index(value)
@@ -161,7 +162,7 @@ def _latent_code(image_size: tuple[int, int], latent_shape: tuple[int, int]) -> 
 # --- checksum -----------------------------------------------------------------------------------------
 
 
-def _crc16(data: bytes | memoryview) -> int:
+def _crc16(data: bytes | bytearray | memoryview) -> int:
     return binascii.crc_hqx(data, _CRC_INIT)
 
 

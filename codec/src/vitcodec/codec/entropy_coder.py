@@ -36,8 +36,9 @@ from .errors import CorruptPayloadError
 
 __all__ = ["DecodePlan", "EntropyTable", "TRIM_MAX_BYTES", "TRIM_MAX_SYMBOLS"]
 
-_model = constriction.stream.model
-_queue = constriction.stream.queue
+# constriction is a compiled extension without stubs: pyright cannot see its submodules
+_model = constriction.stream.model  # pyright: ignore[reportAttributeAccessIssue]
+_queue = constriction.stream.queue  # pyright: ignore[reportAttributeAccessIssue]
 
 # Byte-exact tails for messages of at most this many bytes and symbols: where 2 bytes matter (a 28x28 image
 # is ~25 bytes) and the price, about four extra decodes, is small (~2 ms for 7x7x128 symbols).

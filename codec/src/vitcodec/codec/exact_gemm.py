@@ -57,11 +57,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from .bitstream import leb128
+
+if TYPE_CHECKING:  # onnxruntime is imported lazily, by Int8LimbGemm only
+    import onnxruntime
 
 __all__ = ["EXACT_LIMIT", "ExactGemm", "Float64Gemm", "Int8LimbGemm", "default_engine", "matmul_integer_model",
            "reference_engine"]
@@ -78,16 +81,19 @@ class ExactGemm(Protocol):
 
     name: str
 
-    def prepare(self, matrix: np.ndarray) -> object:
+    def prepare(self, matrix: np.ndarray) -> Any:  # the engine's own type, which only its `product` reads
         """Weights (K, O) int64 -> the engine's form, built once per layer."""
+        ...
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Channels-last activations (B, H, W, C) int64 -> (planes (B, H, W, S, C), coefficients (S,) float64)
         with x == sum_s coefficients[s] * planes[..., s, :]; zero maps to zero (padding stays padding)."""
+        ...
 
-    def product(self, cols: np.ndarray, prepared: object, coefficients: np.ndarray, bound: int) -> np.ndarray:
+    def product(self, cols: np.ndarray, prepared: Any, coefficients: np.ndarray, bound: int) -> np.ndarray:
         """cols (B, rows..., S, K...) window view -> exact int64 (B * rows, O). `bound`: max |x| of the split
         activations (checked against the accumulator bound)."""
+        ...
 
 
 def _check_bound(max_abs_x: int, weight_abs_sum: int) -> None:
@@ -136,7 +142,7 @@ class _DigitWeights:
     planes: int  # D
     out_channels: int  # O
     abs_sum: int
-    session: object  # ONNX Runtime session holding `digits` as a constant (packed once)
+    session: onnxruntime.InferenceSession  # holds `digits` as a constant (packed once)
 
 
 def _digit_count(max_abs: int, bits: int) -> int:
@@ -200,7 +206,7 @@ class Int8LimbGemm:
         weights = (coefficients[:, None] * (2.0 ** (_WEIGHT_BITS * np.arange(d)))[None, :]).reshape(1, s * d)
         parts = []
         for block in _chunks(cols, k):  # rows ordered (pixel, activation plane)
-            partial = prepared.session.run(None, {"a": block})[0]  # (rows * S, D * O) int32
+            partial = cast(np.ndarray, prepared.session.run(None, {"a": block})[0])  # (rows * S, D * O) int32
             terms = partial.reshape(-1, s * d, o).astype(np.float64)
             parts.append(np.matmul(weights, terms)[:, 0])  # exact: |terms| * |weights| sum below 2**53
         out = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0, o))

@@ -99,7 +99,8 @@ def _padded(planes: np.ndarray, top: int, bottom: int, left: int, right: int) ->
 def _im2col(planes: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
     """(B, H, W, S, C) planes -> window view (B, oh, ow, S, kh, kw, C): rows (pixel, plane), then K in
     (kh, kw, C) order with C innermost, so the engine's copy moves whole channel runs."""
-    windows = sliding_window_view(planes, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+    # numpy 1.26's stub types `axis` as one int; the function takes a tuple (its docs, and it runs so)
+    windows = sliding_window_view(planes, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]  # pyright: ignore[reportArgumentType, reportCallIssue]
     return windows.transpose(0, 1, 2, 3, 5, 6, 4)
 
 

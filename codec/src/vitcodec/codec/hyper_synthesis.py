@@ -31,22 +31,28 @@ class HyperSynthesis(Protocol):
 
     def fixed_input(self, z_symbols: np.ndarray, medians: np.ndarray) -> np.ndarray:
         """The h_s input of a batch of z symbols (B, N, h, w)."""
+        ...
 
-    def forward(self, fixed: np.ndarray, out_hw: tuple[int, int] | None = None) -> HyperOutput:
+    def forward(self, fixed: np.ndarray, /, out_hw: tuple[int, int] | None = None) -> HyperOutput:
         """Scale indexes and fixed-point means, cropped top-left to out_hw."""
+        ...
 
-    def forward_float(self, fixed: np.ndarray,
+    def forward_float(self, fixed: np.ndarray, /,
                       out_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Dequantised (scales, means)."""
+        ...
 
     def output_size(self, z_hw: tuple[int, int]) -> tuple[int, int]:
         """Spatial size of the output for a z of size z_hw."""
+        ...
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """hs_-prefixed arrays that `hyper_from_arrays` reads back."""
+        ...
 
     def fingerprint(self) -> bytes:
         """SHA-256 of the arrays: part of the model id."""
+        ...
 
 
 def hyper_format(arrays: dict[str, np.ndarray]) -> int:

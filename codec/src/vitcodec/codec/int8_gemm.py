@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
 from .exact_gemm import matmul_integer_model
+
+if TYPE_CHECKING:  # onnxruntime is imported lazily, by OrtInt8Gemm only
+    import onnxruntime
 
 __all__ = ["INT16_PAIR_LIMIT", "INT32_LIMIT", "Int8Gemm", "NumpyInt8Gemm", "OrtInt8Gemm", "default_int8_engine"]
 
@@ -49,9 +52,11 @@ class Int8Gemm(Protocol):
 
     def prepare(self, weights: np.ndarray) -> object:
         """int8 (K, N) weights -> the engine's form, built once per layer."""
+        ...
 
     def product(self, a: np.ndarray, prepared: object) -> np.ndarray:
         """uint8 (m, K) -> exact int32 (m, N)."""
+        ...
 
 
 def _int8_weights(weights: np.ndarray) -> np.ndarray:
@@ -84,7 +89,7 @@ class NumpyInt8Gemm:
 class _OrtWeights:
     k: int
     n: int
-    session: object  # holds the weights as a constant initializer
+    session: onnxruntime.InferenceSession  # holds the weights as a constant initializer
 
 
 class OrtInt8Gemm:
@@ -115,7 +120,7 @@ class OrtInt8Gemm:
         a = _uint8_rows(a, prepared.k)
         if a.shape[0] == 0:
             return np.zeros((0, prepared.n), np.int32)
-        return prepared.session.run(None, {"a": a})[0]
+        return cast(np.ndarray, prepared.session.run(None, {"a": a})[0])  # a dense tensor output: an ndarray
 
 
 _DEFAULT: Int8Gemm | None = None

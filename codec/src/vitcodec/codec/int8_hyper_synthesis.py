@@ -137,19 +137,20 @@ class _Op:
     # geometry ------------------------------------------------------------------------------------------
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
-        l, s = self.layer, self.layer.stride
-        if l.kind == "conv":
-            return (h + 2 * l.padding - self.kh) // s + 1, (w + 2 * l.padding - self.kw) // s + 1
-        kh, kw = l.weight.shape[2:]
-        return (h - 1) * s - 2 * l.padding + kh + l.output_padding, (w - 1) * s - 2 * l.padding + kw + l.output_padding
+        layer, s = self.layer, self.layer.stride
+        if layer.kind == "conv":
+            return (h + 2 * layer.padding - self.kh) // s + 1, (w + 2 * layer.padding - self.kw) // s + 1
+        kh, kw = layer.weight.shape[2:]
+        return ((h - 1) * s - 2 * layer.padding + kh + layer.output_padding,
+                (w - 1) * s - 2 * layer.padding + kw + layer.output_padding)
 
     def in_needed(self, n_out: int, n_in: int, axis: int) -> int:
         """Input rows (axis 0) or columns (1) that the first n_out outputs read."""
-        l, s = self.layer, self.layer.stride
+        layer, s = self.layer, self.layer.stride
         k = self.kh if axis == 0 else self.kw
-        if l.kind == "conv":
-            return min(n_in, (n_out - 1) * s + k - l.padding)
-        return min(n_in, (l.padding + n_out - 1) // s + 1)
+        if layer.kind == "conv":
+            return min(n_in, (n_out - 1) * s + k - layer.padding)
+        return min(n_in, (layer.padding + n_out - 1) // s + 1)
 
     # running -------------------------------------------------------------------------------------------
 
@@ -165,7 +166,8 @@ class _Op:
         return out
 
     def _gemm(self, x: np.ndarray, stride: int, rows: tuple[int, int]) -> np.ndarray:
-        windows = sliding_window_view(x, (self.kh, self.kw), axis=(1, 2))[:, ::stride, ::stride]
+        # numpy 1.26's stub types `axis` as one int; the function takes a tuple (its docs, and it runs so)
+        windows = sliding_window_view(x, (self.kh, self.kw), axis=(1, 2))[:, ::stride, ::stride]  # pyright: ignore[reportArgumentType, reportCallIssue]
         windows = windows[:, : rows[0], : rows[1]]  # (B, oh, ow, C, kh, kw) -> K in (kh, kw, C) order
         cols = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, self.k)
         return self._epilogue(self.engine.product(cols, self.prepared))
@@ -186,18 +188,18 @@ class _Op:
     def __call__(self, x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         """x (B, H, W, C) u8 -> (B, out_h, out_w, O): u8, or int64 fixed point for the last layer."""
         batch = x.shape[0]
-        l, s = self.layer, self.layer.stride
+        layer, s = self.layer, self.layer.stride
         oh, ow = out_hw
-        if l.kind == "conv":
+        if layer.kind == "conv":
             span = ((oh - 1) * s + self.kh, (ow - 1) * s + self.kw)
-            padded = self._window_input(x, (-l.padding, -l.padding), span)
+            padded = self._window_input(x, (-layer.padding, -layer.padding), span)
             return self._gemm(padded, s, (oh, ow)).reshape(batch, oh, ow, self.out_channels)
-        lo = l.padding // s
-        qh, qw = (l.padding + oh - 1) // s - lo + 1, (l.padding + ow - 1) // s - lo + 1
+        lo = layer.padding // s
+        qh, qw = (layer.padding + oh - 1) // s - lo + 1, (layer.padding + ow - 1) // s - lo + 1
         padded = self._window_input(x, (lo - self.kh + 1, lo - self.kw + 1), (qh + self.kh - 1, qw + self.kw - 1))
         res = self._gemm(padded, 1, (qh, qw)).reshape(batch, qh, qw, s, s, self.out_channels)
         res = res.transpose(0, 1, 3, 2, 4, 5).reshape(batch, qh * s, qw * s, self.out_channels)
-        start = l.padding - lo * s
+        start = layer.padding - lo * s
         return res[:, start : start + oh, start : start + ow]
 
 
@@ -370,11 +372,12 @@ class Int8HyperSynthesis:
                              f"{x.dtype} {x.shape}")
         if x.size and x.max() > self.act_max:
             raise ValueError(f"h_s input values must lie in 0..{self.act_max}")
-        full_hw = self.output_size(x.shape[2:])
+        z_hw = (x.shape[2], x.shape[3])
+        full_hw = self.output_size(z_hw)
         if out_hw is not None and (out_hw[0] > full_hw[0] or out_hw[1] > full_hw[1] or min(out_hw) < 1):
             raise ValueError(f"crop {out_hw} does not fit h_s output {full_hw}")
         act = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        for op, size in zip(self._ops, self._sizes(x.shape[2:], out_hw)):
+        for op, size in zip(self._ops, self._sizes(z_hw, out_hw)):
             act = op(act, size)
         return np.ascontiguousarray(act.transpose(0, 3, 1, 2))
 
@@ -405,8 +408,9 @@ class Int8HyperSynthesis:
             "hs_input_multiplier": m.multiplier.astype(np.int64),
             "hs_input_offset": m.offset.astype(np.int64),
             "hs_input_zero_point": m.zero_point.astype(np.uint8),
-            "hs_layers": np.array([[_KINDS.index(l.kind), l.stride, l.padding, l.output_padding, int(l.relu),
-                                    l.out_zero_point] for l in self.layers], np.int64).reshape(-1, 6),
+            "hs_layers": np.array([[_KINDS.index(layer.kind), layer.stride, layer.padding, layer.output_padding,
+                                    int(layer.relu), layer.out_zero_point] for layer in self.layers],
+                                  np.int64).reshape(-1, 6),
             "hs_scale_table": self.scale_table,
             "hs_scale_bound": np.array([self.scale_bound], np.float64),
         }

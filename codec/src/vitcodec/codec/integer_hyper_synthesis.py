@@ -1,8 +1,8 @@
 """Integer hyper-synthesis h_s: the entropy parameters of y, bit-identical on every machine.
 
 The range decoder only works if the decoder uses exactly the CDF row the encoder used for every y symbol.
-A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: docs/architecture.md, "Data flow"), so
-after training the float h_s is frozen into fixed point and run here, by edge and cloud alike::
+A float h_s cannot promise that across runtimes (torch vs ONNX Runtime, CPU vs GPU: docs/architecture.md,
+"Data flow"), so after training the float h_s is frozen into fixed point and run here, by edge and cloud alike::
 
     z symbols ──► ẑ = symbols + medians          (act_bits fractional bits)
       └─► [deconv | conv] ─► + bias ─► round-shift ─► ReLU ─► clamp ─► ... ─► (scales ‖ means)
@@ -46,6 +46,13 @@ def _compact(values: np.ndarray) -> np.ndarray:
         if values.size == 0 or (values.min() >= info.min and values.max() <= info.max):
             return values.astype(dtype)
     return values.astype(np.int64)
+
+
+def _weight_bias(layer: FixedLayer) -> tuple[np.ndarray, np.ndarray]:
+    """A conv or deconv layer's weight and bias (every such layer has both once checked)."""
+    if layer.weight is None or layer.bias is None:
+        raise ValueError(f"{layer.kind} layer needs a weight and a bias")
+    return layer.weight, layer.bias
 
 
 @dataclass(frozen=True)
@@ -144,10 +151,11 @@ class IntegerHyperSynthesis:
         layer: FixedLayer, engine: ExactGemm
     ) -> fixed_point.ExactConv2d | fixed_point.ExactConvTranspose2d | None:
         if layer.kind == "conv":
-            return fixed_point.ExactConv2d(layer.weight, layer.stride, layer.padding, engine)
+            weight, _ = _weight_bias(layer)
+            return fixed_point.ExactConv2d(weight, layer.stride, layer.padding, engine)
         if layer.kind == "deconv":
-            return fixed_point.ExactConvTranspose2d(layer.weight, layer.stride, layer.padding, layer.output_padding,
-                                                    engine)
+            weight, _ = _weight_bias(layer)
+            return fixed_point.ExactConvTranspose2d(weight, layer.stride, layer.padding, layer.output_padding, engine)
         return None
 
     def with_engine(self, engine: ExactGemm) -> IntegerHyperSynthesis:
@@ -168,7 +176,8 @@ class IntegerHyperSynthesis:
                     f"layer {i}: sum|w| * act_limit * 2**act_bits = {bound} reaches 2**53, so float64 GEMMs "
                     "would round; lower weight_bits, act_bits or act_limit"
                 )
-            if int(np.abs(layer.bias).max(initial=0)) >= 1 << 60:
+            _, bias = _weight_bias(layer)
+            if int(np.abs(bias).max(initial=0)) >= 1 << 60:
                 raise ValueError(f"layer {i}: bias too large for int64 accumulation")
             worst = max(worst, bound)
         return worst
@@ -244,16 +253,19 @@ class IntegerHyperSynthesis:
             raise ValueError(f"z_hat_fixed must be (B, {self.in_channels}, h, w), got {x.shape}")
         if x.dtype.kind not in "iu":
             raise ValueError("z_hat_fixed must be an integer array")
-        full_hw = self.output_size(x.shape[2:])
+        z_hw = (x.shape[2], x.shape[3])
+        full_hw = self.output_size(z_hw)
         if out_hw is not None and (out_hw[0] > full_hw[0] or out_hw[1] > full_hw[1] or min(out_hw) < 1):
             raise ValueError(f"crop {out_hw} does not fit h_s output {full_hw}")
-        sizes = self._sizes(x.shape[2:], out_hw)
+        sizes = self._sizes(z_hw, out_hw)
         act = x.astype(np.int64).transpose(0, 2, 3, 1)  # channels-last: bias and GEMM rows line up
         rounding = 1 << self.weight_bits >> 1  # round half up: floor((acc + bias + 2**(wb-1)) / 2**wb)
-        for layer, op, size, bias in zip(self.layers, self._ops, sizes, self._biases):
+        for op, size, bias in zip(self._ops, sizes, self._biases):
             if op is None:  # ReLU
                 np.maximum(act, 0, out=act)
                 continue
+            if bias is None:  # never: every conv/deconv layer has a bias once checked
+                raise RuntimeError("conv/deconv layer without a bias")
             act = np.clip(act, -self._clamp, self._clamp, out=act)
             acc = op.nhwc(act, size)  # only the `size` the rest reads
             acc += bias + rounding
@@ -307,15 +319,17 @@ class IntegerHyperSynthesis:
             "hs_format": np.array([_FORMAT], np.int64),
             "hs_config": np.array([self.weight_bits, self.act_bits, self.act_limit], np.int64),
             "hs_layers": np.array(
-                [[kinds[l.kind], l.stride, l.padding, l.output_padding] for l in self.layers], np.int64
+                [[kinds[layer.kind], layer.stride, layer.padding, layer.output_padding] for layer in self.layers],
+                np.int64,
             ).reshape(-1, 4),
             "hs_scale_table": self.scale_table,
             "hs_scale_bound": np.array([self.scale_bound], np.float64),
         }
         for i, layer in enumerate(self.layers):
             if layer.kind != "relu":
-                arrays[f"hs_weight_{i}"] = _compact(layer.weight)
-                arrays[f"hs_bias_{i}"] = _compact(layer.bias)
+                weight, bias = _weight_bias(layer)
+                arrays[f"hs_weight_{i}"] = _compact(weight)
+                arrays[f"hs_bias_{i}"] = _compact(bias)
         return arrays
 
     @classmethod

@@ -80,7 +80,7 @@ class LatentCodec:
         up = self.hyper.upsampling
         return -(-latent_shape[0] // up), -(-latent_shape[1] // up)
 
-    def _check_latent_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
+    def _check_latent_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, int]:
         height, width = (int(v) for v in latent_shape)
         if height < 1 or width < 1:
             raise ValueError(f"latent shape must be positive, got {latent_shape}")

@@ -59,6 +59,12 @@ def client_key_option() -> Any:
                              "certificate file).")
 
 
+# The TLS options of `send` and `reconstruct`, made once (typer copies an option before using it, so sharing is safe).
+CA_CERT_OPTION = ca_cert_option()
+CLIENT_CERT_OPTION = client_cert_option()
+CLIENT_KEY_OPTION = client_key_option()
+
+
 def tls_options(ca_cert: Path | None, client_cert: Path | None, client_key: Path | None) -> Any:
     """The client's `TlsOptions`, or None when no TLS option was given."""
     from vitcodec.edge.client import TlsOptions
@@ -133,9 +139,9 @@ def send(
     token: str | None = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
     retry_for: float = typer.Option(30.0, "--retry-for", min=0.0, help=_RETRY_HELP),
-    ca_cert: Path | None = ca_cert_option(),
-    client_cert: Path | None = client_cert_option(),
-    client_key: Path | None = client_key_option(),
+    ca_cert: Path | None = CA_CERT_OPTION,
+    client_cert: Path | None = CLIENT_CERT_OPTION,
+    client_key: Path | None = CLIENT_KEY_OPTION,
     outbox: Path | None = typer.Option(None, "--outbox", help="Spool images that failed for a transient "
                                           "reason (server unreachable, timeouts, 5xx) into this outbox; "
                                           "`vitcodec-edge watch --outbox DIR` sends them later."),
@@ -203,7 +209,8 @@ def _report_failures(files: list[Path], streams: list[bytes], rows: list[dict[st
 
         try:
             spool_files(outbox, [files[i] for i in spool], [streams[i] for i in spool], model)
-            message += f"; {len(spool)} spooled to {outbox} (send them with: vitcodec-edge watch --outbox {outbox} --server URL --results FILE)"
+            message += (f"; {len(spool)} spooled to {outbox} (send them with: vitcodec-edge watch --outbox {outbox} "
+                        "--server URL --results FILE)")
         except OSError as exc:
             message += f"; cannot spool to {outbox} ({exc.strerror or exc})"
     err.print(escape(message), soft_wrap=True)
@@ -265,9 +272,9 @@ def reconstruct(
     token: str | None = typer.Option(None, "--token", help=_TOKEN_HELP),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds for the request."),
     retry_for: float = typer.Option(30.0, "--retry-for", min=0.0, help=_RETRY_HELP),
-    ca_cert: Path | None = ca_cert_option(),
-    client_cert: Path | None = client_cert_option(),
-    client_key: Path | None = client_key_option(),
+    ca_cert: Path | None = CA_CERT_OPTION,
+    client_cert: Path | None = CLIENT_CERT_OPTION,
+    client_key: Path | None = CLIENT_KEY_OPTION,
 ) -> None:
     """Ask the cloud server to reconstruct an image from its bitstream (a file here, or --id of one the server
     archived); writes a PNG of the original size."""

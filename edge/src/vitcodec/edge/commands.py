@@ -123,7 +123,8 @@ def inspect(
     """Print a bitstream's header and byte budget; checks its checksum, decodes nothing.
 
     Fields: format version, model id (and the installed model it is for), quality, image size, latent shape,
-    header/z/y/total bytes and bpp. Exit status 1 when a file is missing, damaged, not a vitcodec stream or (with --model) for another model.
+    header/z/y/total bytes and bpp. Exit status 1 when a file is missing, damaged, not a vitcodec stream or (with
+    --model) for another model.
     """
     from vitcodec.codec.errors import CodecError, ModelMismatchError
     from vitcodec.packages import ModelNotFoundError, describe_mismatch, resolve_model
@@ -147,6 +148,8 @@ def inspect(
         except OSError as exc:
             message = f"cannot read ({exc.strerror or exc})"
         except ModelMismatchError as exc:
+            if expected is None:  # inspect_stream checks the model only when it is given one
+                raise
             message = describe_mismatch(expected, exc.actual_id)
         except CodecError as exc:
             message = str(exc)

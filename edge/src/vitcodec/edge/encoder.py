@@ -6,8 +6,10 @@ No torch anywhere: this is what a camera or gateway installs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -53,9 +55,10 @@ class EdgeEncoder:
         """A batch of uint8 (B, H, W, C) images already at the model size -> one stream each."""
         t0 = time.perf_counter()
         x = normalise(pixels, self.spec)
-        y, z = self.session.run(["y", "z"], {"image": x})
+        # the encoder's outputs are dense float tensors (ORT's annotation also allows sparse tensors, lists, maps)
+        y, z = cast("Sequence[np.ndarray]", self.session.run(["y", "z"], {"image": x}))
         t1 = time.perf_counter()
-        size = tuple(pixels.shape[1:3])
+        size = (int(pixels.shape[1]), int(pixels.shape[2]))
         results = []
         for yi, zi in zip(y, z):
             t2 = time.perf_counter()

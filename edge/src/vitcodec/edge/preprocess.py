@@ -66,7 +66,7 @@ def fit_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         top, left = (th - h) // 2, (tw - w) // 2
         return np.pad(pixels, ((top, th - h - top), (left, tw - w - left), (0, 0)))
     mode = "L" if pixels.shape[2] == 1 else "RGB"
-    im = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).resize((tw, th), Image.BILINEAR)
+    im = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).resize((tw, th), Image.Resampling.BILINEAR)
     out = np.asarray(im)
     return out[..., None] if out.ndim == 2 else out
 
@@ -106,7 +106,10 @@ def to_pixels(image: Image.Image | np.ndarray, spec: InputSpec) -> np.ndarray:
         if array.dtype != np.uint8:
             raise ImageReadError(f"image arrays must be uint8, got {array.dtype}")
         if array.ndim == 3 and array.shape[2] != spec.channels:
-            array = array.mean(axis=2).round().astype(np.uint8) if spec.channels == 1 else np.repeat(array[..., :1], 3, 2)
+            if spec.channels == 1:
+                array = array.mean(axis=2).round().astype(np.uint8)
+            else:
+                array = np.repeat(array[..., :1], 3, 2)
         elif array.ndim == 2 and spec.channels == 3:
             array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim == 2:

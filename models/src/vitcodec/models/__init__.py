@@ -7,7 +7,11 @@ first use), so tools that only list or describe models stay light.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the checkers see; at run time the names resolve lazily below
+    from vitcodec.models.config import JCCConfig
+    from vitcodec.models.registry import create_model, get_preset, list_models
 
 _LAZY = {
     "create_model": "vitcodec.models.registry",
@@ -16,7 +20,7 @@ _LAZY = {
     "JCCConfig": "vitcodec.models.config",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["JCCConfig", "create_model", "get_preset", "list_models"]  # sorted(_LAZY), spelled out
 
 
 def __getattr__(name: str) -> Any:

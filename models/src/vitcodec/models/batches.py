@@ -68,9 +68,8 @@ def random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
     return padded.gather(2, rows).gather(3, cols)
 
 
-def random_erase(x: Tensor, prob: float, generator: torch.Generator,
-                 area: tuple[float, float] = (0.02, 1 / 3), log_ratio: tuple[float, float] = (math.log(0.3),
-                                                                                            math.log(1 / 0.3))) -> Tensor:
+def random_erase(x: Tensor, prob: float, generator: torch.Generator, area: tuple[float, float] = (0.02, 1 / 3),
+                 log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3))) -> Tensor:
     """Zero one random rectangle in a random subset of the batch (boxes clipped to the image)."""
     b, _, h, w = x.shape
     chosen = torch.rand(b, generator=generator) < prob

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vitcodec.models.losses import QUALITIES
 from vitcodec.packages import iter_packages, zoo_root
 
@@ -12,12 +14,12 @@ def zoo_table() -> str:
     for pkg in iter_packages(zoo_root()):
         m = pkg.manifest.get("metrics", {})
         t = pkg.manifest.get("training", {})
-        alpha, beta = QUALITIES.get(pkg.quality, (None, None))
+        alpha, beta = (None, None) if pkg.quality is None else QUALITIES.get(pkg.quality, (None, None))
         alpha, beta = t.get("alpha") or alpha, t.get("beta") or beta
         distilled = f"; {t['distill']} KD {t['distill_alpha']}" if t.get("teacher") else ""
         q = f"q{pkg.quality} (α {alpha}, β {beta}{distilled})" if pkg.quality else f"— (step one{distilled})"
 
-        def f(key: str, fmt: str) -> str:
+        def f(key: str, fmt: str, m: dict[str, Any] = m) -> str:
             value = m.get(key)
             return "—" if value is None else format(value, fmt)
 

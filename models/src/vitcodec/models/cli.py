@@ -35,7 +35,8 @@ def _root() -> None:
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., help="Output folder: last.pt (resumable), final.pt, log.jsonl, settings.json."),
-    stage: str = typer.Option("pretrain", help="pretrain = step one (no compression); joint = step two (rate-distortion-accuracy)."),
+    stage: str = typer.Option("pretrain", help="pretrain = step one (no compression); joint = step two "
+                              "(rate-distortion-accuracy)."),
     preset: str = typer.Option("jcc-fmnist-28-s8", help="Network preset (see `vitcodec models`); ignored with --init."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
     init: Path | None = typer.Option(None, help="Checkpoint to start from (step two starts from step one's final.pt)."),
@@ -46,7 +47,8 @@ def train_cmd(
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy."),
     epochs: float = typer.Option(1.0, help="Epochs over the training split (fractions allowed)."),
     max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps (overrides --epochs)."),
-    stop_at_step: int | None = typer.Option(None, help="End early at this step, keeping the learning-rate schedule of the full run."),
+    stop_at_step: int | None = typer.Option(None, help="End early at this step, keeping the learning-rate schedule of "
+                                            "the full run."),
     batch_size: int = typer.Option(128, help="Batch size per process."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then cosine)."),
     codec_lr: float | None = typer.Option(None, help="Peak learning rate of g_a and the hyperprior (default: --lr)."),
@@ -54,17 +56,26 @@ def train_cmd(
     limit: int | None = typer.Option(None, help="Use only the first N training images."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     amp: bool = typer.Option(True, help="bfloat16 autocast on CUDA."),
-    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16/AMX); measured slower than float32 for the Fashion-MNIST presets (docs/benchmarks.md)."),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="bfloat16 autocast on a CPU with native bfloat16 "
+                                  "(AVX512-BF16/AMX); measured slower than float32 for the Fashion-MNIST presets "
+                                  "(docs/benchmarks.md)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile on CUDA."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    teacher: Path | None = typer.Option(None, help="Pixel CNN checkpoint to distil from (benchmarks/bench_rate_accuracy.py --cache writes one); default: no distillation."),
-    distill: str = typer.Option("soft", help="soft (KL at temperature --distill-tau) | hard (CE against the teacher's argmax, as DeiT); only with --teacher."),
-    distill_alpha: float = typer.Option(0.5, help="The teacher's share of the accuracy term: (1-A)*CE(labels) + A*distillation."),
+    teacher: Path | None = typer.Option(None, help="Pixel CNN checkpoint to distil from "
+                                        "(benchmarks/bench_rate_accuracy.py --cache writes one); default: no "
+                                        "distillation."),
+    distill: str = typer.Option("soft", help="soft (KL at temperature --distill-tau) | hard (CE against the teacher's "
+                                "argmax, as DeiT); only with --teacher."),
+    distill_alpha: float = typer.Option(0.5, help="The teacher's share of the accuracy term: (1-A)*CE(labels) + "
+                                        "A*distillation."),
     distill_tau: float = typer.Option(1.0, help="Temperature of soft distillation."),
-    holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="Train on the training split less a held-out validation split (5k images for Fashion-MNIST), measured after each epoch into log.jsonl; --no-holdout trains on all of it."),
-    erase_prob: float = typer.Option(0.0, help="Random erasing: probability per image of zeroing a random rectangle (2-33 %% of the image)."),
+    holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="Train on the training split less a held-out "
+                                 "validation split (5k images for Fashion-MNIST), measured after each epoch into "
+                                 "log.jsonl; --no-holdout trains on all of it."),
+    erase_prob: float = typer.Option(0.0, help="Random erasing: probability per image of zeroing a random rectangle "
+                                     "(2-33 %% of the image)."),
     tokenizer: str | None = typer.Option(None, help="Step one: override the preset's tokenizer, linear | conv."),
     pool: str | None = typer.Option(None, help="Step one: override the preset's pooling, cls | seq."),
 ) -> None:
@@ -73,7 +84,8 @@ def train_cmd(
 
     settings = TrainSettings(out=out, stage=stage, preset=preset, data=data, init=init, quality=quality,
                              alpha=alpha, beta=beta, recon_weight=recon_weight, label_smoothing=label_smoothing,
-                             epochs=epochs, max_steps=max_steps, stop_at_step=stop_at_step, batch_size=batch_size, lr=lr, codec_lr=codec_lr,
+                             epochs=epochs, max_steps=max_steps, stop_at_step=stop_at_step, batch_size=batch_size,
+                             lr=lr, codec_lr=codec_lr,
                              warmup_steps=warmup_steps, limit=limit, device=device, amp=amp, compile=compile,
                              threads=threads, seed=seed, progress=progress, teacher=teacher, distill=distill,
                              distill_alpha=distill_alpha, distill_tau=distill_tau, holdout=holdout,
@@ -173,7 +185,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     console.print(table)
 
 
-def _fmt(value: object, digits: int = 2, pct: bool = False) -> str:
+def _fmt(value: float | None, digits: int = 2, pct: bool = False) -> str:
     if value is None:
         return "-"
     return f"{100 * float(value):.2f} %" if pct else f"{float(value):.{digits}f}"
@@ -183,7 +195,8 @@ def _fmt(value: object, digits: int = 2, pct: bool = False) -> str:
 def eval_cmd(
     model: str = typer.Option(..., help="Zoo name or package path."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
-    split: str = typer.Option("test", help="Dataset split: test (the shipped figures), val (held out of train, for choices), fit, train."),
+    split: str = typer.Option("test", help="Dataset split: test (the shipped figures), val (held out of train, for "
+                              "choices), fit, train."),
     limit: int | None = typer.Option(None, help="Evaluate the first N images only."),
     batch_size: int = typer.Option(256, help="Images per batch."),
     device: str = typer.Option("cpu", help="Torch device for the cloud side."),
@@ -227,10 +240,15 @@ def export_cmd(
     name: str = typer.Option(..., help="Model name in the repository."),
     version: int = typer.Option(1, help="Model version."),
     quality: int | None = typer.Option(None, help="Quality recorded in streams (default: the training --quality)."),
-    fp32_weights: bool = typer.Option(False, help="Store the cloud weights and the edge encoder in float32 (default: float16 storage, float32 compute; half the size)."),
-    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Compressed packages: fit the temperature and the novelty score on the training data's fit/val splits (see `vitcodec calibrate`)."),
-    data: str | None = typer.Option(None, help="Dataset to calibrate on (default: the one the checkpoint was trained on)."),
-    hs_format: str = typer.Option("int8", help="Exact h_s: int8 (format 2: 8-bit integer inference, quantised on the z of the training data's fit split) or fixed (format 1, the older wide fixed point)."),
+    fp32_weights: bool = typer.Option(False, help="Store the cloud weights and the edge encoder in float32 (default: "
+                                      "float16 storage, float32 compute; half the size)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Compressed packages: fit the temperature "
+                                   "and the novelty score on the training data's fit/val splits (see `vitcodec "
+                                   "calibrate`)."),
+    data: str | None = typer.Option(
+        None, help="Dataset to calibrate on (default: the one the checkpoint was trained on)."),
+    hs_format: str = typer.Option("int8", help="Exact h_s: int8 (format 2: 8-bit integer inference, quantised on the z "
+                                  "of the training data's fit split) or fixed (format 1, the older wide fixed point)."),
     hs_calibration_images: int = typer.Option(2000, help="Fit-split images whose z calibrate the int8 h_s."),
 ) -> None:
     """Write a model package: manifest, edge encoder.onnx, codec tables with integer h_s, cloud weights."""
@@ -277,7 +295,8 @@ def export_cmd(
 @app.command("calibrate")
 def calibrate_cmd(
     model: str = typer.Option(..., help="Zoo name or package path of a compressed model."),
-    data: str = typer.Option("fashion-mnist", help="The dataset it was trained on: its fit/val splits are used, never test."),
+    data: str = typer.Option(
+        "fashion-mnist", help="The dataset it was trained on: its fit/val splits are used, never test."),
 ) -> None:
     """Fit calibrated probabilities (one temperature) and the novelty score (distance to the training data,
     1.0 = the threshold) of a package on real bitstreams, and store them in it. The model id is unchanged."""

@@ -54,7 +54,7 @@ class JCCConfig:
 
     def input_spec(self) -> InputSpec:
         """The preprocessing this network expects, as a model package's manifest records it."""
-        return InputSpec(size=tuple(self.img_size), channels=self.in_chans, mean=tuple(self.mean),
+        return InputSpec(size=(*self.img_size,), channels=self.in_chans, mean=tuple(self.mean),
                          std=tuple(self.std), stride=self.stride)
 
     @property
@@ -74,7 +74,7 @@ class JCCConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JCCConfig:
         tuple_fields = {"img_size", "encoder_channels", "decoder_channels", "mean", "std", "labels"}
-        clean = {k: (tuple(v) if k in tuple_fields and v is not None else v) for k, v in data.items()}
+        clean: dict[str, Any] = {k: (tuple(v) if k in tuple_fields and v is not None else v) for k, v in data.items()}
         return cls(**clean)
 
     def with_overrides(self, **overrides: Any) -> JCCConfig:

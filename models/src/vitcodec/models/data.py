@@ -15,6 +15,7 @@ import gzip
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from torch.utils.data import Dataset
 from vitcodec.edge.preprocess import ImageReadError, load_image, standardise, to_batch, to_pixels
 from vitcodec.models.config import JCCConfig
 from vitcodec.models.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FMNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
@@ -101,7 +105,9 @@ def to_model_tensor(images: np.ndarray | list[np.ndarray], config: JCCConfig) ->
     channel count converted to the model's ``in_chans``.
     """
     spec = config.input_spec()
-    return torch.from_numpy(standardise(to_batch(images, spec), spec))
+    # to_batch only iterates over a list, so a list of arrays is a valid input (its `list[...]` type is invariant)
+    batch = to_batch(cast("list[Image.Image | np.ndarray] | np.ndarray", images), spec)
+    return torch.from_numpy(standardise(batch, spec))
 
 
 class TensorImageDataset(Dataset):

@@ -11,4 +11,5 @@ class TrainingExtraMissing(ImportError):
 
     def __init__(self) -> None:
         super().__init__("this command needs compressai, which a server install leaves out: "
-                         "install the models' training extra, e.g. pip install './models[train]' from a checkout", name="compressai")
+                         "install the models' training extra, e.g. pip install './models[train]' from a checkout",
+                         name="compressai")

@@ -79,7 +79,7 @@ def _evaluate_bitstreams(package: ModelPackage, images: np.ndarray, labels: np.n
         target = labels[start:start + batch_size]
         hits1.append(top_k_hits(probs, target, 1))
         hits5.append(top_k_hits(probs, target, 5))
-        recon = cloud.reconstruct_latents(np.stack([d.y_hat for d in decoded]), pixels.shape[1:3])
+        recon = cloud.reconstruct_latents(np.stack([d.y_hat for d in decoded]), (pixels.shape[1], pixels.shape[2]))
         psnrs.append(psnr(pixels, recon))
         if on_batch:
             on_batch(len(target))

@@ -59,8 +59,10 @@ def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> by
     h, w = (-(-s // c.stride) * c.stride for s in c.img_size)
     dummy = torch.zeros(1, c.in_chans, h, w)
     buffer = io.BytesIO()
+    # torch types `f` as a path; its legacy (dynamo=False) exporter writes to any file-like object as well
     torch.onnx.export(
-        encoder, (dummy,), buffer, input_names=["image"], output_names=["y", "z"], opset_version=opset,
+        encoder, (dummy,), buffer,  # pyright: ignore[reportArgumentType]
+        input_names=["image"], output_names=["y", "z"], opset_version=opset,
         dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch", 2: "h", 3: "w"},
                       "z": {0: "batch", 2: "hz", 3: "wz"}},
         dynamo=False,
@@ -90,8 +92,10 @@ def onnx_classifier_bytes(model: LatentNetworks, opset: int = 17) -> bytes:
     outputs = ["probs", "novelty"] if c.calibrated else ["probs"]
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(_Classifier(model).eval().cpu(), (dummy,), buffer, input_names=["y_hat"],
-                          output_names=outputs, dynamic_axes={"y_hat": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+        # torch types `f` as a path; its legacy (dynamo=False) exporter writes to any file-like object as well
+        torch.onnx.export(_Classifier(model).eval().cpu(), (dummy,), buffer,  # pyright: ignore[reportArgumentType]
+                          input_names=["y_hat"], output_names=outputs,
+                          dynamic_axes={"y_hat": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                           opset_version=opset, dynamo=False)
     return buffer.getvalue()
 
@@ -103,6 +107,7 @@ def classifier_graph(model: LatentNetworks, weights: Path) -> bytes:
     and ``onnx.load`` or ``onnxruntime.InferenceSession`` open the file with no help
     (`vitcodec.models.external_weights`)."""
     import onnx
+    import onnx.external_data_helper
 
     graph = onnx.load_from_string(onnx_classifier_bytes(model))
     stored = {k: v.numpy() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def stored_tensor_extents(path: Path) -> dict[bytes, tuple[int, int]]:
             offset = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
             raw.seek(offset)
             data = raw.read(info.file_size)
-            if zipfile.crc32(data) != info.CRC:  # the offset arithmetic is checked, not trusted
+            if zlib.crc32(data) != info.CRC:  # the offset arithmetic is checked, not trusted
                 raise ValueError(f"{path}: {info.filename} is not stored at byte {offset}")
             extents.setdefault(hashlib.sha256(data).digest(), (offset, info.file_size))
     return extents
@@ -88,7 +89,7 @@ def bind_external_weights(graph: onnx.ModelProto, stored: Mapping[str, np.ndarra
             created[name] = name
         return created[name]
 
-    def derived(source: str, op: str, suffix: str, **attributes: int) -> str:
+    def derived(source: str, op: str, suffix: str, **attributes: Any) -> str:  # attributes: as make_node takes
         output = f"{source}:{suffix}"
         if output not in created:
             new_nodes.append(helper.make_node(op, [source], [output], name=output, **attributes))

@@ -77,7 +77,7 @@ class MeanScaleHyperprior(nn.Module):
         """Training-time pass: noisy likelihoods for the rate, straight-through rounded y_hat."""
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales, means = self.entropy_parameters(z_hat, y.shape[-2:])
+        scales, means = self.entropy_parameters(z_hat, (y.shape[-2], y.shape[-1]))
         _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         y_hat = _round_ste(y - means) + means
         return {"y_hat": y_hat, "y_likelihoods": y_likelihoods, "z_likelihoods": z_likelihoods}

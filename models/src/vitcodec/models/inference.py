@@ -60,7 +60,7 @@ class CloudModel:
     def decode_payloads(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
         """ŷ (B, M, h, w) of streams already parsed and checked (the server does that once, at routing): one
         h_s pass for the batch. The first bad payload raises, without saying which (see cloud/decoding.py)."""
-        return self.codec.decode_batch(payloads, tuple(latent_shape))
+        return self.codec.decode_batch(payloads, (*latent_shape,))
 
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of decoded latents (B, M, h, w): no pixel decoder runs."""
@@ -99,7 +99,7 @@ class CloudModel:
     def reconstruct_latents(self, y_hat: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """uint8 images (B, H, W, C) from decoded latents, via feature aggregation and g_s."""
         x = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32)).to(self.device)
-        return to_uint8_images(self.net.reconstruct(x, tuple(image_size)), self.config)
+        return to_uint8_images(self.net.reconstruct(x, (*image_size,)), self.config)
 
 def to_uint8_images(x_hat: torch.Tensor, config: JCCConfig) -> np.ndarray:
     """Normalised network output (B, C, H, W) -> uint8 images (B, H, W, C): undo ``standardise``, round."""

@@ -63,7 +63,7 @@ class JointCompressionClassifier(LatentNetworks):
                 early.append(tokens[:, self.vit.num_prefix_tokens:])
         out["logits"] = self.vit.forward_head(self.vit.norm(tokens))
         if reconstruct:
-            out["x_hat"] = self._decode_pixels(y_hat, early, tuple(x.shape[-2:]))
+            out["x_hat"] = self._decode_pixels(y_hat, early, (x.shape[-2], x.shape[-1]))
         return out
 
     def aux_loss(self) -> Tensor:

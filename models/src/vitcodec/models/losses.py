@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def quality_weights(quality: int) -> tuple[float, float]:
 def bits_per_pixel(likelihoods: list[Tensor], num_pixels: int) -> Tensor:
     """Estimated rate: -log2 of the likelihoods, per image pixel (of the original, unpadded image)."""
     batch = likelihoods[0].shape[0]
-    total = sum(torch.log(lik).sum() for lik in likelihoods)
+    total = cast(Tensor, sum(torch.log(lik).sum() for lik in likelihoods))  # a sum of tensors (never empty)
     return total / (-math.log(2) * num_pixels * batch)
 
 
@@ -76,6 +77,9 @@ class LossWeights:
 class JointLoss(nn.Module):
     """alpha * CE + beta * MSE(255) + rate * bpp; terms that are absent from the output are skipped.
     With a teacher, CE is `distillation_loss`'s mix of labels and teacher."""
+
+    mean: Tensor  # buffers (registered in __init__), declared for the type checkers
+    std: Tensor
 
     def __init__(self, weights: LossWeights, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()

@@ -32,6 +32,11 @@ ECE_BINS = 15
 class Calibration(nn.Module):
     """The fitted temperature and novelty statistics of one network (buffers, filled by `fit_calibration`)."""
 
+    temperature: Tensor  # buffers (registered in __init__), declared for the type checkers
+    class_means: Tensor
+    precision: Tensor
+    threshold: Tensor
+
     def __init__(self, embed_dim: int, num_classes: int) -> None:
         super().__init__()
         self.register_buffer("temperature", torch.ones(1))

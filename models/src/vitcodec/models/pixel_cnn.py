@@ -49,7 +49,7 @@ class PixelCNNConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PixelCNNConfig:
         tuples = {"img_size", "mean", "std", "labels"}
-        clean = {k: tuple(v) if k in tuples else v for k, v in data.items()}
+        clean: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in data.items()}
         if "stages" in clean:
             clean["stages"] = tuple(tuple(stage) for stage in clean["stages"])
         return cls(**clean)
@@ -57,6 +57,9 @@ class PixelCNNConfig:
 
 class PixelCNN(nn.Module):
     """Pixels in [0, 1] (N, C, H, W) -> logits (N, classes)."""
+
+    mean: Tensor  # buffers (registered in __init__), declared for the type checkers
+    std: Tensor
 
     def __init__(self, config: PixelCNNConfig | None = None) -> None:
         super().__init__()

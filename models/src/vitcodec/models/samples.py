@@ -133,7 +133,8 @@ def make_samples(out: Path, count: int = 16, fmnist_root: Path | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitcodec.models.samples", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vitcodec.models.samples",
+                                     description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("samples"), help="Folder to write (default: samples).")
     parser.add_argument("--count", type=int, default=16, help="Fashion-MNIST test images (default 16).")
     parser.add_argument("--fmnist-dir", type=Path, default=None,

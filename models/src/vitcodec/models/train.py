@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -126,7 +126,8 @@ def load_teacher(path: Path, config: JCCConfig, device: torch.device) -> torch.n
     return teacher
 
 
-def build_model(settings: TrainSettings, device: torch.device) -> tuple[JointCompressionClassifier, dict[str, Any] | None]:
+def build_model(settings: TrainSettings,
+                device: torch.device) -> tuple[JointCompressionClassifier, dict[str, Any] | None]:
     """Step one builds from the preset; step two starts from the step-one checkpoint (--init)."""
     init_state = None
     if settings.init is not None:
@@ -310,7 +311,7 @@ def _wrap(model: JointCompressionClassifier, settings: TrainSettings, device: to
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=settings.stage != "joint")
     if settings.compile and device.type == "cuda":
-        net = torch.compile(net)
+        net = cast(torch.nn.Module, torch.compile(net))  # compiling a module gives a module (OptimizedModule)
     return net
 
 

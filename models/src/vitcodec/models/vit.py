@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers.pos_embed import resample_abs_pos_embed
+from timm.layers.weight_init import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -85,7 +86,7 @@ class LatentViT(nn.Module):
         tokens = self.latent_embed(y_hat)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return tokens + self.position_embedding(tuple(y_hat.shape[-2:]))
+        return tokens + self.position_embedding((y_hat.shape[-2], y_hat.shape[-1]))
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """Learned positions, bicubically resampled when the latent grid differs from training's."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 MANIFEST = "manifest.json"
 PACKAGE_FORMAT = 1
@@ -26,7 +26,7 @@ EDGE_FILES = ("codec", "encoder")  # the ``files`` keys a device reads (with the
 CLOUD_FILES = ("weights", "classifier")  # the keys only the server reads: an edge install needs none of them
 
 # What a file holds: its bytes, or a function that writes it at the path given (``torch.save``, ``np.savez``).
-FileContent = Union[bytes, Callable[[Path], None]]
+FileContent = bytes | Callable[[Path], None]
 
 
 class ModelNotFoundError(LookupError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 
@@ -24,6 +24,11 @@ access_logger = logging.getLogger("vitcodec.cloud.grpc.access")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 OPEN_METHODS = {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
 MEASURED_PREFIXES = ("/inference.", "/vitcodec.")
+
+# A handler's behaviours on grpc.aio (grpc's annotations describe the sync server's): a coroutine function, and an
+# async generator function over the requests' async iterator, both taking the aio context.
+_AioUnaryUnary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+_AioStreamStream = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 def call_identity(context: Any) -> str | None:
@@ -69,16 +74,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # method -> (its handler, the measured handler): built once per method, not once per call
         self._measured_handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
-                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        details = handler_call_details
         handler = await continuation(details)
         method = details.method
         if handler is None:
             return handler
         if self.auth.enabled and not _is_open(method):
             metadata = dict(details.invocation_metadata or ())
+            # gRPC gives bytes only for binary ("-bin") metadata keys: this one is text
+            header = cast("str | None", metadata.get("authorization"))
             try:  # sets CURRENT_DEVICE in this RPC's context, which its handler runs in
-                await self.auth.authenticate(metadata.get("authorization"))
+                await self.auth.authenticate(header)
             except Unauthorized as exc:
                 self.metrics.observe_request("grpc", method, "UNAUTHENTICATED", 0.0, failed=True)
                 return _denied(handler, exc)
@@ -108,40 +118,44 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         inflight = metrics.inflight.labels("grpc")
         bytes_in = metrics.bytes_in.labels("grpc")
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, error = time.perf_counter(), None
-            inflight.inc()
-            bytes_in.inc(request.ByteSize())
-            try:
-                return await handler.unary_unary(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                inflight.dec()
-                record(method, context, started, error)
-
-        async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, error = time.perf_counter(), None
-            inflight.inc()
-
-            async def counted() -> Any:
-                async for request in request_iterator:
-                    bytes_in.inc(request.ByteSize())
-                    yield request
-
-            try:
-                async for response in handler.stream_stream(counted(), context):
-                    yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                inflight.dec()
-                record(method, context, started, error)
-
         if handler.unary_unary:
+            call = cast(_AioUnaryUnary, handler.unary_unary)
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, error = time.perf_counter(), None
+                inflight.inc()
+                bytes_in.inc(request.ByteSize())
+                try:
+                    return await call(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    inflight.dec()
+                    record(method, context, started, error)
+
             return _rebuild(handler, unary_unary=unary_unary)
         if handler.stream_stream:
+            stream = cast(_AioStreamStream, handler.stream_stream)
+
+            async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, error = time.perf_counter(), None
+                inflight.inc()
+
+                async def counted() -> AsyncIterator[Any]:
+                    async for request in request_iterator:
+                        bytes_in.inc(request.ByteSize())
+                        yield request
+
+                try:
+                    async for response in stream(counted(), context):
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    inflight.dec()
+                    record(method, context, started, error)
+
             return _rebuild(handler, stream_stream=stream_stream)
         return handler

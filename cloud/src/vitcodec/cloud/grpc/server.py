@@ -30,7 +30,8 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 @dataclass
 class GrpcTransport:
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    # typeshed's grpc_health stubs lack `health.aio` (grpc_health.v1._async), which grpcio-health-checking has
+    health: health.aio.HealthServicer  # pyright: ignore[reportAttributeAccessIssue]
     port: int
 
     async def set_serving(self, serving: bool) -> None:
@@ -58,7 +59,7 @@ def build_grpc_server(plane: DataPlane, settings: Settings, host: str | None = N
     concurrency = max(settings.max_batch_size, 8)
     v2_servicer.add_to_server(v2_servicer.InferenceServicer(plane, concurrency), server)
     native_servicer.add_to_server(native_servicer.VitCodecServicer(plane, concurrency), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue] - see GrpcTransport
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server,
                                         pool=reflection_pool())

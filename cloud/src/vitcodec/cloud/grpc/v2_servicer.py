@@ -13,7 +13,7 @@ from vitcodec.protos import grpc_service_pb2_grpc as pb_grpc
 
 from ..dataplane import DataPlane
 from ..errors import InvalidRequest, describe
-from ..tensors import DATATYPES, deserialize_bytes, numeric_from_bytes, numeric_to_bytes, serialize_bytes
+from ..tensors import DATATYPES, deserialize_bytes, numeric_from_bytes, output_to_bytes
 from ..types import InferInput, InferRequest, InferResponse, RequestedOutput
 from .common import concurrent_stream, unary
 from .interceptors import call_identity
@@ -76,8 +76,7 @@ def response_to_proto(result: InferResponse) -> pb.ModelInferResponse:
     for out in result.outputs:
         tensor = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
         dict_to_params(out.parameters, tensor.parameters)
-        msg.raw_output_contents.append(serialize_bytes(out.data) if out.datatype == "BYTES"
-                                       else numeric_to_bytes(out.data, out.datatype))
+        msg.raw_output_contents.append(output_to_bytes(out.data, out.datatype))
     return msg
 
 

@@ -169,7 +169,8 @@ def build_fastapi(plane: DataPlane, settings: Settings, auth: Authenticator | No
             extra = InferRequestBody.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components["InferRequestBody"] = extra
-            app.openapi_schema = json.loads(json.dumps(schema))
+            cached: dict[str, Any] = json.loads(json.dumps(schema))
+            app.openapi_schema = cached
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -18,7 +18,8 @@ from .session import require_auth_or_session
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 503)}
 
-router = APIRouter(prefix="/v1/images", tags=["archive"], dependencies=[Depends(require_auth_or_session)], responses=_ERRORS)
+router = APIRouter(prefix="/v1/images", tags=["archive"], dependencies=[Depends(require_auth_or_session)],
+                   responses=_ERRORS)
 
 
 @router.get("", response_model=ImageListResponse, summary="Archived images, newest first (paginated)")

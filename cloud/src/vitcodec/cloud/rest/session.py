@@ -42,7 +42,9 @@ def has_session(request: Request) -> bool:
     there is nothing to log in to, and `require_auth` alone decides)."""
     token = server_token(request)
     cookie = request.cookies.get(COOKIE_NAME)
-    return bool(token and cookie) and hmac.compare_digest(cookie.encode(), session_value(token).encode())
+    if not token or not cookie:
+        return False
+    return hmac.compare_digest(cookie.encode(), session_value(token).encode())
 
 
 async def authorized(request: Request) -> bool:

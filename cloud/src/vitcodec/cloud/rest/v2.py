@@ -25,8 +25,7 @@ from ..tensors import (
     NUMERIC_DTYPES,
     deserialize_bytes,
     numeric_from_bytes,
-    numeric_to_bytes,
-    serialize_bytes,
+    output_to_bytes,
 )
 from ..types import InferInput, InferRequest, InferResponse, RequestedOutput
 from .deps import client_identity, get_plane, get_settings, read_body, require_auth
@@ -232,7 +231,7 @@ def render_infer_response(result: InferResponse, request: InferRequest, binary_d
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
         params = dict(out.parameters)
         if binary:
-            blob = serialize_bytes(out.data) if out.datatype == "BYTES" else numeric_to_bytes(out.data, out.datatype)
+            blob = output_to_bytes(out.data, out.datatype)
             params["binary_data_size"] = len(blob)
             blobs.append(blob)
         elif out.datatype == "BYTES":

@@ -210,7 +210,8 @@ class Outbox:
             n, b = len(self._sizes), sum(self._sizes.values())
         if n == 0 and count <= 1:
             return True
-        return (not self.max_count or n + count <= self.max_count) and (not self.max_bytes or b + nbytes <= self.max_bytes)
+        return ((not self.max_count or n + count <= self.max_count)
+                and (not self.max_bytes or b + nbytes <= self.max_bytes))
 
     def room(self, wanted: int, entry_bytes: int = 1024) -> int:
         """How many of `wanted` entries (about `entry_bytes` each) fit now; at least one when empty."""

@@ -37,7 +37,8 @@ from vitcodec.edge.agent.results import LedgerError, ResultsLog
 from vitcodec.edge.agent.status import Reporter, now_iso
 from vitcodec.wire import NO_ANSWER, Backoff, is_permanent, is_server_wide
 
-RECONNECT_AFTER_S = 5.0  # a fresh channel after this long without success (gRPC's own reconnect backoff grows to minutes)
+# a fresh channel after this long without success (gRPC's own reconnect backoff grows to minutes)
+RECONNECT_AFTER_S = 5.0
 PROBE_INTERVAL_S = 1.0  # readiness probes while the server is unreachable
 
 
@@ -345,7 +346,8 @@ class Uploader:
     def _maybe_reconnect(self, now: float) -> None:
         """Swap in a fresh client after a long failure streak; the old one is closed once its calls are done."""
         with self._client_lock:
-            if self._client is None or now - self._last_ok < RECONNECT_AFTER_S or now - self._client_born < RECONNECT_AFTER_S:
+            if (self._client is None or now - self._last_ok < RECONNECT_AFTER_S
+                    or now - self._client_born < RECONNECT_AFTER_S):
                 return
             self._retired.append((now, self._client))
             self._client = None
