@@ -59,8 +59,11 @@ clean-venv:
 # parallel, one thread each (each quality passes its own alpha/beta, see the model card for why); export
 # (compressed packages are calibrated on the fit/val splits: temperature and novelty threshold), and
 # measurement on the whole test split. About 2 hours on 2 CPU cores; every run resumes from its last.pt.
+# The bundled zoo is split by side: the cloud files (weights.pt, classifier.onnx) last move to
+# CLOUD_ZOO_OUT, which vitcodec-cloud ships, so the edge's vitcodec-packages carries none (docs/models.md).
 ZOO_RUNS ?= runs
 ZOO_OUT ?= packages/src/vitcodec/packages/zoo
+CLOUD_ZOO_OUT ?= cloud/src/vitcodec/cloud/zoo
 JOINT = $(VENV)/bin/vitcodec train --stage joint --data fashion-mnist --batch-size 64 --lr 3e-4 --codec-lr 1e-3 \
 	--warmup-steps 100 --label-smoothing 0.1 --no-progress --threads 1 \
 	--init $(ZOO_RUNS)/fmnist-pretrain/final.pt
@@ -79,6 +82,7 @@ zoo: $(STAMP)
 	for m in fmnist-uncompressed fmnist-q1 fmnist-q2 fmnist-q3; do \
 		$(VENV)/bin/vitcodec eval --model $(ZOO_OUT)/$$m/1 --data fashion-mnist --record --json || exit 1; \
 	done
+	$(PY) -m vitcodec.packages.split_zoo $(ZOO_OUT) $(CLOUD_ZOO_OUT)
 
 # Rate–accuracy against JPEG, WebP and AVIF with a pixel CNN, raw and fine-tuned per codec and quality
 # (docs/benchmarks.md): table on stdout, figures in benchmarks/results/rate_accuracy_<date>.json, plot in

@@ -6,18 +6,18 @@ interleaved; the figures go to benchmarks/results/bench_hs_<date>.json as well.
    the same ẑ through
    - the 8-bit h_s (format 2, `codec/int8_hyper_synthesis.py`: one u8 x s8 GEMM a layer), ONNX Runtime
      ``MatMulInteger`` engine (the default) and, at batch 1, the numpy int32 matmul engine,
-   - the format-1 h_s (wide fixed point, int8 digit planes; what the zoo ships), default engine and float64
+   - the format-1 h_s (wide fixed point, int8 digit planes; older packages), default engine and float64
      reference,
    - the float32 h_s in ONNX Runtime (Conv/ConvTranspose/Relu graph of the float layers, ``--threads``);
    the 8-bit h_s is calibrated on the z of other photo crops. Ratios are / float32, median over rounds.
    Also the rate cost of the 8-bit h_s against format 1 on these photos (coded bytes, same CDF tables).
-2. The same at the zoo's 28x28 (``fmnist-q2``, batches of 1 and ``--batch``): the 8-bit h_s is quantised from the
-   zoo's format-1 weights (w / 2**weight_bits, 11 fractional bits) and calibrated on the z of Fashion-MNIST test
-   images after the first ``--zoo-streams`` (timing and an indication of the rate cost; a real export
-   quantises the checkpoint's float weights on the fit split).
+2. The same at the zoo's 28x28 (its preset ``jcc-fmnist-28-s8`` with weights made realistic on Fashion-MNIST test
+   images, batches of 1 and ``--batch``: the zoo itself now ships only the 8-bit h_s, so the formats are compared
+   on a network that has both), calibrated and measured on other test images.
 3. Edge encode at 224 (``EdgeEncoder.encode_pixels``, one image at a time): median and p90 ms per stage.
-4. Entropy decoding of zoo streams in batches of ``--batch``: ``LatentCodec.decode_batch`` per stream with each
-   engine, and where the time goes (z range decoding, h_s, y range decoding + ŷ) for the default engine.
+4. Entropy decoding of zoo streams in batches of ``--batch``: ``LatentCodec.decode_batch`` per stream with the
+   zoo's h_s on its default engine and its format's reference engine, and where the time goes (z range
+   decoding, h_s, y range decoding + ŷ) on the default engine.
 
 Usage::
 
@@ -31,7 +31,6 @@ import datetime as dt
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 from bench_edge import machine, paper_model, pct, time_stages
@@ -89,42 +88,6 @@ def interleaved(stages: dict, rounds: int, block: int = 1, warmup: int = 2) -> d
     return times
 
 
-def fixed_to_float_layers(hyper) -> list[dict]:
-    """A format-1 h_s's layers as float layer dicts (w / 2**weight_bits, bias / 2**(weight_bits + act_bits))."""
-    out = []
-    for layer in hyper.layers:
-        if layer.kind == "relu":
-            out.append({"kind": "relu"})
-            continue
-        out.append({"kind": layer.kind, "weight": layer.weight / 2.0**hyper.weight_bits,
-                    "bias": layer.bias / 2.0 ** (hyper.weight_bits + hyper.act_bits), "stride": layer.stride,
-                    "padding": layer.padding, "output_padding": layer.output_padding})
-    return out
-
-
-def calibrated_int8(layers: list[dict], tables, z_hat: np.ndarray):
-    """The 8-bit h_s of float layer dicts, calibrated on ẑ (float64 (B, N, h, w)) as the exporter does."""
-    import torch
-    from torch import nn
-    from vitcodec.codec.int8_quantise import HsCalibration, quantise
-
-    x, outputs = torch.from_numpy(z_hat), []
-    with torch.no_grad():
-        for spec in layers:
-            if spec["kind"] == "relu":
-                x = torch.relu(x)
-                outputs.append(x.amax(dim=(0, 2, 3)).numpy())
-                continue
-            w = torch.from_numpy(np.asarray(spec["weight"], np.float64))
-            b = torch.from_numpy(np.asarray(spec["bias"], np.float64))
-            if spec["kind"] == "conv":
-                x = nn.functional.conv2d(x, w, b, spec["stride"], spec["padding"])
-            else:
-                x = nn.functional.conv_transpose2d(x, w, b, spec["stride"], spec["padding"], spec["output_padding"])
-    calibration = HsCalibration(z_hat.min(axis=(0, 2, 3)), z_hat.max(axis=(0, 2, 3)), outputs)
-    return quantise(layers, tables.scale_table, tables.z_medians, calibration)
-
-
 def hs_side_by_side(old, new, layers: list[dict], tables, z: np.ndarray, out_hw: tuple[int, int], threads: int,
                     batches: tuple[int, ...], rounds: int, numpy_batches: tuple[int, ...]) -> dict:
     """ms per pass of every h_s on the same ẑ (batch b: the first b of z, tiled when z has fewer), checked
@@ -146,7 +109,7 @@ def hs_side_by_side(old, new, layers: list[dict], tables, z: np.ndarray, out_hw:
             raise SystemExit("format-1 engines disagree: exactness is broken")
         stages = {
             "8-bit h_s (format 2), ONNX Runtime MatMulInteger": lambda q=q: new.forward(q, out_hw),
-            "format-1 h_s, int8 digit planes (the zoo's)": lambda fixed=fixed: old.forward(fixed, out_hw),
+            "format-1 h_s, int8 digit planes": lambda fixed=fixed: old.forward(fixed, out_hw),
             "float32 h_s (ONNX Runtime)": lambda z_hat=z_hat: session.run(None, {"z_hat": z_hat}),
         }
         times = interleaved(stages, rounds=rounds, block=3)
@@ -177,62 +140,41 @@ def rate_cost(old, new, tables, y: np.ndarray, z: np.ndarray) -> dict:
             "cost_percent": round(100 * (totals["8-bit"] - totals["format 1"]) / totals["format 1"], 3)}
 
 
-def paper_figures(pixels: np.ndarray, calibration_pixels: np.ndarray, threads: int, rounds: int) -> dict:
+def preset_figures(preset: str, pixels: np.ndarray, calibration_pixels: np.ndarray, realistic_pixels: np.ndarray,
+                   threads: int, rounds: int, batches: tuple[int, ...], numpy_batches: tuple[int, ...]) -> dict:
+    """Both exact h_s formats and the float32 one of ``preset`` with weights made realistic on
+    ``realistic_pixels``: the 8-bit h_s calibrated on the z of ``calibration_pixels`` as `vitcodec export`
+    calibrates it; timed and rate-priced on the latents of ``pixels``."""
     import torch
     from vitcodec.edge.preprocess import normalise
     from vitcodec.models.export import codec_tables
     from vitcodec.models.hs_export import exact_hyper_synthesis, hyper_synthesis_layers
-    from vitcodec.models.jcc import AnalysisTransforms
+    from vitcodec.models.jcc import EdgeAnalysis
     from vitcodec.models.registry import create_model
     from workloads import make_realistic
 
     torch.manual_seed(0)
-    model = create_model("jcc-deit-s-224")
-    make_realistic(model, photo_crops(1, seed=99), seed=0)
+    model = create_model(preset)
+    make_realistic(model, realistic_pixels, seed=0)
     model.eval()
     tables = codec_tables(model)
     old = exact_hyper_synthesis(model, tables, "fixed")
     new = exact_hyper_synthesis(model, tables, "int8", calibration_pixels)
     with torch.no_grad():
-        y, z = AnalysisTransforms(model)(torch.from_numpy(normalise(pixels, model.config.input_spec())))
+        y, z = EdgeAnalysis(model)(torch.from_numpy(normalise(pixels, model.config.input_spec())))
     y, z = y.numpy(), z.numpy()
     return {"hs": hs_side_by_side(old, new, hyper_synthesis_layers(model), tables, z, y.shape[2:], threads,
-                                  (1, 32), rounds, (1,)),
+                                  batches, rounds, numpy_batches),
             "rate": rate_cost(old, new, tables, y, z)}
 
 
-def zoo_figures(streams_n: int, batch: int, threads: int, rounds: int) -> dict:
-    from vitcodec.edge.encoder import EdgeEncoder
-    from vitcodec.edge.preprocess import normalise, to_batch
-    from vitcodec.packages import resolve_model
-
-    package = resolve_model("fmnist-q2")
-    images = fashion_mnist_test(2 * streams_n)
-    if images is None:
-        raise SystemExit("the zoo figures need the Fashion-MNIST test split (dataset-fashion-mnist)")
-    encoder = EdgeEncoder(package)
-    codec = encoder.codec
-    layers = fixed_to_float_layers(codec.hyper)
-    medians = codec.tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
-
-    def latents(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        y, z = encoder.session.run(["y", "z"], {"image": normalise(to_batch(part, package.input_spec),
-                                                                     package.input_spec)})
-        return cast(np.ndarray, y), cast(np.ndarray, z)  # ONNX Runtime returns dense arrays for dense outputs
-
-    _, z_cal = latents(images[streams_n:])
-    new = calibrated_int8(layers, codec.tables, np.rint(z_cal.astype(np.float64) - medians) + medians)
-    y, z = latents(images[:streams_n])
-    return {"hs": hs_side_by_side(codec.hyper, new, layers, codec.tables, z, y.shape[2:], threads,
-                                  tuple(sorted({1, batch})), rounds, (1, batch)),
-            "rate": rate_cost(codec.hyper, new, codec.tables, y, z), "int8": new}
-
-
-def zoo_decoding(streams_n: int, batch: int, threads: int, int8_hyper=None) -> dict:
-    """Batched decoding of real zoo streams per engine; with `int8_hyper` (the zoo's h_s in the 8-bit format,
-    from `zoo_figures`) also decode_batch with it on the same payloads (a different h_s: timing only)."""
+def zoo_decoding(streams_n: int, batch: int) -> dict:
+    """Batched decoding of real zoo streams with the zoo's h_s on its default GEMM engine and on the slow
+    reference engine of its format (checked identical), and where the time goes."""
     from vitcodec.codec.bitstream import unpack_stream
     from vitcodec.codec.exact_gemm import Float64Gemm, Int8LimbGemm
+    from vitcodec.codec.int8_gemm import NumpyInt8Gemm, default_int8_engine
+    from vitcodec.codec.int8_hyper_synthesis import Int8HyperSynthesis
     from vitcodec.codec.latent_codec import LatentCodec
     from vitcodec.edge.encoder import EdgeEncoder
     from vitcodec.packages import resolve_model
@@ -246,11 +188,16 @@ def zoo_decoding(streams_n: int, batch: int, threads: int, int8_hyper=None) -> d
     parts = [unpack_stream(s) for s in streams]
     shape = parts[0][0].latent_shape
     batches = [[(z, y) for _, z, y in parts[i : i + batch]] for i in range(0, len(parts), batch)]
-    fast = LatentCodec(encoder.codec.tables, encoder.codec.hyper.with_engine(Int8LimbGemm()))
-    reference = LatentCodec(encoder.codec.tables, encoder.codec.hyper.with_engine(Float64Gemm()))
+    hyper = encoder.codec.hyper
+    if isinstance(hyper, Int8HyperSynthesis):  # format 2
+        fast_hyper, reference_hyper = hyper.with_engine(default_int8_engine()), hyper.with_engine(NumpyInt8Gemm())
+    else:  # format 1
+        fast_hyper, reference_hyper = hyper.with_engine(Int8LimbGemm()), hyper.with_engine(Float64Gemm())
+    fast = LatentCodec(encoder.codec.tables, fast_hyper)
+    reference = LatentCodec(encoder.codec.tables, reference_hyper)
     for b in batches:
         if not np.array_equal(fast.decode_batch(b, shape), reference.decode_batch(b, shape)):
-            raise SystemExit("int8 and float64 engines decode differently: exactness is broken")
+            raise SystemExit("the default and the reference engine decode differently: exactness is broken")
     breakdown = {"z range decoding": 0.0, "h_s": 0.0, "y range decoding + ŷ": 0.0}
 
     def split_timed() -> None:
@@ -266,31 +213,17 @@ def zoo_decoding(streams_n: int, batch: int, threads: int, int8_hyper=None) -> d
                 breakdown[key] += t * 1e3
 
     stages = {
-        "decode_batch, int8 engine": lambda: [fast.decode_batch(b, shape) for b in batches],
-        "decode_batch, float64 reference": lambda: [reference.decode_batch(b, shape) for b in batches],
-        "one stream at a time, int8 engine": lambda: [fast.decode(z, y, shape) for b in batches for z, y in b],
+        "decode_batch, default engine": lambda: [fast.decode_batch(b, shape) for b in batches],
+        "decode_batch, reference engine": lambda: [reference.decode_batch(b, shape) for b in batches],
+        "one stream at a time, default engine": lambda: [fast.decode(z, y, shape) for b in batches for z, y in b],
     }
-    if int8_hyper is not None:
-        # the y payloads were coded with the format-1 parameters: decoding them with the 8-bit h_s's rows
-        # gives other symbols (or a corrupt-payload error, caught) but costs the same work
-        eight = LatentCodec(encoder.codec.tables, int8_hyper)
-
-        def decode_8bit() -> None:
-            for b in batches:
-                params = eight.hyper.forward(eight.hyper.fixed_input(eight.decode_z(b, shape), None), shape)
-                try:
-                    eight.decode_y(b, params, shape)
-                except Exception:  # noqa: BLE001 - see above
-                    pass
-
-        stages["decode_batch, 8-bit h_s"] = decode_8bit
-    times = interleaved(stages, rounds=5)
     rounds = 5
+    times = interleaved(stages, rounds=rounds)
     for _ in range(rounds):
         split_timed()
     per_stream = {k: round(float(np.median(v)) / len(streams), 4) for k, v in times.items()}
     per_stream_parts = {k: round(v / rounds / len(streams), 4) for k, v in breakdown.items()}
-    return {"streams": len(streams), "batch": batch,
+    return {"streams": len(streams), "batch": batch, "hs_format": 2 if isinstance(hyper, Int8HyperSynthesis) else 1,
             "stream_bytes_mean": round(float(np.mean([len(s) for s in streams])), 1),
             "ms_per_stream": per_stream, "breakdown_ms_per_stream": per_stream_parts}
 
@@ -314,17 +247,21 @@ def main() -> None:
                      "threads": args.threads, "images": args.images}
     pixels = photo_crops(max(1, -(-args.images // 8)), seed=1)[: args.images]
     calibration = photo_crops(2, seed=2)
-    figures["paper_224"] = paper_figures(pixels, calibration, args.threads, args.rounds)
+    figures["paper_224"] = preset_figures("jcc-deit-s-224", pixels, calibration, photo_crops(1, seed=99),
+                                          args.threads, args.rounds, (1, 32), (1,))
     if not args.skip_edge:
         with tempfile.TemporaryDirectory() as tmp:
             _, package = paper_model(Path(tmp))
             stages = time_stages(package, pixels, args.threads)
             figures["edge_224_ms"] = {k: {"median": round(pct(v, 50), 2), "p90": round(pct(v, 90), 2)}
                                       for k, v in stages.items()}
-    zoo = zoo_figures(args.zoo_streams, args.batch, args.threads, args.rounds)
-    int8_hyper = zoo.pop("int8")
-    figures["zoo_28"] = zoo
-    figures["zoo"] = zoo_decoding(args.zoo_streams, args.batch, args.threads, int8_hyper)
+    fmnist = fashion_mnist_test(3 * args.zoo_streams)
+    if fmnist is None:
+        raise SystemExit("the zoo-size figures need the Fashion-MNIST test split (dataset-fashion-mnist)")
+    n = args.zoo_streams
+    figures["zoo_28"] = preset_figures("jcc-fmnist-28-s8", fmnist[:n], fmnist[n:2 * n], fmnist[2 * n:],
+                                       args.threads, args.rounds, tuple(sorted({1, args.batch})), (1, args.batch))
+    figures["zoo"] = zoo_decoding(args.zoo_streams, args.batch)
     print(machine_line())
     print_markdown(figures)
     write_results("bench_hs", figures, args)
@@ -334,7 +271,7 @@ def print_markdown(f: dict) -> None:
     print(f"Machine: {f['machine']}; {f['date']}; float32 h_s with {f['threads']} ONNX Runtime threads, exact "
           "h_s engines with 1.\n")
     for key, title in (("paper_224", "jcc-deit-s-224 at 224x224, realistic weights"),
-                       ("zoo_28", "zoo fmnist-q2 at 28x28")):
+                       ("zoo_28", "the zoo's preset jcc-fmnist-28-s8 at 28x28, realistic weights")):
         part = f[key]
         for batch, row in part["hs"].items():
             print(f"h_s, {title}, {batch} (outputs of the engines of each format identical)\n")
@@ -353,14 +290,14 @@ def print_markdown(f: dict) -> None:
         for k, v in f["edge_224_ms"].items():
             print(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} |")
     z = f["zoo"]
-    print(f"\nEntropy decoding, zoo fmnist-q2: {z['streams']} real streams ({z['stream_bytes_mean']} B mean), "
-          f"batches of {z['batch']}\n")
+    print(f"\nEntropy decoding, zoo fmnist-q2 (h_s format {z['hs_format']}): {z['streams']} real streams "
+          f"({z['stream_bytes_mean']} B mean), batches of {z['batch']}\n")
     print("| path | ms per stream |")
     print("|---|---:|")
     for k, v in z["ms_per_stream"].items():
         print(f"| {k} | {v:.3f} |")
     for k, v in z["breakdown_ms_per_stream"].items():
-        print(f"| int8 engine, of which {k} | {v:.3f} |")
+        print(f"| default engine, of which {k} | {v:.3f} |")
 
 
 if __name__ == "__main__":

@@ -577,7 +577,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                     "sustained: 512; paths: 16)")
     parser.add_argument("--batch", type=int, default=32, help="server max batch size and the raw loop's batch")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    parser.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "onnxruntime"])
+    parser.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "onnxruntime", "onnxruntime-int8"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads of the server and of the in-process reference (0: default)")

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="server max batch size and the raw loop's batch")
     parser.add_argument("--window-ms", type=int, default=3000, help="perf_analyzer measurement window")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"],
                         help="the raw loop's backend (pass the same to the server with --server-arg)")
     parser.add_argument("--repeats", type=int, default=5, help="raw-loop runs (median)")
     parser.add_argument("--threads", type=int, default=0,

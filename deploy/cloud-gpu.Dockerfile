@@ -20,7 +20,7 @@ WORKDIR /app
 RUN pip install torch==2.14.1 torchvision==0.29.1
 
 # the server's distribution and the ones it depends on (docs/architecture.md), one pip command; the zoo is
-# vitcodec-packages' package data
+# vitcodec-packages' package data (manifests, edge files) and vitcodec-cloud's (its weights.pt, classifier.onnx)
 COPY common ./common
 COPY codec ./codec
 COPY packages ./packages

@@ -1,7 +1,8 @@
 # vitcodec cloud server, CPU. Build from the repository root:
 #   docker build -f deploy/cloud.Dockerfile -t vitcodec-cloud:0.1.0 .
-# Serves the zoo shipped in vitcodec-packages (or a repository mounted at VITCODEC_MODEL_REPO) on 8000 (HTTP) and
-# 8001 (gRPC). Every `vitcodec-cloud serve` flag also reads a VITCODEC_* variable (docs/api.md, "Settings").
+# Serves the zoo shipped in vitcodec-packages and vitcodec-cloud (or a repository mounted at VITCODEC_MODEL_REPO)
+# on 8000 (HTTP) and 8001 (gRPC). Every `vitcodec-cloud serve` flag also reads a VITCODEC_* variable
+# (docs/api.md, "Settings").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,7 +18,7 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
 
 # the server's distribution and the ones it depends on (docs/architecture.md), one pip command; the zoo is
-# vitcodec-packages' package data
+# vitcodec-packages' package data (manifests, edge files) and vitcodec-cloud's (its weights.pt, classifier.onnx)
 COPY common ./common
 COPY codec ./codec
 COPY packages ./packages

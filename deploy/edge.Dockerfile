@@ -2,7 +2,8 @@
 # grpcio, httpx, typer, rich): no torch. Build from the repository root:
 #   docker build -f deploy/edge.Dockerfile -t vitcodec-edge:0.1.0 .
 #   docker run --rm --network host vitcodec-edge:0.1.0 vitcodec-edge send samples --server grpc://127.0.0.1:8001
-# The encoder comes from the zoo installed with vitcodec-packages (packages/src/vitcodec/packages/zoo/).
+# The encoder comes from the zoo installed with vitcodec-packages (packages/src/vitcodec/packages/zoo/), which
+# holds no cloud weights: those ship in vitcodec-cloud (cloud/src/vitcodec/cloud/zoo/).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -84,8 +84,6 @@ def uncalibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding the zoo's fmnist-q2 with its calibration taken out (no temperature, no novelty
     statistics, classifier.onnx without the novelty output): what every package exported before calibration
     looks like. Same model id as the zoo's fmnist-q2, so serve it on its own."""
-    import shutil
-
     zoo = _zoo_repository()
     if zoo is None:
         pytest.skip("needs the trained zoo (packages/zoo)")
@@ -94,8 +92,9 @@ def uncalibrated_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vitcodec.packages import ModelPackage
 
     root = tmp_path_factory.mktemp("uncalibrated-repo")
-    shutil.copytree(zoo / "fmnist-q2", root / "fmnist-q2")
-    package = ModelPackage.open(root / "fmnist-q2" / "1")
+    zoo_package = ModelPackage.open(zoo / "fmnist-q2" / "1")  # its cloud files live in the cloud's zoo
+    package = ModelPackage.write(root / "fmnist-q2" / "1", zoo_package.manifest,
+                                 {key: zoo_package.file(key).read_bytes() for key in zoo_package.manifest["files"]})
     manifest = {**package.manifest, "config": {**package.manifest["config"], "calibrated": False}}
     manifest.pop("calibration", None)
     state = torch.load(package.file("weights"), map_location="cpu", weights_only=True)

@@ -434,3 +434,41 @@ def test_the_archive_setting_names_the_backend(tmp_path):
         Settings(_env_file=None, archive="mysql://db/archive")
     with pytest.raises(ValueError, match="not a valid PostgreSQL URL"):
         open_archive("postgresql://db/archive?no_such_option=1")
+
+
+def test_a_filtered_listing_walks_a_bounded_stretch_per_page(store_location, monkeypatch):
+    """A filter few entries match: each page walks at most SCAN_ROWS entries, so pages may hold fewer than
+    `limit` (even none) with a cursor; following the cursors finds every match once, newest first."""
+    from vitcodec.cloud import archive_sql
+
+    monkeypatch.setattr(archive_sql, "SCAN_ROWS", 40)
+    monkeypatch.setattr(archive_sql, "_FIRST_STRETCH", 10)
+    store = open_archive(store_location)
+    store.start()
+    try:
+        start = now_us() - 1_000_000
+        records = []
+        for i in range(200):
+            stream = i.to_bytes(4, "little") + os.urandom(28)
+            label, p = ("Bag", 0.3) if i % 90 == 0 else ("Coat", 0.9)
+            records.append(ArchiveRecord(stream_id(stream), stream, "m", "1", "ab",
+                                         [ClassScore(8 if label == "Bag" else 4, label, p)], (28, 28),
+                                         created_us=start + i))
+        for record in records:
+            store.add(record)
+        assert store.sync()
+        expected = [r.id for r in reversed(records) if r.label == "Bag"]
+        for query in ({"label": "Bag"}, {"max_confidence": 0.5}):
+            found, sizes, cursor = [], [], None
+            while True:
+                page = store.list(ImageQuery.parse(limit=3, cursor=cursor, **query))
+                found += [e.id for e in page.images]
+                sizes.append(len(page.images))
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert found == expected and 0 in sizes and len(sizes) >= 200 // 40
+        full = store.list(ImageQuery(label="Coat", limit=5))  # a common label fills its page at once
+        assert len(full.images) == 5 and full.next_cursor is not None
+    finally:
+        store.close()

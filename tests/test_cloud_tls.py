@@ -269,7 +269,7 @@ def _error_lines(output: str) -> list[str]:
 def test_serve_refuses_unusable_tls_files_in_one_line(pki, tmp_path):
     cases = {
         "no such file": ["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(pki.server_key)],
-        "does not match the certificate": ["--tls-cert", str(pki.server), "--tls-key", str(pki.client_key)],
+        "does not match the TLS certificate": ["--tls-cert", str(pki.server), "--tls-key", str(pki.client_key)],
         "not a PEM certificate": ["--tls-cert", str(pki.server_key), "--tls-key", str(pki.server_key)],
         "not a PEM private key": ["--tls-cert", str(pki.server), "--tls-key", str(pki.server)],
     }

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from vitcodec.codec.exact_gemm import EXACT_LIMIT, Float64Gemm, Int8LimbGemm, default_engine, matmul_integer_model
 from vitcodec.codec.fixed_point import ExactConv2d, ExactConvTranspose2d
+from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.packages import resolve_model
 
@@ -110,7 +111,21 @@ def test_int8_digits_stay_inside_the_saturation_free_range():
 
 @pytest.fixture(scope="module")
 def zoo_codec() -> LatentCodec:
-    return LatentCodec.load(resolve_model("fmnist-q2").path / "codec.npz")
+    """The zoo's tables with a format-1 h_s of the zoo's shapes (compressai's mean-scale h_s, N=64, M=128),
+    weights drawn like a fresh network's: the zoo itself now ships the 8-bit h_s (format 2)."""
+    tables = LatentCodec.load(resolve_model("fmnist-q2").file("codec")).tables
+    rng = np.random.default_rng(11)
+
+    def layer(kind: str, cin: int, cout: int, k: int, stride: int) -> dict:
+        bound = 1.0 / np.sqrt(cin * k * k)
+        shape = (cout, cin, k, k) if kind == "conv" else (cin, cout, k, k)
+        return {"kind": kind, "weight": rng.uniform(-bound, bound, shape), "bias": rng.uniform(-bound, bound, cout),
+                "stride": stride, "padding": k // 2, "output_padding": stride - 1}
+
+    layers = [layer("deconv", 64, 128, 5, 2), {"kind": "relu"}, layer("deconv", 128, 192, 5, 2), {"kind": "relu"},
+              layer("conv", 192, 256, 3, 1)]
+    hyper = IntegerHyperSynthesis.from_float_layers(layers, tables.scale_table, weight_bits=11)
+    return LatentCodec(tables, hyper)
 
 
 def test_zoo_hs_identical_for_every_engine_thread_count_and_batch_size(zoo_codec):

@@ -289,7 +289,7 @@ def test_unreadable_permissions_are_one_line(model_repo, tmp_path, auth_server):
     agent = _agent(model_repo, tmp_path, [folder], auth_server.http_url, "--token", AUTH_TOKEN)
     _run_until(agent, tmp_path / "results.jsonl", 1)
     (err,) = events(agent.log(tail=0), "unreadable")
-    assert "locked.png: permission denied" in err["message"]
+    assert "locked.png: cannot read it (permission denied)" in err["message"]
 
 
 def _edge(*args: str, model_repo: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

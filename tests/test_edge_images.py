@@ -76,5 +76,5 @@ def test_broken_files_raise_one_line_errors(tmp_path, case):
         load_image(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
-    expected = {"missing": "no such file", "folder": "is a directory"}.get(case, "not a readable image")
+    expected = {"missing": "no such file", "folder": "is a folder, not a file"}.get(case, "not a readable image")
     assert expected in message

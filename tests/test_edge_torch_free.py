@@ -108,6 +108,34 @@ def test_the_default_model_ships_in_the_wheel(edge_venv, fmnist_images, tmp_path
     assert (tmp_path / "default" / "shirt.vcb").read_bytes() == (tmp_path / "explicit" / "shirt.vcb").read_bytes()
 
 
+def test_the_edge_install_carries_no_cloud_files(edge_venv):
+    """The wheels of the edge install ship the bundled zoo's manifests and edge files (the default model whole,
+    for a device), and none of its cloud files: ``weights.pt`` and ``classifier.onnx`` ship in vitcodec-cloud
+    (docs/architecture.md, "Contracts")."""
+    import zipfile
+
+    from vitcodec.packages import CLOUD_FILES, DEFAULT_MODEL, EDGE_FILES, MANIFEST, iter_packages, zoo_root
+
+    packages = iter_packages(zoo_root())
+    cloud_names = {p.manifest["files"][key] for p in packages for key in CLOUD_FILES if key in p.manifest["files"]}
+    assert cloud_names == {"weights.pt", "classifier.onnx"}, cloud_names  # what the checkout's zoo names
+    wheels = sorted((edge_venv.parent / "wheels").glob("*.whl"))
+    assert {w.name.split("-")[0] for w in wheels} >= {"vitcodec_edge", "vitcodec_packages"}, wheels
+    members = [name for wheel in wheels for name in zipfile.ZipFile(wheel).namelist()]
+    assert [m for m in members if Path(m).name in cloud_names] == []
+    installed = [str(f) for f in edge_venv.rglob("*") if f.name in cloud_names]
+    assert installed == []
+    default = max((p for p in packages if p.name == DEFAULT_MODEL), key=lambda p: p.version)
+    folder = f"vitcodec/packages/zoo/{default.name}/{default.version}"
+    for name in (MANIFEST, *(default.manifest["files"][key] for key in EDGE_FILES)):
+        assert f"{folder}/{name}" in members, name
+    # the installed default model says what it lacks, rather than failing somewhere inside a loader
+    script = ("from vitcodec.packages import resolve_model\n"
+              "try:\n    resolve_model().file('weights')\nexcept LookupError as exc:\n    print(exc)")
+    proc = run(edge_venv / "bin" / "python", "-c", script)
+    assert proc.returncode == 0 and "an edge install does not carry it" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_the_installed_edge_imports_from_the_repository_root(edge_venv):
     """Nothing at the repository root is named `vitcodec`, so a normal install imports the same from the root of a
     checkout as from anywhere else (docs/architecture.md, "Folders and distributions")."""

@@ -98,3 +98,22 @@ def test_holdout_measures_the_validation_split_each_epoch(tmp_path: Path) -> Non
     assert [r["epoch"] for r in val] == [1, 2] and all(0.0 <= r["val_acc"] <= 1.0 for r in val)
     train(TrainSettings(out=tmp_path / "all", max_steps=2, holdout=False, **common))
     assert not (tmp_path / "all" / "val.jsonl").exists()
+
+
+def test_step_two_starts_from_the_uncompressed_package_when_the_checkpoint_is_gone(tmp_path: Path) -> None:
+    from vitcodec.models.train import build_model
+    from vitcodec.packages import resolve_model
+
+    package = resolve_model("fmnist-uncompressed")
+    settings = TrainSettings(out=tmp_path, stage="joint", init=Path("fmnist-uncompressed"), quality=3)
+    model, checkpoint = build_model(settings, torch.device("cpu"))
+    assert checkpoint is None and model.training
+    stored = torch.load(package.file("weights"), map_location="cpu", weights_only=True)
+    state = model.state_dict()
+    for key in ("g_a.0.weight", "vit.head.weight"):
+        assert torch.equal(state[key], stored[key].float())
+    with pytest.raises(ValueError, match="compressed"):
+        build_model(TrainSettings(out=tmp_path, stage="joint", init=Path("fmnist-q2"), quality=3), torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint nor a model package"):
+        build_model(TrainSettings(out=tmp_path, stage="joint", init=tmp_path / "missing", quality=3),
+                    torch.device("cpu"))

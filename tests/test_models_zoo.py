@@ -8,20 +8,22 @@ import numpy as np
 import pytest
 from vitcodec.models.evaluate import evaluate
 from vitcodec.packages import iter_packages, resolve_model, zoo_root
+from vitcodec.packages.bundled import companion_roots
 
 ZOO = {p.name: p for p in iter_packages(zoo_root())}
 EXPECTED = {"fmnist-uncompressed", "fmnist-q1", "fmnist-q2", "fmnist-q3"}
 # Floors on a 500-image slice of the test split: below the card's figures, far above chance (10 %).
-# (The card: 92.4 / 88.0 / 90.2 / 91.3 %; a 500-image slice varies by about ±1.5 points.)
+# (The card: 92.4 / 87.9 / 90.2 / 91.2 %; a 500-image slice varies by about ±1.5 points.)
 TOP1_FLOOR = {"fmnist-uncompressed": 0.88, "fmnist-q1": 0.845, "fmnist-q2": 0.865, "fmnist-q3": 0.875}
 
 
 def test_zoo_is_complete_and_small() -> None:
     assert EXPECTED <= set(ZOO), f"zoo holds {sorted(ZOO)}"
-    total = sum(f.stat().st_size for f in zoo_root().rglob("*") if f.is_file())
-    # The target is 20 MB in all (docs/architecture.md); the conv tokenizer's 0.62 MB per package put the zoo
-    # at 20.26 MB (docs/models.md says so): this bound stops further growth, it does not move the target.
-    assert total <= 20_300_000, f"zoo weighs {total / 1e6:.2f} MB (target: 20 MB in all; shipped: 20.26 MB)"
+    # the bundled zoo is split by side: manifests and edge files here, cloud files in vitcodec-cloud's folder
+    total = sum(f.stat().st_size for root in (zoo_root(), *companion_roots()) for f in root.rglob("*") if f.is_file())
+    # The target is 20 MB in all (docs/architecture.md); the 8-bit h_s (codec.npz 0.9 MB instead of 1.6 MB)
+    # brought the zoo from 20.26 to 18.27 MB (docs/models.md).
+    assert total <= 20_000_000, f"zoo weighs {total / 1e6:.2f} MB (target: 20 MB in all; shipped: 18.27 MB)"
 
 
 def test_default_model_is_q2() -> None:

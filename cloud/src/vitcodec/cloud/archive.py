@@ -20,7 +20,6 @@ import base64
 import binascii
 import collections
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -88,14 +87,6 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 # -- what is stored and read back ---------------------------------------------------------------------------
 
-def scores_json(top: list[ClassScore]) -> str:
-    return json.dumps([[s.index, s.label, s.probability] for s in top], separators=(",", ":"))
-
-
-def scores_from_json(text: str) -> list[ClassScore]:
-    return [ClassScore(int(i), str(label), float(p)) for i, label, p in json.loads(text)]
-
-
 def _scores_dicts(top: list[ClassScore]) -> list[dict[str, Any]]:
     return [{"index": s.index, "label": s.label, "probability": s.probability} for s in top]
 
@@ -104,7 +95,7 @@ def _scores_dicts(top: list[ClassScore]) -> list[dict[str, Any]]:
 class ArchiveRecord:
     """One classified stream as the data plane hands it to the archive."""
 
-    id: str
+    id: str  # the stream's hash (`stream_id`): the archive finds streams by it
     stream: bytes
     model: str
     version: str

@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from .archive_sql import POSTGRES, SqlArchive, schema
+from .archive_sql import POSTGRES, SqlArchive
 from .errors import ArchiveUnavailable
 from .metrics import Metrics
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_S = 5  # an unreachable database costs a batch this long at most (the queue absorbs the wait)
 STATEMENT_TIMEOUT_MS = 60_000
 IDLE_READERS = 4  # idle read connections kept per server
-_SCHEMA_LOCK = 0x76697463  # pg_advisory_xact_lock key while creating the tables ("vitc")
+_WRITE_LOCK = 0x76697463  # pg_advisory_xact_lock key of every write transaction ("vitc")
 
 
 def _psycopg():  # returns the psycopg module (its type is the module's own)
@@ -87,7 +87,7 @@ class PostgresArchive(SqlArchive):
         self.db_errors = (pg.Error, OSError)
         self._idle: list[Any] = []
         self._idle_lock = threading.Lock()
-        self._schema_ready = False
+        self._schema_checked = False
         super().__init__(redact(url), max_age_days=max_age_days, max_bytes=max_bytes,
                          flush_interval_s=flush_interval_s, flush_entries=flush_entries,
                          retention_interval_s=retention_interval_s, max_pending=max_pending, metrics=metrics)
@@ -97,20 +97,26 @@ class PostgresArchive(SqlArchive):
                                   application_name="vitcodec-archive")
         try:
             conn.execute(_trusted(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
-            if not self._schema_ready:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                    for statement in schema(POSTGRES):
-                        conn.execute(_trusted(statement))
-                self._schema_ready = True
+            if not self._schema_checked:
+                if not self._schema_ready(conn):
+                    self._transaction(conn, self._prepare)  # creates the tables, or upgrades an old archive
+                self._schema_checked = True
         except BaseException:
             conn.close()
             raise
         return conn
 
     def _transaction(self, conn: Any, fn: Callable[[Any], Any]) -> Any:
+        """`fn(conn)` in one transaction, holding the archive's write lock: the writers of several replicas
+        take turns (a stream is found by its hash before it is inserted, and times are made unique)."""
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             return fn(conn)
+
+    def _columns(self, conn: Any, table: str) -> list[str]:
+        rows = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                            "current_schema() AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()
+        return [row[0] for row in rows]
 
     def _used_bytes(self, conn: Any) -> int:
         row = conn.execute("SELECT (SELECT coalesce(sum(pg_column_size(i.*)), 0) FROM images i) + "

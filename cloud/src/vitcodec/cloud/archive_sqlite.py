@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .archive_sql import SQLITE, SqlArchive, schema
+from .archive_sql import SQLITE, SqlArchive
 from .metrics import Metrics
 
 
@@ -43,15 +43,13 @@ class SqliteArchive(SqlArchive):
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
-            tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-                                  "AND name IN ('images', 'reclassifications')").fetchone()[0]
-            if tables < 2:
+            if not self._columns(conn, "images"):
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # effective only before the first table
                 conn.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the file
-                for statement in schema(SQLITE):
-                    conn.execute(statement)
             # in WAL mode: a commit survives the process being killed; a power cut may lose the last ones
             conn.execute("PRAGMA synchronous = NORMAL")
+            if not self._schema_ready(conn):
+                self._transaction(conn, self._prepare)  # creates the tables, or upgrades an old archive
         except BaseException:
             conn.close()
             raise
@@ -70,6 +68,9 @@ class SqliteArchive(SqlArchive):
             raise
         conn.execute("COMMIT")
         return result
+
+    def _columns(self, conn: sqlite3.Connection, table: str) -> list[str]:
+        return [row[0] for row in conn.execute("SELECT name FROM pragma_table_info(?)", (table,)).fetchall()]
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]

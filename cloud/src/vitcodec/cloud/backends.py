@@ -6,6 +6,9 @@
   ``CUDAExecutionProvider`` on GPU when onnxruntime-gpu is installed). Measured on this project's CPU machine
   (fmnist preset, 1 thread): 15-35 % faster than torch at batch 1-64, probabilities equal to 1e-7; see
   benchmarks/bench_server.py ``--backend`` to measure on yours.
+- ``onnxruntime-int8`` (`OnnxRuntimeBackend` with ``int8=True``): the same graph with its linear layers in
+  int8 (`vitcodec.cloud.int8_classifier`, quantised at load): about 2x torch at batch 32 on one thread, top-1
+  within 0.1 point of float32 on the zoo (benchmarks/bench_classifier.py); probabilities differ by ~1e-3.
 
 Both decode entropy-coded payloads with the package's codec (numpy, exact integer h_s) and reconstruct pixels
 with the torch networks (`_PackageBackend`); they differ only in what runs the classifier.
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vitcodec.cloud.backends")
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 Loader = Callable[[ModelPackage], ServedModel]  # package -> a loaded model, for `ModelRepository(loader=...)`
 
@@ -68,13 +71,19 @@ class OnnxRuntimeBackend(_PackageBackend):
     """The classifier in ONNX Runtime from the package's ``classifier.onnx``, its weights bound from the loaded
     cloud weights. The file is written by ``vitcodec export``: the server exports nothing itself."""
 
-    def __init__(self, model: CloudModel, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, model: CloudModel, device: str = "cpu", threads: int = 0, int8: bool = False) -> None:
         super().__init__(model)
         path = model.package.file("classifier")
         self._weights = _classifier_weights(path, model.net.state_dict())  # ORT reads them while it runs
-        self._session = create_session(path, threads or None, device, initializers=self._weights)
+        if int8:
+            from .int8_classifier import int8_classifier_bytes
+
+            self._session = create_session(int8_classifier_bytes(path, self._weights), threads or None, device)
+        else:
+            self._session = create_session(path, threads or None, device, initializers=self._weights)
         self._outputs = [o.name for o in self._session.get_outputs()]  # probs, and novelty when calibrated
-        log.info("%s: classifier on ONNX Runtime (%s)", model.name, self._session.get_providers()[0])
+        log.info("%s: classifier on ONNX Runtime%s (%s)", model.name, ", int8 linear layers" if int8 else "",
+                 self._session.get_providers()[0])
 
     def analyse_latents(self, y_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         # the classifier's outputs are dense tensors (ORT's annotation also allows sparse tensors, lists, maps)
@@ -108,8 +117,8 @@ def make_loader(backend: str = "torch", device: str = "cpu", threads: int = 0) -
         from vitcodec.models.inference import CloudModel  # torch: imported only when a server loads models
 
         model = CloudModel(package, device)
-        if backend == "onnxruntime":
-            return OnnxRuntimeBackend(model, device, threads)
+        if backend in ("onnxruntime", "onnxruntime-int8"):
+            return OnnxRuntimeBackend(model, device, threads, int8=backend == "onnxruntime-int8")
         return TorchBackend(model)
 
     return load

@@ -14,15 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from vitcodec.codec.errors import (
-    BadMagicError,
-    CodecError,
-    CorruptPayloadError,
-    IntegrityError,
-    ModelMismatchError,
-    TruncatedStreamError,
-    UnsupportedVersionError,
-)
+from vitcodec.codec import errors as codec
 from vitcodec.packages import ModelNotFoundError
 from vitcodec.wire import (
     BAD_REQUEST,
@@ -107,14 +99,14 @@ class ErrorInfo:
 # most specific wins.
 ERROR_TABLE: dict[type[Exception], WireStatus] = {
     # the bytes are not a usable stream
-    CodecError: BAD_REQUEST,
-    TruncatedStreamError: BAD_REQUEST,
-    BadMagicError: BAD_REQUEST,
-    UnsupportedVersionError: BAD_REQUEST,
-    IntegrityError: BAD_REQUEST,
-    CorruptPayloadError: BAD_REQUEST,
+    codec.CodecError: BAD_REQUEST,
+    codec.TruncatedStreamError: BAD_REQUEST,
+    codec.BadMagicError: BAD_REQUEST,
+    codec.UnsupportedVersionError: BAD_REQUEST,
+    codec.IntegrityError: BAD_REQUEST,
+    codec.CorruptPayloadError: BAD_REQUEST,
     # a good stream, sent to the wrong model
-    ModelMismatchError: WRONG_MODEL,
+    codec.ModelMismatchError: WRONG_MODEL,
     # the request itself
     InvalidRequest: BAD_REQUEST,
     PayloadTooLarge: TOO_LARGE,
@@ -133,7 +125,8 @@ ERROR_TABLE: dict[type[Exception], WireStatus] = {
 
 # what a client of the server can do about an error, added to the library's own message
 HINTS: dict[type[BaseException], str] = {
-    ModelMismatchError: "send it to the model that made it, or omit the model name to route by the stream's header",
+    codec.ModelMismatchError: "send it to the model that made it, or omit the model name to route by the stream's "
+                              "header",
 }
 
 

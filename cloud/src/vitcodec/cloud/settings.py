@@ -28,9 +28,11 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port).")
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port (0: any free port).")
     device: str = Field(default="cpu", description="Torch device for the networks: cpu, cuda, cuda:1, ...")
-    backend: Literal["torch", "onnxruntime"] = Field(
+    backend: Literal["torch", "onnxruntime", "onnxruntime-int8"] = Field(
         default="torch",
-        description="Runtime of the batched classifier forward (decoding and reconstruction stay torch).")
+        description="Runtime of the batched classifier forward (decoding and reconstruction stay torch): torch, "
+                    "onnxruntime (the package's classifier.onnx), or onnxruntime-int8 (its linear layers in int8, "
+                    "quantised at load: about 2x faster, top-1 within 0.1 point).")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Most streams in one batched forward.")
     max_queue_delay_ms: float = Field(
         default=2.0, ge=0.0, le=10_000.0,

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vitcodec.tls_files import load_cert_chain
+
 from .auth import CURRENT_DEVICE
 from .files import read_config_file
 
@@ -38,10 +40,6 @@ class TlsConfigError(ValueError):
 
 def _read(path: Path, what: str) -> bytes:
     return read_config_file(path, what, TlsConfigError)
-
-
-def _no_password() -> bytes:
-    raise TlsConfigError("the key is encrypted with a passphrase; give an unencrypted key")
 
 
 class _Material:
@@ -77,20 +75,8 @@ def new_server_context() -> ssl.SSLContext:
 
 def load_into(context: ssl.SSLContext, material: _Material) -> None:
     """Certificate, key and (when given) the client CA of `material` into `context`, as one-line errors."""
-    try:
-        context.load_cert_chain(material.cert_path, material.key_path, password=_no_password)
-    except TlsConfigError as exc:
-        raise TlsConfigError(f"TLS key {material.key_path}: {exc}") from None
-    except ssl.SSLError as exc:
-        reason = exc.reason or str(exc)
-        if "KEY_VALUES_MISMATCH" in reason:
-            raise TlsConfigError(f"TLS key {material.key_path} does not match the certificate "
-                                 f"{material.cert_path}") from None
-        raise TlsConfigError(f"TLS certificate {material.cert_path} with key {material.key_path}: "
-                             f"cannot be used ({reason})") from None
-    except OSError as exc:  # the file changed or vanished since it was read
-        raise TlsConfigError(f"TLS certificate {material.cert_path} with key {material.key_path}: "
-                             f"{exc.strerror or exc}") from None
+    load_cert_chain(context, material.cert_path, material.key_path, cert_what="TLS certificate",
+                    key_what="TLS key", error=TlsConfigError)
     if material.client_ca is not None:
         try:
             context.load_verify_locations(cadata=material.client_ca.decode("ascii", "replace"))

@@ -37,11 +37,13 @@ from urllib.parse import quote, urlsplit
 
 import grpc
 import httpx
+from vitcodec.file_errors import unreadable_reason
 from vitcodec.protos import grpc_service_pb2 as v2_pb
 from vitcodec.protos import grpc_service_pb2_grpc as v2_grpc
 from vitcodec.protos import vitcodec_pb2 as pb
 from vitcodec.protos import vitcodec_pb2_grpc as pb_grpc
 from vitcodec.results import ClassifyResult, ClassScore, ReconstructResult
+from vitcodec.tls_files import load_cert_chain
 from vitcodec.wire import NO_ANSWER, RETRY_AFTER_HTTP, Backoff, http_for_grpc, is_retryable
 
 __all__ = [
@@ -157,10 +159,8 @@ class _Progress:
 def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"{what} {path}: no such file") from None
     except OSError as exc:
-        raise ValueError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+        raise ValueError(f"{what} {path}: {unreadable_reason(exc)}") from None
     if b"-----BEGIN " not in data:
         raise ValueError(f"{what} {path}: not a PEM file")
     return data
@@ -197,18 +197,8 @@ class TlsOptions:
             _read_pem(self.client_cert, "client certificate")
             if self.client_key:
                 _read_pem(self.client_key, "client key")
-            try:
-                context.load_cert_chain(self.client_cert, self.client_key or None, password=_no_password)
-            except ssl.SSLError as exc:
-                reason = exc.reason or str(exc)
-                if "KEY_VALUES_MISMATCH" in reason:
-                    raise ValueError(f"client key {self.client_key} does not match the client certificate "
-                                     f"{self.client_cert}") from None
-                raise ValueError(f"client certificate {self.client_cert}"
-                                 f"{f' with key {self.client_key}' if self.client_key else ''}: cannot be used "
-                                 f"({reason})") from None
-            except ValueError as exc:
-                raise ValueError(f"client key {self.client_key or self.client_cert}: {exc}") from None
+            load_cert_chain(context, self.client_cert, self.client_key, cert_what="client certificate",
+                            key_what="client key")
         return context
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
@@ -218,10 +208,6 @@ class TlsOptions:
             key = _read_pem(self.client_key, "client key") if self.client_key else chain
             return grpc.ssl_channel_credentials(root, key, chain)
         return grpc.ssl_channel_credentials(root)
-
-
-def _no_password() -> bytes:
-    raise ValueError("the key is encrypted with a passphrase; give an unencrypted key")
 
 
 def _ssl_error_in(exc: BaseException) -> ssl.SSLError | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from vitcodec.file_errors import unreadable_reason
 from vitcodec.packages import InputSpec
 
 
@@ -42,12 +43,8 @@ def load_image(path: str | Path) -> Image.Image:
                 except Exception:  # damaged EXIF: keep the pixels as stored
                     upright = None
                 return upright if upright is not None else im.copy()
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise ImageReadError(f"{path}: permission denied") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:  # the path, not the image
+        raise ImageReadError(f"{path}: {unreadable_reason(exc)}") from None
     except Image.DecompressionBombError as exc:
         raise ImageReadError(f"{path}: image too large ({_one_line(exc)})") from None
     except MemoryError:

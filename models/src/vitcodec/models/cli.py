@@ -1,5 +1,5 @@
-"""``vitcodec``: the torch-side command line (models, train, teacher, eval, export, calibrate). Classifying a
-bitstream file is the server install's ``vitcodec-cloud decode`` (cloud/decode_cli.py)."""
+"""``vitcodec``: the torch-side command line (models, train, teacher, eval, export, calibrate, upgrade-hs).
+Classifying a bitstream file is the server install's ``vitcodec-cloud decode`` (cloud/decode_cli.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def train_cmd(
                               "(rate-distortion-accuracy)."),
     preset: str = typer.Option("jcc-fmnist-28-s8", help="Network preset (see `vitcodec models`); ignored with --init."),
     data: str = typer.Option("fashion-mnist", help="fashion-mnist | imagefolder:PATH | synthetic"),
-    init: Path | None = typer.Option(None, help="Checkpoint to start from (step two starts from step one's final.pt)."),
+    init: Path | None = typer.Option(None, help="Checkpoint to start from (step two starts from step one's final.pt; "
+                                     "or from the uncompressed package, a folder or zoo name, when it is gone)."),
     quality: int | None = typer.Option(None, help="1|2|3: the paper's alpha/beta (0.1/0.001, 0.3/0.003, 0.6/0.006)."),
     alpha: float | None = typer.Option(None, help="Cross-entropy weight (overrides --quality)."),
     beta: float | None = typer.Option(None, help="MSE weight on 0..255 pixels (overrides --quality)."),
@@ -307,6 +308,42 @@ def calibrate_cmd(
     except ModelNotFoundError as exc:
         abort(str(exc))
     _calibrate(package, data)
+
+
+@app.command("upgrade-hs")
+def upgrade_hs_cmd(
+    model: str = typer.Option(..., help="Zoo name or package path of a compressed model with h_s format 1."),
+    out: Path = typer.Option(..., help="Model repository root: writes OUT/<name>/<version>/ (never in place)."),
+    data: str = typer.Option(
+        "fashion-mnist", help="The dataset it was trained on: the fit split calibrates the h_s and the "
+        "calibration is refitted on fit/val, never test."),
+    hs_calibration_images: int = typer.Option(2000, min=1, help="Fit-split images whose z calibrate the int8 h_s."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="Refit the temperature and novelty score on the new bitstreams."),
+    overwrite: bool = typer.Option(False, help="Replace OUT/<name>/<version>/ if it exists."),
+) -> None:
+    """Rewrite a package's exact h_s as the 8-bit h_s (format 2) from its own files, for a package whose training
+    checkpoint is gone. The model id changes; run `vitcodec eval --record` on the result for its test figures."""
+    from vitcodec.models.config import JCCConfig
+    from vitcodec.models.data import load_arrays
+    from vitcodec.models.hs_upgrade import upgrade_hyper_synthesis
+    from vitcodec.packages import ModelNotFoundError, resolve_model
+
+    try:
+        package = resolve_model(model)
+        config = JCCConfig.from_dict(package.manifest["config"])
+        images = load_arrays(data, "fit", config, limit=hs_calibration_images)[0]
+        target = Path(out).resolve() / package.name / str(package.version)
+        if target == package.path.resolve():
+            abort(f"--out {out} would rewrite {package.path} in place: choose another repository root")
+        upgraded = upgrade_hyper_synthesis(package, out, images, overwrite=overwrite)
+    except (ModelNotFoundError, ValueError) as exc:
+        abort(str(exc))
+    except FileExistsError as exc:
+        abort(f"{exc}: pass --overwrite to replace it")
+    console.print(f"wrote {upgraded.path} (model id {package.model_id.hex()} -> {upgraded.model_id.hex()})")
+    if calibrate:
+        _calibrate(upgraded, data)
 
 
 def _calibrate(package: ModelPackage, data: str) -> None:

@@ -17,7 +17,8 @@ def deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn
 
 class ConvStem(nn.Sequential):
     """g_a, the analysis transform: stride-2 5x5 convs with LeakyReLU in between, in_chans -> hidden... -> M.
-    Named for what it replaces, the ViT's patch stem; `jcc.AnalysisTransforms` is g_a and h_a together.
+    Named for what it replaces, the ViT's patch stem; `jcc.EdgeAnalysis` is g_a and h_a together, as the edge
+    runs them.
 
     The paper uses 3->128->128->128->192 (16x down); the width list makes it 4x for small images.
     This is the only network the edge device runs (exported to ONNX together with h_a).

@@ -20,7 +20,7 @@ from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.codec.tables import CodecTables
 from vitcodec.models.external_weights import bind_external_weights
 from vitcodec.models.hs_export import exact_hyper_synthesis, hyper_synthesis_layers  # noqa: F401 (re-export)
-from vitcodec.models.jcc import AnalysisTransforms, JointCompressionClassifier
+from vitcodec.models.jcc import EdgeAnalysis, JointCompressionClassifier
 from vitcodec.models.latent_networks import LatentNetworks
 from vitcodec.packages import PACKAGE_FORMAT, FileContent, ModelPackage
 
@@ -54,7 +54,7 @@ def build_latent_codec(model: JointCompressionClassifier, hs_format: str = "int8
 
 def onnx_encoder_bytes(model: JointCompressionClassifier, opset: int = 17) -> bytes:
     """g_a + h_a in ONNX with dynamic batch and spatial axes (inputs arrive already padded to the stride)."""
-    encoder = AnalysisTransforms(model).eval().cpu()
+    encoder = EdgeAnalysis(model).eval().cpu()
     c = model.config
     h, w = (-(-s // c.stride) * c.stride for s in c.img_size)
     dummy = torch.zeros(1, c.in_chans, h, w)

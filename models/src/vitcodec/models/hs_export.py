@@ -19,7 +19,7 @@ from vitcodec.codec.int8_hyper_synthesis import Int8HyperSynthesis
 from vitcodec.codec.int8_quantise import HsCalibration, quantise
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.tables import CodecTables
-from vitcodec.models.jcc import AnalysisTransforms, JointCompressionClassifier
+from vitcodec.models.jcc import EdgeAnalysis, JointCompressionClassifier
 
 HS_FORMATS = ("int8", "fixed")  # h_s formats 2 and 1 (`vitcodec.codec.hyper_synthesis`)
 HS_WEIGHT_BITS = 11  # format 1: int16 storage halves the package, the rate cost is unmeasurable
@@ -54,7 +54,7 @@ def image_z_hat(model: JointCompressionClassifier, tables: CodecTables, images: 
     from vitcodec.edge.preprocess import normalise, to_batch
 
     spec = model.config.input_spec()
-    encoder = AnalysisTransforms(model).eval().cpu()
+    encoder = EdgeAnalysis(model).eval().cpu()
     medians = tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
     parts = []
     for start in range(0, len(images), batch_size):
@@ -80,9 +80,9 @@ def prior_z_hat(tables: CodecTables, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hs_calibration(model: JointCompressionClassifier, z_hat: torch.Tensor) -> HsCalibration:
-    """Ranges of the float h_s (in float64) on ẑ: per z channel, and per channel after every ReLU."""
-    h_s = copy.deepcopy(model.hyperprior.h_s).double().eval()
+def hs_calibration(float_h_s: nn.Sequential, z_hat: torch.Tensor) -> HsCalibration:
+    """Ranges of a float h_s (run in float64) on ẑ: per z channel, and per channel after every ReLU."""
+    h_s = copy.deepcopy(float_h_s).double().eval()
     outputs = []
     x = z_hat.double()
     for module in h_s:
@@ -102,4 +102,4 @@ def exact_hyper_synthesis(model: JointCompressionClassifier, tables: CodecTables
     if hs_format != "int8":
         raise ValueError(f"unknown h_s format {hs_format!r}: use one of {', '.join(HS_FORMATS)}")
     z_hat = prior_z_hat(tables) if images is None or len(images) == 0 else image_z_hat(model, tables, images)
-    return quantise(layers, tables.scale_table, tables.z_medians, hs_calibration(model, z_hat))
+    return quantise(layers, tables.scale_table, tables.z_medians, hs_calibration(model.hyperprior.h_s, z_hat))

@@ -73,7 +73,7 @@ class JointCompressionClassifier(LatentNetworks):
         return self.hyperprior.update(force=force)
 
 
-class AnalysisTransforms(nn.Module):
+class EdgeAnalysis(nn.Module):
     """g_a (`ConvStem`) and h_a in float: the network exported to ``encoder.onnx`` for the edge runtime
     (`vitcodec.edge.encoder.EdgeEncoder`); rounding and coding happen in codec/."""
 

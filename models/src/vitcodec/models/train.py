@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -28,6 +28,9 @@ from vitcodec.models.distributed import DistInfo, all_reduce_mean, cleanup, init
 from vitcodec.models.jcc import JointCompressionClassifier
 from vitcodec.models.losses import DISTILL_MODES, JointLoss, LossWeights, quality_weights
 from vitcodec.models.registry import create_model, get_preset
+
+if TYPE_CHECKING:
+    from vitcodec.packages import ModelPackage
 
 STAGES = ("pretrain", "joint")
 _CODEC_MODULES = ("g_a.", "hyperprior.")  # step two's new modules, at --codec-lr
@@ -128,17 +131,38 @@ def load_teacher(path: Path, config: JCCConfig, device: torch.device) -> torch.n
 
 def build_model(settings: TrainSettings,
                 device: torch.device) -> tuple[JointCompressionClassifier, dict[str, Any] | None]:
-    """Step one builds from the preset; step two starts from the step-one checkpoint (--init)."""
-    init_state = None
-    if settings.init is not None:
-        ckpt = load_checkpoint(settings.init)
-        config = JCCConfig.from_dict(ckpt["config"])
-        model = create_model(config)
-        model.load_state_dict(ckpt["model"], strict=False)
-        init_state = ckpt
-    else:
-        model = create_model(get_preset(settings.preset), **settings.overrides)
-    return model.to(device), init_state
+    """Step one builds from the preset; step two starts from step one (--init: its checkpoint, or its
+    uncompressed package when the checkpoint is gone)."""
+    if settings.init is None:
+        return create_model(get_preset(settings.preset), **settings.overrides).to(device), None
+    package = step_one_package(settings.init)
+    if package is not None:
+        from vitcodec.models.checkpoint import load_package_network
+
+        return load_package_network(package).train().to(device), None
+    ckpt = load_checkpoint(settings.init)
+    model = create_model(JCCConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"], strict=False)
+    return model.to(device), ckpt
+
+
+def step_one_package(init: Path) -> ModelPackage | None:
+    """The uncompressed (step-one) model package ``init`` names, by folder or zoo name; None for a checkpoint
+    file. Its weights are float16 copies of step one's (g_a, ViT, aggregation, g_s); the hyperprior, which step
+    one does not train, starts fresh as it does from a checkpoint."""
+    from vitcodec.packages import MANIFEST, ModelNotFoundError, ModelPackage, resolve_model
+
+    init = Path(init)
+    if init.is_file():
+        return None
+    try:
+        package = ModelPackage.open(init) if (init / MANIFEST).is_file() else resolve_model(str(init))
+    except ModelNotFoundError as exc:
+        raise FileNotFoundError(f"--init {init}: neither a checkpoint nor a model package ({exc})") from None
+    if package.compresses:
+        raise ValueError(f"--init {init}: {package.name} is a compressed (step-two) package; step two starts "
+                         "from the uncompressed step-one package or checkpoint")
+    return package
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,

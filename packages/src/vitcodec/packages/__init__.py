@@ -1,9 +1,11 @@
 """vitcodec.packages: the model-package format and where packages are found (torch-free).
 
 A package is what ``vitcodec export`` writes and what the edge encoder and the cloud server load; the zoo
-shipped with the distribution lives here as package data (``packages/zoo/<name>/<version>/``).
+shipped with the distribution lives here as package data (``packages/zoo/<name>/<version>/``), all but its
+cloud files, which the cloud's distribution ships and registers (`vitcodec.packages.bundled`).
 """
 
+from .bundled import zoo_root
 from .discovery import (
     DEFAULT_MODEL,
     describe_mismatch,
@@ -11,7 +13,6 @@ from .discovery import (
     iter_packages,
     repository_roots,
     resolve_model,
-    zoo_root,
 )
 from .package import (
     CLOUD_FILES,

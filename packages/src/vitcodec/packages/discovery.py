@@ -7,18 +7,13 @@ every side. Errors name what was looked for and what exists; flag advice is left
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
+from .bundled import zoo_root
 from .package import MANIFEST, ModelNotFoundError, ModelPackage
 
 DEFAULT_MODEL = "fmnist-q2"
 REPO_ENV = "VITCODEC_MODEL_REPO"
-
-
-def zoo_root() -> Path:
-    """The zoo shipped with the distribution: package data of ``vitcodec.packages`` (torch-free)."""
-    return Path(str(resources.files("vitcodec.packages").joinpath("zoo")))
 
 
 def repository_roots(extra: list[Path] | None = None) -> list[Path]:

@@ -5,7 +5,8 @@ A package holds ``manifest.json`` (preset, labels, preprocessing, quality, model
 ``classifier.onnx``. The edge, the cloud and the exporter all read this one format, so it lives apart from any
 of them, and `ModelPackage` is also its only writer (`ModelPackage.write`, `ModelPackage.rewrite`): the
 torch side hands it file contents, never paths to write by hand. Finding a package by name, path or model id
-is `vitcodec.packages.discovery`'s job.
+is `vitcodec.packages.discovery`'s job. A package's files are in its folder, except for the bundled zoo's,
+whose cloud files live in the cloud's distribution (`vitcodec.packages.bundled`): `file` looks there too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from .bundled import companion_dirs
 
 MANIFEST = "manifest.json"
 PACKAGE_FORMAT = 1
@@ -53,10 +56,12 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class ModelPackage:
-    """A model package on disk; the manifest is parsed once."""
+    """A model package on disk; the manifest is parsed once. ``companions``: further folders holding some of
+    its files (the bundled zoo's cloud files, `vitcodec.packages.bundled`), searched after ``path``."""
 
     path: Path
     manifest: dict[str, Any] = field(repr=False)
+    companions: tuple[Path, ...] = field(default=(), repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ModelPackage:
@@ -70,7 +75,7 @@ class ModelPackage:
             raise ModelNotFoundError(f"{manifest_path} is unreadable: {exc}") from None
         if manifest.get("format") != PACKAGE_FORMAT:
             raise ModelNotFoundError(f"{manifest_path}: unsupported package format {manifest.get('format')!r}")
-        return cls(path, manifest)
+        return cls(path, manifest, companion_dirs(path))
 
     @classmethod
     def write(cls, path: str | os.PathLike[str], manifest: Mapping[str, Any], contents: Mapping[str, FileContent],
@@ -99,14 +104,15 @@ class ModelPackage:
                 files: Mapping[str, tuple[str, FileContent]] | None = None) -> ModelPackage:
         """Replace files (key -> (file name, content)) and/or the manifest of this package, and return it
         reopened. The ``files`` map keeps its order and gains the keys written; each file is replaced whole
-        (written beside, then renamed), the manifest last. The model id is the caller's: rewriting the
-        classifier, the weights or the figures does not change it."""
+        (written beside, then renamed) where `file` finds it (a new cloud file goes beside the package's other
+        cloud files), the manifest last. The model id is the caller's: rewriting the classifier, the weights or
+        the figures does not change it."""
         updated = dict(self.manifest if manifest is None else manifest)
         written = dict(files or {})
         updated["files"] = {**updated.get("files", {}), **{key: name for key, (name, _) in written.items()}}
         _check_manifest(updated)
-        for name, content in written.values():
-            _write_file(self.path / name, content)
+        for key, (name, content) in written.items():
+            _write_file(self._destination(key, name), content)
         _write_file(self.path / MANIFEST, manifest_bytes(updated))
         return type(self).open(self.path)
 
@@ -142,14 +148,28 @@ class ModelPackage:
                          int(spec["stride"]))
 
     def file(self, key: str) -> Path:
+        """The path of the file the manifest names for ``key``: in the package's folder, else in a companion."""
         name = self.manifest.get("files", {}).get(key)
         if not name:
             raise ModelNotFoundError(f"model {self.name} has no {key} file")
-        path = self.path / name
-        if not path.is_file():
+        found = self._locate(name)
+        if found is None:
             side = " (a cloud file: an edge install does not carry it)" if key in CLOUD_FILES else ""
-            raise ModelNotFoundError(f"model {self.name}: {path} is missing{side}")
-        return path
+            raise ModelNotFoundError(f"model {self.name}: {self.path / name} is missing{side}")
+        return found
+
+    def _locate(self, name: str) -> Path | None:
+        return next((folder / name for folder in (self.path, *self.companions) if (folder / name).is_file()), None)
+
+    def _destination(self, key: str, name: str) -> Path:
+        """Where `rewrite` writes a file: over its current copy; a cloud file that has none beside the package's
+        other cloud files (the classifier's graph points into ``weights.pt`` by a relative name)."""
+        current = self._locate(name)
+        if current is None and key in CLOUD_FILES:
+            names = self.manifest.get("files", {})
+            for other in (names[k] for k in CLOUD_FILES if k in names):
+                current = current or self._locate(other)
+        return (current.parent if current is not None else self.path) / name
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
