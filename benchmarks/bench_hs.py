@@ -36,6 +36,8 @@ import numpy as np
 from bench_edge import machine, paper_model, pct, time_stages
 from workloads import fashion_mnist_test, photo_crops
 
+from common import interleaved
+
 
 def float32_hs_session(layers: list[dict], in_channels: int, threads: int):
     """The float h_s as an ONNX Runtime float32 graph (what a float system would run on the edge)."""
@@ -66,26 +68,6 @@ def float32_hs_session(layers: list[dict], in_channels: int, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(stages: dict, rounds: int, block: int = 1, warmup: int = 2) -> dict[str, list[float]]:
-    """Each round runs every stage `block` times in a row, stages in turn; ms per run for each stage.
-
-    Blocks matter for ONNX Runtime and OpenBLAS: their thread pools keep spinning for a while after a call
-    and slow down whatever runs next on these 2 cores, so only the first run of a block pays for the
-    previous stage's spinning, and the median drops it.
-    """
-    for _ in range(warmup):
-        for fn in stages.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in stages}
-    for _ in range(rounds):
-        for name, fn in stages.items():
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def hs_side_by_side(old, new, layers: list[dict], tables, z: np.ndarray, out_hw: tuple[int, int], threads: int,

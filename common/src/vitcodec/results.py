@@ -34,8 +34,23 @@ class ClassScore:
     probability: float
 
 
+class RankedAnswer:
+    """An answer whose first class is its label: one definition of label and confidence for every answer type
+    (the clients' results here, the server's archive entries)."""
+
+    top: list[ClassScore]
+
+    @property
+    def label(self) -> str:
+        return self.top[0].label
+
+    @property
+    def confidence(self) -> float:
+        return self.top[0].probability
+
+
 @dataclass
-class ClassifyResult:
+class ClassifyResult(RankedAnswer):
     """The top-k classes of one stream, with its size and where the time went."""
 
     model: str
@@ -56,14 +71,6 @@ class ClassifyResult:
         """Is the image unlike the model's training data (novelty above 1.0)? None when the model gave no
         novelty (uncalibrated)."""
         return None if self.novelty is None else self.novelty > OOD_THRESHOLD
-
-    @property
-    def label(self) -> str:
-        return self.top[0].label
-
-    @property
-    def confidence(self) -> float:
-        return self.top[0].probability
 
     @property
     def bpp(self) -> float:

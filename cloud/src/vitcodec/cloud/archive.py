@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vitcodec.results import OOD_THRESHOLD, ClassScore, ReconstructResult
+from vitcodec.results import OOD_THRESHOLD, ClassScore, RankedAnswer, ReconstructResult
 
 from .errors import InvalidRequest
 from .metrics import Metrics
@@ -92,7 +92,7 @@ def _scores_dicts(top: list[ClassScore]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class ArchiveRecord:
+class ArchiveRecord(RankedAnswer):
     """One classified stream as the data plane hands it to the archive."""
 
     id: str  # the stream's hash (`stream_id`): the archive finds streams by it
@@ -105,14 +105,6 @@ class ArchiveRecord:
     novelty: float | None = None
     client: str | None = None  # the client's identity when the transport knows one
     created_us: int = field(default_factory=now_us)
-
-    @property
-    def label(self) -> str:
-        return self.top[0].label
-
-    @property
-    def confidence(self) -> float:
-        return self.top[0].probability
 
 
 @dataclass(frozen=True)
@@ -134,7 +126,7 @@ class Reclassification:
 
 
 @dataclass(frozen=True)
-class ArchiveEntry:
+class ArchiveEntry(RankedAnswer):
     """An archived stream's metadata (its bytes are read separately, `ArchiveStore.stream`)."""
 
     id: str
@@ -150,14 +142,6 @@ class ArchiveEntry:
     num_bytes: int
     image_size: tuple[int, int]
     reclassifications: list[Reclassification] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return self.top[0].label
-
-    @property
-    def confidence(self) -> float:
-        return self.top[0].probability
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "created": iso_time(self.created_us), "last_seen": iso_time(self.last_seen_us),
