@@ -70,6 +70,9 @@ JOINT = $(VENV)/bin/vitcodec train --stage joint --data fashion-mnist --batch-si
 zoo: $(STAMP)
 	$(VENV)/bin/vitcodec train --stage pretrain --preset jcc-fmnist-28-s8 --tokenizer conv --pool seq \
 		--data fashion-mnist --epochs 45 --batch-size 128 --lr 1e-3 --warmup-steps 500 --label-smoothing 0.1 \
+		--erase-prob 0.25 --threads 2 --no-progress --out $(ZOO_RUNS)/fmnist-pretrain0
+	$(VENV)/bin/vitcodec train --stage pretrain --init $(ZOO_RUNS)/fmnist-pretrain0/final.pt \
+		--data fashion-mnist --epochs 15 --batch-size 128 --lr 2e-4 --warmup-steps 100 --label-smoothing 0.1 \
 		--erase-prob 0.25 --threads 2 --no-progress --out $(ZOO_RUNS)/fmnist-pretrain
 	$(JOINT) --epochs 5 --alpha 0.3 --beta 0.0001 --out $(ZOO_RUNS)/fmnist-q1 & \
 	$(JOINT) --epochs 5 --alpha 1.5 --beta 0.0004 --out $(ZOO_RUNS)/fmnist-q2 & \

@@ -269,6 +269,8 @@ def export_cmd(
     q = quality if quality is not None else settings.get("quality")
     training = {k: settings.get(k) for k in ("stage", "data", "epochs", "quality", "alpha", "beta", "lr",
                                              "batch_size")} | {"wall_s": ckpt.get("wall_s")}
+    if settings.get("init"):  # what the run started from: a step-one checkpoint or package
+        training["init"] = str(settings["init"])
     if settings.get("teacher"):  # the card says which models were distilled, and how
         training |= {"teacher": Path(settings["teacher"]).name, "distill": settings.get("distill"),
                      "distill_alpha": settings.get("distill_alpha"), "distill_tau": settings.get("distill_tau")}
