@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_latents(package, n: int) -> tuple[np.ndarray, np.ndarray]:
+def latents_of_test_split(package, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(ŷ, labels) of the first n test images: edge encoder -> bitstream -> the server's decoder."""
     from vitcodec.edge.encoder import EdgeEncoder
     from vitcodec.edge.preprocess import to_batch
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     package = resolve_model(args.model)
-    y_hat, labels = test_latents(package, args.n)
+    y_hat, labels = latents_of_test_split(package, args.n)
     with torch.inference_mode():
         variants = classifier_variants(package, args.threads)
         top1 = {name: np.concatenate([fn(y_hat[i:i + 500]) for i in range(0, len(y_hat), 500)]).argmax(1)

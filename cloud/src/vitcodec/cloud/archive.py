@@ -34,16 +34,22 @@ from .errors import InvalidRequest
 from .metrics import Metrics
 
 ARCHIVE_TOP_K = 5  # classes stored per entry, whatever top_k the request asked for
-ID_HEX_CHARS = 32  # an id is the first 128 bits of the stream's SHA-256, in hex
+ID_BYTES = 16  # an id is the first 128 bits of the stream's SHA-256
+ID_HEX_CHARS = 2 * ID_BYTES  # ... written in hex
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 LOG_EVERY_S = 60.0  # archive failures are logged at most this often
 _US = 1_000_000
 
 
+def stream_digest(stream: bytes) -> bytes:
+    """The archive id of a stream as bytes: the first 128 bits of its SHA-256 (equal bytes, equal id)."""
+    return hashlib.sha256(stream).digest()[:ID_BYTES]
+
+
 def stream_id(stream: bytes) -> str:
-    """The archive id of a stream: the first 128 bits of its SHA-256 in hex (equal bytes, equal id)."""
-    return hashlib.sha256(stream).hexdigest()[:ID_HEX_CHARS]
+    """The archive id of a stream, in hex (what answers and the API carry)."""
+    return stream_digest(stream).hex()
 
 
 def now_us() -> int:

@@ -24,7 +24,6 @@ import abc
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ from typing import Any
 from vitcodec.results import ClassScore
 
 from .archive import (
+    ID_BYTES,
     LOG_EVERY_S,
     ArchiveEntry,
     ArchiveRecord,
@@ -49,6 +49,7 @@ from .archive import (
     StoredStream,
     encode_cursor,
     now_us,
+    stream_digest,
     stream_id,
 )
 from .archive_rows import confidence_bits, id_prefix, pack_answer, unpack_answer
@@ -577,7 +578,7 @@ class SqlArchive(ArchiveStore):
         """Inside a write transaction: insert new streams, count again the ones already kept (found by their
         hash, whatever id the record names), and give each new one a free `created_us`."""
         sql = self._sql
-        digests = [hashlib.sha256(item.record.stream).digest()[:16] for item in items]
+        digests = [stream_digest(item.record.stream) for item in items]
         known = self._keys_of(conn, digests)  # digest -> (created_us, last_seen_us)
         taken: set[int] = set()
         span = [min(i.record.created_us for i in items) - 1]  # the keys in use are known up to here (keys only grow)
@@ -631,7 +632,7 @@ class SqlArchive(ArchiveStore):
             rows = conn.execute(self._sql(f"SELECT created_us, last_seen_us, stream FROM images WHERE id_prefix IN "
                                           f"({', '.join('?' * len(chunk))})"), chunk).fetchall()
             for created, last_seen, stream in rows:
-                digest = hashlib.sha256(bytes(stream)).digest()[:16]
+                digest = stream_digest(bytes(stream))
                 if digest in wanted:
                     found[digest] = (created, last_seen or created)
         return found
@@ -642,11 +643,11 @@ class SqlArchive(ArchiveStore):
             digest = bytes.fromhex(image_id)
         except ValueError:
             return None
-        if len(digest) != 16:
+        if len(digest) != ID_BYTES:
             return None
         rows = conn.execute(self._sql(f"SELECT {columns}, stream FROM images WHERE id_prefix = ?"),
                             (id_prefix(digest),)).fetchall()
-        return next((row for row in rows if hashlib.sha256(bytes(row[-1])).digest()[:16] == digest), None)
+        return next((row for row in rows if stream_digest(bytes(row[-1])) == digest), None)
 
     def _entry(self, conn: Any, row: tuple) -> ArchiveEntry:
         created, last_seen, seen, model_ref, client_ref, label, confidence, answer, stream = row

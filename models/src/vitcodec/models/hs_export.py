@@ -10,6 +10,7 @@ z CDF tables), which gives each channel the spread the entropy model expects.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from vitcodec.codec.int8_quantise import HsCalibration, quantise
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.tables import CodecTables
 from vitcodec.models.jcc import EdgeAnalysis, JointCompressionClassifier
+from vitcodec.packages import InputSpec
 
 HS_FORMATS = ("int8", "fixed")  # h_s formats 2 and 1 (`vitcodec.codec.hyper_synthesis`)
 HS_WEIGHT_BITS = 11  # format 1: int16 storage halves the package, the rate cost is unmeasurable
@@ -47,21 +49,27 @@ def hyper_synthesis_layers(model: JointCompressionClassifier) -> list[dict[str, 
     return layers
 
 
-@torch.no_grad()
-def image_z_hat(model: JointCompressionClassifier, tables: CodecTables, images: np.ndarray,
-                batch_size: int = 256) -> torch.Tensor:
-    """ẑ (float64) of uint8 images through g_a + h_a, rounded as `LatentCodec.encode` rounds z."""
+def encoded_z_hat(encode_z: Callable[[np.ndarray], np.ndarray], spec: InputSpec, tables: CodecTables,
+                  images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """ẑ (float64) of uint8 images fitted and normalised as the edge does, through ``encode_z`` (normalised
+    batch -> z), rounded as `LatentCodec.encode` rounds z. One loop for the torch network and an ONNX encoder."""
     from vitcodec.edge.preprocess import normalise, to_batch
 
-    spec = model.config.input_spec()
-    encoder = EdgeAnalysis(model).eval().cpu()
     medians = tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
     parts = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(normalise(to_batch(images[start:start + batch_size], spec), spec))
-        _, z = encoder(x)
-        parts.append(np.rint(z.double().numpy() - medians) + medians)
+        z = np.asarray(encode_z(normalise(to_batch(images[start:start + batch_size], spec), spec)), np.float64)
+        parts.append(np.rint(z - medians) + medians)
     return torch.from_numpy(np.concatenate(parts))
+
+
+@torch.no_grad()
+def image_z_hat(model: JointCompressionClassifier, tables: CodecTables, images: np.ndarray,
+                batch_size: int = 256) -> torch.Tensor:
+    """ẑ (float64) of uint8 images through the network's g_a + h_a."""
+    encoder = EdgeAnalysis(model).eval().cpu()
+    return encoded_z_hat(lambda x: encoder(torch.from_numpy(x))[1].numpy(), model.config.input_spec(), tables,
+                         images, batch_size)
 
 
 def prior_z_hat(tables: CodecTables, seed: int = 0) -> torch.Tensor:

@@ -20,8 +20,8 @@ from torch import nn
 from vitcodec.codec.integer_hyper_synthesis import IntegerHyperSynthesis
 from vitcodec.codec.latent_codec import LatentCodec
 from vitcodec.codec.tables import CodecTables
-from vitcodec.models.hs_export import hs_calibration
-from vitcodec.packages import ModelPackage
+from vitcodec.models.hs_export import encoded_z_hat, hs_calibration
+from vitcodec.packages import FileContent, ModelPackage
 
 UPGRADABLE_FORMAT = 1  # the wide fixed-point h_s (`vitcodec.codec.integer_hyper_synthesis`)
 TARGET_FORMAT = 2  # the 8-bit h_s (`vitcodec.codec.int8_hyper_synthesis`)
@@ -69,21 +69,13 @@ def float_hyper_synthesis(layers: list[dict[str, Any]]) -> nn.Sequential:
     return nn.Sequential(*modules).eval()
 
 
-def encoder_z_hat(package: ModelPackage, tables: CodecTables, images: np.ndarray,
-                  batch_size: int = 256) -> torch.Tensor:
+def encoder_z_hat(package: ModelPackage, tables: CodecTables, images: np.ndarray) -> torch.Tensor:
     """ẑ (float64) of uint8 images through the package's ONNX encoder, fitted and rounded as the edge does."""
-    from vitcodec.edge.preprocess import normalise, to_batch
     from vitcodec.ort_session import create_session
 
     session = create_session(package.file("encoder"))
-    spec = package.input_spec
-    medians = tables.z_medians.astype(np.float64).reshape(1, -1, 1, 1)
-    parts = []
-    for start in range(0, len(images), batch_size):
-        x = normalise(to_batch(images[start:start + batch_size], spec), spec)
-        z = np.asarray(session.run(["z"], {"image": x})[0], dtype=np.float64)
-        parts.append(np.rint(z - medians) + medians)
-    return torch.from_numpy(np.concatenate(parts))
+    return encoded_z_hat(lambda x: np.asarray(session.run(["z"], {"image": x})[0]), package.input_spec, tables,
+                         images)
 
 
 def upgrade_hyper_synthesis(package: ModelPackage, out: Path, images: np.ndarray, *,
@@ -111,7 +103,7 @@ def upgrade_hyper_synthesis(package: ModelPackage, out: Path, images: np.ndarray
     manifest["model_id"] = model_id.hex()
     manifest["hs_upgrade"] = {"from_format": UPGRADABLE_FORMAT, "to_format": TARGET_FORMAT,
                               "from_model_id": package.model_id.hex(), "calibration_images": int(len(images))}
-    contents: dict[str, bytes | Any] = {key: package.file(key).read_bytes() for key in manifest["files"]}
-    contents["codec"] = codec.save
+    contents: dict[str, FileContent] = {key: codec.save if key == "codec" else package.file(key).read_bytes()
+                                        for key in manifest["files"]}
     return ModelPackage.write(Path(out) / package.name / str(package.version), manifest, contents,
                               overwrite=overwrite)
