@@ -84,6 +84,27 @@ def test_wrong_or_damaged_payloads_raise_codec_errors(codec):
             pass
 
 
+def test_checksummed_payloads_decode_without_the_leftover_reencode(codec, monkeypatch):
+    """Payloads from a checksummed stream skip the leftover check: same ŷ, no re-encode, and data the range
+    coder cannot decode is still refused."""
+    from vitcodec.codec.entropy_coder import EntropyTable
+
+    encoded = [codec.encode(*latents(codec, (7, 7), seed=s, spread=0.3)) for s in range(6)]
+    payloads = [(e.z_payload, e.y_payload) for e in encoded]
+
+    def no_reencode(*_args, **_kwargs):
+        raise AssertionError("the leftover check re-encoded a checksummed payload")
+
+    monkeypatch.setattr(EntropyTable, "_encode_sorted", no_reencode)
+    batch = codec.decode_batch(payloads, (7, 7), checksum_verified=True)
+    for e, y_hat in zip(encoded, batch):
+        assert np.array_equal(y_hat, e.y_hat)
+    with pytest.raises(CorruptPayloadError, match="range decoder failed"):
+        codec.decode(encoded[0].z_payload, b"\xff" * 40, (7, 7), checksum_verified=True)
+    with pytest.raises(AssertionError, match="re-encoded"):  # without the flag, the check still runs
+        codec.decode_batch(payloads, (7, 7))
+
+
 def test_caller_errors(codec):
     y, z = latents(codec, (7, 7))
     with pytest.raises(ValueError):

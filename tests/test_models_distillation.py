@@ -161,3 +161,26 @@ def test_teacher_command_trains_a_usable_teacher(tmp_path: Path) -> None:
     train(TrainSettings(out=tmp_path / "run", stage="pretrain", data="synthetic", batch_size=16, limit=32,
                         max_steps=1, progress=False, log_every=1, teacher=out, distill="hard"))
     assert "kd" in _log(tmp_path / "run")[0]
+
+
+def test_teacher_on_the_fit_split_is_measured_on_validation(tmp_path: Path) -> None:
+    """`--split fit` holds the validation split out and reports on it (never on test); the stage layout and
+    random erasing reach the network and the recorded settings; a malformed layout is a one-line error."""
+    from typer.testing import CliRunner
+    from vitcodec.models.cli import app
+    from vitcodec.models.pixel_cnn import parse_stages
+
+    assert parse_stages("32,32/64") == ((32, 32), (64,))
+    out = tmp_path / "teacher.pt"
+    result = CliRunner().invoke(app, ["teacher", "--out", str(out), "--epochs", "1", "--limit", "256",
+                                      "--split", "fit", "--stages", "8,8/16", "--hidden", "32",
+                                      "--erase-prob", "0.5", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "5000 val images" in result.output
+    ckpt = torch.load(out, weights_only=True)
+    assert "test_top1" not in ckpt and 0.0 <= ckpt["val_top1"] <= 1.0
+    assert ckpt["settings"]["split"] == "fit" and ckpt["settings"]["erase_prob"] == 0.5
+    teacher = load_pixel_cnn(out)
+    assert teacher.config.stages == ((8, 8), (16,)) and teacher.config.hidden == 32
+    bad = CliRunner().invoke(app, ["teacher", "--out", str(tmp_path / "x.pt"), "--stages", "8,,16"])
+    assert bad.exit_code != 0 and "stages must look like" in bad.output

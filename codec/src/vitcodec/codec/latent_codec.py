@@ -107,21 +107,26 @@ class LatentCodec:
         y_payload = self._y_table.encode(y_sym, params.scale_indexes[0])
         return EncodedLatents(z_payload, y_payload, (y_sym + means).astype(np.float32))
 
-    def decode(self, z_payload: bytes, y_payload: bytes, latent_shape: tuple[int, int]) -> np.ndarray:
+    def decode(self, z_payload: bytes, y_payload: bytes, latent_shape: tuple[int, int], *,
+               checksum_verified: bool = False) -> np.ndarray:
         """ŷ (M, h, w) float32 from the payloads; bad payloads raise `CorruptPayloadError`."""
-        return self.decode_batch([(z_payload, y_payload)], latent_shape)[0]
+        return self.decode_batch([(z_payload, y_payload)], latent_shape, checksum_verified=checksum_verified)[0]
 
-    def decode_batch(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
+    def decode_batch(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int], *,
+                     checksum_verified: bool = False) -> np.ndarray:
         """ŷ (B, M, h, w) for several streams of one latent shape, running h_s once for the whole batch.
 
         The first corrupt stream raises; callers that must isolate failures decode one stream at a time.
+        ``checksum_verified``: the payloads come out of streams whose CRC `unpack_stream` checked, so the range
+        coder's leftover check (a re-encode per payload, `EntropyTable.decode`) is skipped.
         """
         latent_shape = self._check_latent_shape(latent_shape)
-        z_sym = self.decode_z(payloads, latent_shape)
+        z_sym = self.decode_z(payloads, latent_shape, checksum_verified=checksum_verified)
         params = self.hyper.forward(self.hyper.fixed_input(z_sym, self.tables.z_medians), latent_shape)
-        return self.decode_y(payloads, params, latent_shape)
+        return self.decode_y(payloads, params, latent_shape, checksum_verified=checksum_verified)
 
-    def decode_z(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
+    def decode_z(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int], *,
+                 checksum_verified: bool = False) -> np.ndarray:
         """z symbols (B, N, hz, wz) int32 of a batch (step one of `decode_batch`)."""
         z_shape = (self.N, *self.z_shape(latent_shape))
         plan = self._z_plans.get(z_shape)
@@ -129,16 +134,16 @@ class LatentCodec:
             plan = self._z_plans.setdefault(z_shape, self._z_table.plan(self._channel_indexes(z_shape)))
         z_sym = np.empty((len(payloads), *z_shape), dtype=np.int32)
         for b, (z_payload, _) in enumerate(payloads):
-            z_sym[b] = self._z_table.decode_planned(z_payload, plan)
+            z_sym[b] = self._z_table.decode_planned(z_payload, plan, check_leftover=not checksum_verified)
         return z_sym
 
     def decode_y(self, payloads: list[tuple[bytes, bytes]], params: HyperOutput,
-                 latent_shape: tuple[int, int]) -> np.ndarray:
+                 latent_shape: tuple[int, int], *, checksum_verified: bool = False) -> np.ndarray:
         """ŷ (B, M, h, w) float32 from the y payloads and h_s's output for the batch (step three)."""
         means = params.means
         y_hat = np.empty((len(payloads), self.M, *latent_shape), dtype=np.float32)
         for b, (_, y_payload) in enumerate(payloads):
-            y_sym = self._y_table.decode(y_payload, params.scale_indexes[b])
+            y_sym = self._y_table.decode(y_payload, params.scale_indexes[b], check_leftover=not checksum_verified)
             np.add(y_sym, means[b], out=y_hat[b], casting="unsafe")
         return y_hat
 

@@ -54,13 +54,13 @@ class CloudModel:
         """Parse, check the model id and integrity, entropy-decode: raises CodecError subclasses."""
         header, z_payload, y_payload = unpack_stream(stream, expected_model_id=self.model_id)
         check_latent_grid(header.image_size, header.latent_shape, self.config.stride, self.name)
-        y_hat = self.codec.decode(z_payload, y_payload, header.latent_shape)
+        y_hat = self.codec.decode(z_payload, y_payload, header.latent_shape, checksum_verified=True)
         return DecodedStream(header, y_hat, len(stream))
 
     def decode_payloads(self, payloads: list[tuple[bytes, bytes]], latent_shape: tuple[int, int]) -> np.ndarray:
         """ŷ (B, M, h, w) of streams already parsed and checked (the server does that once, at routing): one
         h_s pass for the batch. The first bad payload raises, without saying which (see cloud/decoding.py)."""
-        return self.codec.decode_batch(payloads, (*latent_shape,))
+        return self.codec.decode_batch(payloads, (*latent_shape,), checksum_verified=True)
 
     def classify_latents(self, y_hat: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of decoded latents (B, M, h, w): no pixel decoder runs."""

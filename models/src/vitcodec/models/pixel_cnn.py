@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from vitcodec.models.batches import random_erase
 from vitcodec.models.data import RandomCropFlip, TensorImageDataset
 
 KIND = "pixel-cnn"  # the checkpoint's kind tag, so a JCC checkpoint is never loaded as a teacher
@@ -88,6 +89,17 @@ class PixelCNN(nn.Module):
         return self.head(self.features((x - self.mean) / self.std))
 
 
+def parse_stages(spec: str) -> tuple[tuple[int, ...], ...]:
+    """``"32/64,64/128"`` -> ``((32,), (64, 64), (128,))``: stages split by ``/``, conv widths by ``,``."""
+    try:
+        stages = tuple(tuple(int(w) for w in stage.split(",")) for stage in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"stages must look like 32/64,64/128 (positive widths), got {spec!r}") from None
+    if not stages or any(not stage or min(stage) <= 0 for stage in stages):
+        raise ValueError(f"stages must look like 32/64,64/128 (positive widths), got {spec!r}")
+    return stages
+
+
 def to_unit_tensor(images: np.ndarray) -> Tensor:
     """uint8 images (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
     array = images[..., None] if images.ndim == 3 else images
@@ -105,6 +117,7 @@ class FitSettings:
     warmup_steps: int = 100
     augment: bool = True
     label_smoothing: float = 0.0
+    erase_prob: float = 0.0  # random erasing per image (to black, the Fashion-MNIST background); 0 = off
     seed: int = 0
 
 
@@ -125,10 +138,13 @@ def fit(model: PixelCNN, images: np.ndarray, labels: np.ndarray, settings: FitSe
     total = max(1, int(round(settings.epochs * len(loader))))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = lr_schedule(optimizer, min(settings.warmup_steps, total // 2), total)
+    erase_generator = torch.Generator().manual_seed(settings.seed + 1)
     model.train()
     step = 0
     while step < total:
         for x, y in loader:
+            if settings.erase_prob > 0:
+                x = random_erase(x, settings.erase_prob, erase_generator)
             loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
