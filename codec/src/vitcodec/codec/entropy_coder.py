@@ -151,7 +151,10 @@ class EntropyTable:
 
         encoder = _queue.RangeEncoder()
         for row, start, end in runs:
-            encoder.encode(coded[start:end], self._row_model(row))
+            if end - start == 1:  # the scalar form: several times cheaper than an array of one (z's rows)
+                encoder.encode(int(coded[start]), self._row_model(row))
+            else:
+                encoder.encode(coded[start:end], self._row_model(row))
         if raw.size:
             lengths = _bit_length(raw)
             encoder.encode(lengths.astype(np.int32), _model.Uniform(_ESC_LENGTHS))
@@ -244,7 +247,10 @@ class EntropyTable:
             decoder = _queue.RangeDecoder(words)
             coded = np.empty(idx_sorted.size, dtype=np.int64)
             for row, start, end in runs:
-                coded[start:end] = decoder.decode(self._row_model(row), end - start)
+                if end - start == 1:  # as in `_encode_sorted`: the scalar form for runs of one symbol
+                    coded[start] = decoder.decode(self._row_model(row))
+                else:
+                    coded[start:end] = decoder.decode(self._row_model(row), end - start)
             max_value = self._max_value[idx_sorted]
             escape = coded == max_value
             raw = np.zeros(int(escape.sum()), dtype=np.int64)
