@@ -114,10 +114,12 @@ class EntropyTable:
         keys = indexes.astype(np.int16) if self.rows <= np.iinfo(np.int16).max else indexes
         order = np.argsort(keys, kind="stable")
         ordered = indexes[order]
+        if not ordered.size:
+            return order, []
         cuts = np.flatnonzero(np.diff(ordered)) + 1
-        starts = np.concatenate(([0], cuts)).astype(np.int64)
-        ends = np.concatenate((cuts, [ordered.size])).astype(np.int64)
-        runs = [(int(ordered[a]), int(a), int(b)) for a, b in zip(starts, ends) if b > a]
+        starts = np.concatenate(([0], cuts))
+        ends = np.concatenate((cuts, [ordered.size]))
+        runs = list(zip(ordered[starts].tolist(), starts.tolist(), ends.tolist()))  # Python ints, in one pass
         return order, runs
 
     # --- encoding -------------------------------------------------------------------------------------
@@ -245,12 +247,13 @@ class EntropyTable:
         words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype=">u4").astype(np.uint32)
         try:
             decoder = _queue.RangeDecoder(words)
+            decode, row_model = decoder.decode, self._row_model  # bound once: this loop runs ~40 times a stream
             coded = np.empty(idx_sorted.size, dtype=np.int64)
             for row, start, end in runs:
                 if end - start == 1:  # as in `_encode_sorted`: the scalar form for runs of one symbol
-                    coded[start] = decoder.decode(self._row_model(row))
+                    coded[start] = decode(row_model(row))
                 else:
-                    coded[start:end] = decoder.decode(self._row_model(row), end - start)
+                    coded[start:end] = decode(row_model(row), end - start)
             max_value = self._max_value[idx_sorted]
             escape = coded == max_value
             raw = np.zeros(int(escape.sum()), dtype=np.int64)
