@@ -74,7 +74,7 @@ zoo: $(STAMP)
 	$(VENV)/bin/vitcodec train --stage pretrain --init $(ZOO_RUNS)/fmnist-pretrain0/final.pt \
 		--data fashion-mnist --epochs 15 --batch-size 128 --lr 2e-4 --warmup-steps 100 --label-smoothing 0.1 \
 		--erase-prob 0.25 --threads 2 --no-progress --out $(ZOO_RUNS)/fmnist-pretrain
-	$(JOINT) --epochs 5 --alpha 0.3 --beta 0.0001 --out $(ZOO_RUNS)/fmnist-q1 & \
+	$(JOINT) --epochs 5 --alpha 0.6 --beta 0.0001 --out $(ZOO_RUNS)/fmnist-q1 & \
 	$(JOINT) --epochs 5 --alpha 1.5 --beta 0.0004 --out $(ZOO_RUNS)/fmnist-q2 & \
 	$(JOINT) --epochs 6 --alpha 4.0 --beta 0.0025 --out $(ZOO_RUNS)/fmnist-q3 & \
 	wait

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import tomllib
 from vitcodec.cloud.process import ServerProcess
+from vitcodec.packages.bundled import zoo_root
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,7 @@ class Variant:
     label: str
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
+    zoo: Path | None = None  # a commit's own bundled zoo: its server serves bundled models from there
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.env.items()] + self.args
@@ -105,7 +107,11 @@ def process_cpu_s(pid: int) -> float:
 
 def baseline_variant(ref: str) -> Variant:
     """The server code of git commit `ref`, first on PYTHONPATH (see the module docstring)."""
-    return Variant(f"base {ref}", env={"PYTHONPATH": str(export_ref(ref))})
+    root = export_ref(ref)
+    zoo = root / "vitcodec" / "packages" / "zoo"
+    # the bundled zoo's cloud files are found relative to the zoo of the code that runs (issue 18's split), so
+    # the commit's server must serve its own copy of a bundled model, not the working tree's
+    return Variant(f"base {ref}", env={"PYTHONPATH": str(root)}, zoo=zoo if zoo.is_dir() else None)
 
 
 def start_server(package, serve_args: Sequence[str] = (), variant: Variant | None = None,
@@ -124,7 +130,10 @@ def start_server(package, serve_args: Sequence[str] = (), variant: Variant | Non
         context = ssl.create_default_context(cafile=str(tls["ca"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITCODEC_")}
     env.update(variant.env)
-    server = ServerProcess.serving(package.path.parent.parent, package.name,
+    repository = package.path.parent.parent
+    if variant.zoo is not None and repository.resolve() == zoo_root().resolve():
+        repository = variant.zoo
+    server = ServerProcess.serving(repository, package.name,
                                    Path(tempfile.mkdtemp(prefix=log_prefix)) / "server.log", *args, *variant.args,
                                    env=env, ssl_context=context)
     server.start_ready(timeout)

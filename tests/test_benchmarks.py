@@ -95,6 +95,7 @@ def test_bench_hs_zoo_decoding_checks_engines_and_splits_the_time() -> None:
     figures = _load("bench_hs").zoo_decoding(64, 32)  # raises if the engines decode differently
     assert figures["streams"] == 64 and figures["batch"] == 32 and figures["hs_format"] == 2
     assert set(figures["ms_per_stream"]) == {"decode_batch, default engine", "decode_batch, reference engine",
+                                             "decode_batch, default engine, with the leftover check",
                                              "one stream at a time, default engine"}
     assert set(figures["breakdown_ms_per_stream"]) == {"z range decoding", "h_s", "y range decoding + ŷ"}
     assert all(v > 0 for v in figures["ms_per_stream"].values())
