@@ -165,7 +165,7 @@ def test_v2_http_novelty_output(calibrated_server, samples):
     answer, blob = json.loads(binary.content[:size]), binary.content[size:]
     assert [o["name"] for o in answer["outputs"]] == ["LABEL", "novelty"]
     assert answer["outputs"][1]["parameters"]["binary_data_size"] == 8 == len(blob)
-    np.testing.assert_allclose(np.frombuffer(blob, "<f4"), native, rtol=1e-6)
+    np.testing.assert_allclose(np.frombuffer(blob, "<f4"), native, rtol=1e-5)  # float32 sums per batch
 
 
 def test_v2_http_uncalibrated_has_no_novelty(uncalibrated_server, samples):
